@@ -1,0 +1,134 @@
+"""Hugging Face checkpoint -> our model directory (config.json + Orbax params + tokenizer/preprocessor files).
+
+Strict accounting (nanoGPT's `from_pretrained` habit): before any data is read, every source tensor must be
+claimed by exactly one rule, every target param must have its sources, and every shape and dtype must match
+what `config.json` implies. Then tensors stream one at a time into one stacked group at a time, and each group
+is written to Orbax before the next is built, so peak memory is about one group.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Callable, Iterator
+
+import ml_dtypes
+import numpy as np
+from flax import traverse_util
+from tqdm import tqdm
+
+from qwen_audio_jax.checkpoint import model_dir as md
+from qwen_audio_jax.config import ModelConfig
+from qwen_audio_jax.conversion.name_map import ParamRule, hf_shape, qwen2_audio_rules, to_ours
+from qwen_audio_jax.errors import CheckpointError, ConfigError
+from qwen_audio_jax.model.params import abstract_params
+
+DTYPES = {"bfloat16": np.dtype(ml_dtypes.bfloat16), "float32": np.dtype(np.float32)}
+_FLOAT_KINDS = ("f", "V")  # ml_dtypes.bfloat16 reports kind "V"
+
+
+def read_hf_config(src: Path) -> ModelConfig:
+    path = Path(src) / "config.json"
+    if not path.is_file():
+        raise CheckpointError(f"{src}: no config.json; pass a Hugging Face Qwen2-Audio checkpoint directory.")
+    try:
+        doc = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path}: not valid JSON ({e}).") from e
+    if doc.get("format") == md.FORMAT:
+        raise ConfigError(f"{src} is already a qwen-audio-jax model dir (use export-hf to go back to HF).")
+    return ModelConfig.from_hf_config(doc, source=str(path))
+
+
+def plan_conversion(source, config: ModelConfig) -> list[ParamRule]:
+    """Validates names, shapes and dtypes of the whole checkpoint against the config; returns the rules."""
+    expected = traverse_util.flatten_dict(abstract_params(config), sep="/")
+    rules = qwen2_audio_rules(config)
+    assert {r.target for r in rules} == set(expected), "name map and model params disagree"
+    available = set(source.names())
+    claimed: set[str] = set()
+    for rule in rules:
+        shape = expected[rule.target].shape
+        per_tensor = shape[1:] if rule.num_layers is not None else shape
+        want = hf_shape(rule.transform, per_tensor)
+        for name in rule.source_names():
+            if name not in available:
+                raise CheckpointError(f"{source.directory}: tensor {name!r} is missing from the checkpoint.")
+            dtype, got = source.info(name)
+            if tuple(got) != want:
+                raise CheckpointError(
+                    f"{source.location(name)}: tensor {name!r} has shape {tuple(got)}, but config.json implies {want}."
+                )
+            if dtype.kind not in _FLOAT_KINDS:
+                raise CheckpointError(f"{source.location(name)}: tensor {name!r} has dtype {dtype}, expected a float.")
+            claimed.add(name)
+    unused = sorted(available - claimed)
+    if unused:
+        raise CheckpointError(
+            f"{source.directory}: {len(unused)} tensor(s) are not used by the model (e.g. {unused[0]!r}); "
+            "is this a Qwen2-Audio checkpoint?"
+        )
+    return rules
+
+
+def iter_params(source, config: ModelConfig, dtype: np.dtype, rules: list[ParamRule] | None = None
+                ) -> Iterator[tuple[str, np.ndarray]]:  # fmt: skip
+    """Yields (our path, array in `dtype`) one param group at a time; stacked groups are filled layer by layer."""
+    rules = plan_conversion(source, config) if rules is None else rules
+    for rule in rules:
+        names = rule.source_names()
+        if rule.num_layers is None:
+            yield rule.target, np.ascontiguousarray(to_ours(rule.transform, source.read(names[0])).astype(dtype))
+            continue
+        first = to_ours(rule.transform, source.read(names[0]))
+        out = np.empty((len(names), *first.shape), dtype)
+        out[0] = first
+        for i, name in enumerate(names[1:], start=1):
+            out[i] = to_ours(rule.transform, source.read(name))
+        yield rule.target, out
+
+
+def params_from_hf(source, config: ModelConfig, dtype: str = "float32") -> dict:
+    """In-memory conversion (tests, small models): a nested dict of numpy arrays."""
+    flat = {tuple(p.split("/")): x for p, x in iter_params(source, config, DTYPES[dtype])}
+    return traverse_util.unflatten_dict(flat)
+
+
+def convert(
+    src: str | Path,
+    dst: str | Path,
+    dtype: str = "bfloat16",
+    overwrite: bool = False,
+    allow_pickle: bool = False,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> Path:
+    """Converts an HF Qwen2-Audio directory into our model dir at `dst` (atomically). Returns `dst`."""
+    from qwen_audio_jax.conversion.hf_checkpoint import HFCheckpoint
+
+    if dtype not in DTYPES:
+        raise ConfigError(f"--dtype {dtype!r} is not supported; choose one of {sorted(DTYPES)}.")
+    src, dst = Path(src), Path(dst)
+    config = read_hf_config(src)
+    source = HFCheckpoint(src, allow_pickle=allow_pickle)
+    rules = plan_conversion(source, config)
+    start, total = time.perf_counter(), 0
+    with md.atomic_directory(dst, overwrite=overwrite) as tmp:
+        writer = md.ParamWriter(tmp)
+        bar = tqdm(total=len(rules), desc="convert", unit="param", disable=not progress)
+        for path, array in iter_params(source, config, DTYPES[dtype], rules):
+            writer.add(path, array)
+            total += array.nbytes
+            del array
+            bar.update()
+        bar.close()
+        writer.finalize()
+        md.write_config(tmp, config, dtype)
+        copied = md.copy_aux_files(src, tmp)
+    seconds = time.perf_counter() - start
+    log(
+        f"converted {src} -> {dst}: {len(rules)} params, {total / 1e9:.2f} GB {dtype} in {seconds:.1f} s; "
+        f"copied {', '.join(copied) if copied else 'no tokenizer files'}"
+    )
+    return dst
