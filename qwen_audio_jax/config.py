@@ -226,7 +226,8 @@ class ModelConfig:
                 "use_mrope": False,
                 "bos_token_id": self.bos_token_id,
                 "eos_token_id": self.eos_token_id,
-                "pad_token_id": self.pad_token_id,
+                # pad_token_id is deliberately absent (as in the hub config): Qwen2Model would turn it into the
+                # embedding's padding_idx, which freezes that row's gradient in PyTorch fine-tuning.
                 "torch_dtype": "bfloat16",
             },
             "tie_word_embeddings": False,

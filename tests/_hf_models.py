@@ -26,6 +26,7 @@ class TinySpec:
     kv_heads: int
     inter: int
     vocab: int = VOCAB
+    audio_token_id: int = 151646
 
 
 MHA = TinySpec("mha", audio_d=64, audio_layers=2, audio_heads=4, audio_ffn=128, hidden=64, layers=2, heads=4,
@@ -38,7 +39,7 @@ SPECS = (MHA, GQA)
 def hf_config_dict(spec: TinySpec) -> dict:
     return dict(
         model_type="qwen2_audio",
-        audio_token_index=151646,
+        audio_token_index=spec.audio_token_id,
         audio_config=dict(
             model_type="qwen2_audio_encoder", d_model=spec.audio_d, encoder_layers=spec.audio_layers,
             encoder_attention_heads=spec.audio_heads, encoder_ffn_dim=spec.audio_ffn, num_mel_bins=128,
@@ -80,8 +81,9 @@ def jax_twin(hf_model) -> tuple[ModelConfig, dict]:
 
 
 def random_batch(rng: np.random.Generator, clip_seconds: list[list[float]], text_lens: list[int],
-                 pad_side: str = "left"):  # fmt: skip
+                 pad_side: str = "left", audio_ids=(151646, 151647, 151648), text_vocab: int = 151643):  # fmt: skip
     """A processor-like batch: per request, random text ids around bos + N x <|AUDIO|> + eos per clip.
+    audio_ids: (<|AUDIO|>, <|audio_bos|>, <|audio_eos|>); text ids are drawn below `text_vocab` (also the pad id).
 
     Returns tokens (B,T), attention_mask (B,T), mel (C,128,3000) random, mel_lengths (C,), frame mask (C,3000).
     """
@@ -89,16 +91,17 @@ def random_batch(rng: np.random.Generator, clip_seconds: list[list[float]], text
 
     rows, mel_lengths = [], []
     for clips, n_text in zip(clip_seconds, text_lens):
-        ids = list(rng.integers(0, 151643, size=n_text // 2))
+        audio, bos, eos = audio_ids
+        ids = list(rng.integers(0, text_vocab, size=n_text // 2))
         for sec in clips:
             length = int(np.ceil(sec * 16000 / 160))
             mel_lengths.append(length)
-            ids += [151647] + [151646] * num_audio_tokens(length) + [151648]
-            ids += list(rng.integers(0, 151643, size=3))
-        ids += list(rng.integers(0, 151643, size=n_text - n_text // 2))
+            ids += [bos] + [audio] * num_audio_tokens(length) + [eos]
+            ids += list(rng.integers(0, text_vocab, size=3))
+        ids += list(rng.integers(0, text_vocab, size=n_text - n_text // 2))
         rows.append(ids)
     t = max(len(r) for r in rows)
-    tokens = np.full((len(rows), t), 151643, np.int32)
+    tokens = np.full((len(rows), t), text_vocab, np.int32)
     mask = np.zeros((len(rows), t), np.int32)
     for i, r in enumerate(rows):
         if pad_side == "left":

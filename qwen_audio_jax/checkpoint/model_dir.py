@@ -120,7 +120,7 @@ class ParamWriter:
 
 def save_params(model_dir: Path, params: dict) -> None:
     """Writes a whole param tree (numpy or jax arrays) at once."""
-    ocp.save_pytree(Path(model_dir) / PARAMS_DIR, params)
+    ocp.save(Path(model_dir) / PARAMS_DIR, params)
 
 
 def load_params(model_dir: str | Path, abstract: dict | None = None) -> dict:
@@ -130,7 +130,7 @@ def load_params(model_dir: str | Path, abstract: dict | None = None) -> dict:
     if not path.is_dir():
         raise CheckpointError(f"{model_dir}: no {PARAMS_DIR}/ directory; the model dir is incomplete.")
     try:
-        return ocp.load_pytree(path, abstract)
+        return ocp.load(path, abstract)
     except (ValueError, KeyError, FileNotFoundError) as e:
         raise CheckpointError(f"{path}: cannot restore params ({e}).") from e
 
@@ -138,15 +138,16 @@ def load_params(model_dir: str | Path, abstract: dict | None = None) -> dict:
 def load_param(model_dir: str | Path, path: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
     """Reads one stored param ("a/b/c") into host memory without touching the others (streaming export)."""
     target = traverse_util.unflatten_dict({tuple(path.split("/")): np.empty(shape, dtype)})
-    opts = ocp.options.PyTreeOptions(loading=ocp.options.PyTreeOptions.Loading(partial_load=True))
-    with ocp.Context(pytree_options=opts):
-        tree = ocp.load_pytree(Path(model_dir) / PARAMS_DIR, target)
+    ctx = ocp.Context()
+    ctx.pytree.loading.partial_load = True
+    with ctx:
+        tree = ocp.load(Path(model_dir) / PARAMS_DIR, target)
     return traverse_util.flatten_dict(tree, sep="/")[path]
 
 
 def param_metadata(model_dir: str | Path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
     """{"a/b/c": (shape, dtype)} of the stored params, without reading them."""
-    meta = ocp.pytree_metadata(Path(model_dir) / PARAMS_DIR).metadata
+    meta = ocp.metadata(Path(model_dir) / PARAMS_DIR).metadata
     flat = traverse_util.flatten_dict(meta, sep="/")
     return {k: (tuple(v.shape), np.dtype(v.dtype)) for k, v in flat.items()}
 

@@ -1,0 +1,9 @@
+#!/usr/bin/env python
+"""Script form of `qwen-audio-jax export-hf SRC DST` (the code lives in qwen_audio_jax.conversion)."""
+
+import sys
+
+from qwen_audio_jax.cli.main import main
+
+if __name__ == "__main__":
+    sys.exit(main(["export-hf", *sys.argv[1:]]))
