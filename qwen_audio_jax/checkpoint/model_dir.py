@@ -110,17 +110,31 @@ class ParamWriter:
         self._n = 0
 
     def add(self, path: str, value: np.ndarray) -> None:
-        ocp.partial.save(self.path, traverse_util.unflatten_dict({tuple(path.split("/")): value}))
+        with _writing_context():
+            ocp.partial.save(self.path, traverse_util.unflatten_dict({tuple(path.split("/")): value}))
         self._n += 1
 
     def finalize(self) -> None:
         if self._n:
-            ocp.partial.finalize(self.path)
+            with _writing_context():
+                ocp.partial.finalize(self.path)
+
+
+def _writing_context() -> ocp.Context:
+    ctx = ocp.Context()
+    # Saves are synchronous, so Orbax need not deep-copy host arrays first (that copy doubled peak memory).
+    ctx.memory.deepcopy_host_arrays = False
+    # Weights barely compress; zstd only costs time.
+    ctx.array.saving.use_compression = False
+    # Bounded chunks keep tensorstore's write buffers small and let a host read just its shard on restore.
+    ctx.array.saving.storage_options.chunk_byte_size = 64 * 1024**2
+    return ctx
 
 
 def save_params(model_dir: Path, params: dict) -> None:
     """Writes a whole param tree (numpy or jax arrays) at once."""
-    ocp.save(Path(model_dir) / PARAMS_DIR, params)
+    with _writing_context():
+        ocp.save(Path(model_dir) / PARAMS_DIR, params)
 
 
 def load_params(model_dir: str | Path, abstract: dict | None = None) -> dict:

@@ -76,17 +76,18 @@ def iter_params(source, config: ModelConfig, dtype: np.dtype, rules: list[ParamR
                 ) -> Iterator[tuple[str, np.ndarray]]:  # fmt: skip
     """Yields (our path, array in `dtype`) one param group at a time; stacked groups are filled layer by layer."""
     rules = plan_conversion(source, config) if rules is None else rules
+    expected = traverse_util.flatten_dict(abstract_params(config), sep="/")
     for rule in rules:
-        names = rule.source_names()
+        # One output buffer per group, filled in place: peak memory is the group plus one source tensor
+        # (a transpose-then-astype chain would hold three copies of the largest tensor).
+        out = np.empty(expected[rule.target].shape, dtype)
         if rule.num_layers is None:
-            yield rule.target, np.ascontiguousarray(to_ours(rule.transform, source.read(names[0])).astype(dtype))
-            continue
-        first = to_ours(rule.transform, source.read(names[0]))
-        out = np.empty((len(names), *first.shape), dtype)
-        out[0] = first
-        for i, name in enumerate(names[1:], start=1):
-            out[i] = to_ours(rule.transform, source.read(name))
+            out[...] = to_ours(rule.transform, source.read(rule.source))
+        else:
+            for i, name in enumerate(rule.source_names()):
+                out[i] = to_ours(rule.transform, source.read(name))
         yield rule.target, out
+        del out
 
 
 def params_from_hf(source, config: ModelConfig, dtype: str = "float32") -> dict:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -32,8 +34,10 @@ def init_params(config: ModelConfig, rng: jax.Array | None = None, param_dtype: 
     return nn.unbox(jax.jit(_init_boxed, static_argnums=(0, 2))(config, rng, param_dtype))
 
 
+@functools.lru_cache(maxsize=8)
 def abstract_params(config: ModelConfig, param_dtype: Dtype = jnp.float32) -> dict:
-    """Shapes and dtypes of every param (ShapeDtypeStructs), without allocating anything."""
+    """Shapes and dtypes of every param (ShapeDtypeStructs), without allocating anything. Cached: treat the
+    returned tree as read-only."""
     return nn.unbox(jax.eval_shape(lambda: _init_boxed(config, jax.random.PRNGKey(0), param_dtype)))
 
 
