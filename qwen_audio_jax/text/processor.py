@@ -1,0 +1,350 @@
+"""Requests -> model inputs: chat rendering, `<|AUDIO|>` expansion, log-mel features, batch collation.
+
+One request at a time (`prepare_*` -> `PreparedRequest`), so a bad request fails alone with a typed error
+(`prepare_many` returns the error in its slot); batches are assembled afterwards (`collate` -> `ModelInputs`),
+which is also where prompt-length buckets plug in (`pad_to_length`).
+
+Qwen2-Audio (REFERENCE 1.6): each `<|AUDIO|>` placeholder becomes N = ((L-1)//2+1-2)//2+1 copies of itself, L the
+clip's mel length (ceil(samples/160), at most 3000), exactly as transformers 4.57.6 `Qwen2AudioProcessor.__call__`
+expands it, including its wrapping of a bare `<|AUDIO|>` in `<|audio_bos|>`/`<|audio_eos|>`.
+Qwen-Audio v1 (REFERENCE 3.3): each `<audio>path</audio>` span becomes `<audio>` + N x 151851 + `</audio>` with
+L = floor(samples/160) and 80 mel bins; chat turns go through `make_context_v1`.
+Long audio: "truncate" keeps the first 30 s (the reference); "chunk" turns one input into k clips of <= 30 s, each
+its own bos/eos-delimited span in place of the single placeholder.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from qwen_audio_jax.audio.features import log_mel_numpy, mel_length
+from qwen_audio_jax.audio.load import LONG_AUDIO_POLICIES, SAMPLE_RATE, as_waveform, load_audio, split_long_audio
+from qwen_audio_jax.errors import ConfigError, PromptError, QwenAudioError
+from qwen_audio_jax.text import chat_template as ct
+from qwen_audio_jax.text.tokenizer import AUDIO_BOS, AUDIO_EOS, AUDIO_TOKEN, Tokenizer, load_tokenizer
+
+VARIANTS = ("qwen2_audio", "qwen_audio_v1")
+
+
+def num_audio_tokens(mel_len: int) -> int:
+    """Audio tokens for a clip of `mel_len` mel frames: conv2 (stride 2) then AvgPool(2) (REFERENCE 1.4)."""
+    return ((mel_len - 1) // 2 + 1 - 2) // 2 + 1
+
+
+@dataclass
+class PreparedRequest:
+    """One request, tokenized and featurized, not yet padded.
+
+    token_ids: prompt (+ completion) ids, each audio placeholder already expanded to its N_i audio tokens.
+    mels: one (M, 3000) float32 log-mel per clip, in the order the clips appear in `token_ids`.
+    mel_lengths: valid mel frames per clip (L_i); N_i = num_audio_tokens(L_i).
+    completion_mask: 1 on completion tokens, 0 on prompt tokens (None when no completion was given).
+    num_prompt_tokens: len(prompt ids) (None when no completion was given).
+    prompt_text: the prompt as text before expansion (the rendered chat for messages), for logs and debugging.
+    """
+
+    token_ids: list[int]
+    mels: list[np.ndarray] = field(default_factory=list)
+    mel_lengths: list[int] = field(default_factory=list)
+    completion_mask: list[int] | None = None
+    num_prompt_tokens: int | None = None
+    prompt_text: str | None = None
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.token_ids)
+
+
+@dataclass
+class ModelInputs:
+    """A padded batch. B rows, T tokens, C clips (all clips of the batch, row-major), M mel bins.
+
+    tokens: (B, T) int32; attention_mask: (B, T) int32 (1 = real token); mel: (C, M, 3000) float32 or None;
+    mel_lengths: (C,) int32 or None; completion_mask: (B, T) int32 or None; clips_per_row: (B,) int32.
+    """
+
+    tokens: np.ndarray
+    attention_mask: np.ndarray
+    mel: np.ndarray | None = None
+    mel_lengths: np.ndarray | None = None
+    completion_mask: np.ndarray | None = None
+    clips_per_row: np.ndarray | None = None
+
+
+def collate(prepared: Sequence[PreparedRequest], *, pad_id: int, padding_side: str = "left",
+            pad_to_length: int | None = None) -> ModelInputs:
+    """Pad prepared requests into one batch; `pad_to_length` fixes T (a bucket) instead of the longest row."""
+    if not prepared:
+        raise PromptError("cannot collate an empty batch; pass at least one prepared request")
+    if padding_side not in ("left", "right"):
+        raise ConfigError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+    longest = max(p.num_tokens for p in prepared)
+    T = longest if pad_to_length is None else int(pad_to_length)
+    if T < longest:
+        i = max(range(len(prepared)), key=lambda k: prepared[k].num_tokens)
+        raise PromptError(f"request {i} has {longest} tokens, more than pad_to_length={T}; use a longer bucket")
+    B = len(prepared)
+    tokens = np.full((B, T), pad_id, np.int32)
+    mask = np.zeros((B, T), np.int32)
+    has_completion = any(p.completion_mask is not None for p in prepared)
+    completion = np.zeros((B, T), np.int32) if has_completion else None
+    for i, p in enumerate(prepared):
+        n = p.num_tokens
+        cols = slice(T - n, T) if padding_side == "left" else slice(0, n)
+        tokens[i, cols] = p.token_ids
+        mask[i, cols] = 1
+        if p.completion_mask is not None:
+            completion[i, cols] = p.completion_mask
+    clips = [m for p in prepared for m in p.mels]
+    return ModelInputs(
+        tokens=tokens,
+        attention_mask=mask,
+        mel=np.stack(clips).astype(np.float32, copy=False) if clips else None,
+        mel_lengths=np.asarray([l for p in prepared for l in p.mel_lengths], np.int32) if clips else None,
+        completion_mask=completion,
+        clips_per_row=np.asarray([len(p.mels) for p in prepared], np.int32),
+    )
+
+
+class Processor:
+    """Turns prompts or chat messages (+ audio) into `PreparedRequest`s and batches.
+
+    Args:
+      tokenizer: a `Qwen2AudioTokenizer` or `QwenAudioV1Tokenizer`.
+      chat_template: Jinja source for Qwen2-Audio messages; None -> transformers' default Qwen2-Audio template.
+      n_mels: mel bins; None -> 128 (Qwen2-Audio) / 80 (v1).
+      length_rule: mel length of a clip, "ceil" (Qwen2-Audio, HF) or "floor" (v1); None -> the variant's.
+      long_audio: "truncate" (reference) or "chunk" (see module docstring).
+      variant: "qwen2_audio" or "qwen_audio_v1"; None -> the tokenizer's.
+    """
+
+    def __init__(self, tokenizer: Tokenizer, chat_template: str | None = None, n_mels: int | None = None,
+                 length_rule: str | None = None, long_audio: str = "truncate", variant: str | None = None):
+        variant = variant or tokenizer.variant
+        if variant not in VARIANTS:
+            raise ConfigError(f"unknown model variant {variant!r}; use one of {', '.join(VARIANTS)}")
+        if variant != tokenizer.variant:
+            raise ConfigError(f"variant {variant!r} needs a {variant} tokenizer, got a {tokenizer.variant} one "
+                              f"({tokenizer.source})")
+        v1 = variant == "qwen_audio_v1"
+        self.tokenizer, self.variant, self.chat_template = tokenizer, variant, chat_template
+        self.n_mels = int(n_mels or (80 if v1 else 128))
+        self.length_rule = length_rule or ("floor" if v1 else "ceil")
+        if self.length_rule not in ("ceil", "floor"):
+            raise ConfigError(f"length_rule must be 'ceil' or 'floor', got {self.length_rule!r}")
+        if long_audio not in LONG_AUDIO_POLICIES:
+            raise ConfigError(f"long_audio must be one of {', '.join(LONG_AUDIO_POLICIES)}, got {long_audio!r}")
+        self.long_audio = long_audio
+        # Resolve the audio ids now, so a tokenizer without them fails here rather than per request.
+        self.audio_token_id, self.audio_bos_id, self.audio_eos_id = (
+            tokenizer.audio_token_id, tokenizer.audio_bos_id, tokenizer.audio_eos_id)
+
+    @classmethod
+    def from_model_dir(cls, model_dir: str | Path, **overrides) -> Processor:
+        """Tokenizer, chat template and mel bins (preprocessor_config.json `feature_size`) of a checkpoint dir."""
+        import json
+
+        model_dir = Path(model_dir)
+        tokenizer = load_tokenizer(model_dir)
+        kwargs = {"chat_template": ct.load_chat_template(model_dir)}
+        pre = model_dir / "preprocessor_config.json"
+        if pre.is_file():
+            try:
+                kwargs["n_mels"] = json.loads(pre.read_text(encoding="utf-8")).get("feature_size")
+            except ValueError as e:
+                raise ConfigError(f"cannot parse {pre}: {e}") from e
+        kwargs.update(overrides)
+        return cls(tokenizer, **kwargs)
+
+    # -- audio -------------------------------------------------------------------------------------------------------
+
+    def _clips(self, src, what: str) -> list[tuple[np.ndarray, int]]:
+        """One audio input (path, 16 kHz array, (array, rate) or {"array", "sampling_rate"}) -> [(mel, L)] per clip."""
+        if isinstance(src, (str, os.PathLike)):
+            wav, name = load_audio(src), str(src)
+        elif isinstance(src, np.ndarray):
+            wav, name = as_waveform(src, SAMPLE_RATE, source=what), what
+        elif isinstance(src, tuple) and len(src) == 2:
+            wav, name = as_waveform(np.asarray(src[0]), src[1], source=what), what
+        elif isinstance(src, dict) and "array" in src:
+            wav, name = as_waveform(np.asarray(src["array"]), src.get("sampling_rate", SAMPLE_RATE), source=what), what
+        else:
+            raise PromptError(f"{what}: an audio input must be a file path or a waveform array, got {type(src)}")
+        out = []
+        for clip in split_long_audio(wav, policy=self.long_audio, source=name):
+            mel = np.asarray(log_mel_numpy(clip, n_mels=self.n_mels), np.float32)
+            out.append((mel, int(mel_length(len(clip), rule=self.length_rule))))
+        return out
+
+    # -- requests ----------------------------------------------------------------------------------------------------
+
+    def prepare_prompt(self, prompt: str, audio: Sequence | None = None,
+                       completion: str | None = None) -> PreparedRequest:
+        """Raw text with placeholders: `<|audio_bos|><|AUDIO|><|audio_eos|>` (Qwen2-Audio, one per entry of
+        `audio`) or `<audio>path</audio>` (v1; `audio`, if given, replaces the span paths in order)."""
+        if not isinstance(prompt, str):
+            raise PromptError(f"a prompt must be a string, got {type(prompt)}")
+        if self.variant == "qwen_audio_v1":
+            return self._prepare_v1_prompt(prompt, audio, completion)
+        return self._prepare_v2_text(prompt, list(audio or []), completion)
+
+    def prepare_messages(self, messages: Sequence[dict], completion: str | None = None,
+                         add_generation_prompt: bool = True) -> PreparedRequest:
+        """Chat turns; audio parts `{"type": "audio", "audio": path_or_array}` (or `audio_url`/`url`/`path`)."""
+        if self.variant == "qwen_audio_v1":
+            return self._prepare_v1_messages(messages, completion)
+        text = ct.render_chat(messages, self.chat_template, add_generation_prompt=add_generation_prompt,
+                              special_tokens=getattr(self.tokenizer, "special_tokens_map", None))
+        return self._prepare_v2_text(text, ct.audio_parts(messages), completion)
+
+    def prepare(self, request: dict) -> PreparedRequest:
+        """A request record: {"messages": [...]} or {"prompt": str, "audio": [...]}, optional "completion"."""
+        if not isinstance(request, dict):
+            raise PromptError(f"a request must be a dict with 'messages' or 'prompt', got {type(request)}")
+        if "messages" in request:
+            return self.prepare_messages(request["messages"], completion=request.get("completion"))
+        if "prompt" in request:
+            return self.prepare_prompt(request["prompt"], request.get("audio"), completion=request.get("completion"))
+        raise PromptError(f"a request needs 'messages' or 'prompt', got keys {sorted(request)}")
+
+    def prepare_many(self, requests: Sequence[dict]) -> list[PreparedRequest | QwenAudioError]:
+        """`prepare` each request; a request that fails yields its typed error in its slot, not an exception."""
+        out: list[PreparedRequest | QwenAudioError] = []
+        for r in requests:
+            try:
+                out.append(self.prepare(r))
+            except QwenAudioError as e:
+                out.append(e)
+        return out
+
+    def collate(self, prepared: Sequence[PreparedRequest], padding_side: str = "left",
+                pad_to_length: int | None = None) -> ModelInputs:
+        return collate(prepared, pad_id=self.tokenizer.pad_id, padding_side=padding_side, pad_to_length=pad_to_length)
+
+    def __call__(self, batch, audio: Sequence | None = None, *, padding_side: str = "left",
+                 pad_to_length: int | None = None) -> ModelInputs:
+        """Prepare + collate. `batch`: a prompt, a conversation, or a list of prompts / conversations / request
+        dicts. `audio` (prompts only): one flat list consumed in placeholder order, as transformers takes it."""
+        if isinstance(batch, str) or (isinstance(batch, (list, tuple)) and batch and isinstance(batch[0], dict)
+                                      and "role" in batch[0]):
+            batch = [batch]
+        pending = list(audio or [])
+        prepared = []
+        for item in batch:
+            if isinstance(item, str):
+                k = self._count_placeholders(item)
+                if k > len(pending):
+                    raise PromptError(f"the prompts have more audio placeholders than the {len(audio or [])} "
+                                      "audio inputs given")
+                prepared.append(self.prepare_prompt(item, pending[:k] if audio is not None else None))
+                pending = pending[k:]
+            elif isinstance(item, dict):
+                prepared.append(self.prepare(item))
+            else:
+                prepared.append(self.prepare_messages(item))
+        if pending:
+            raise PromptError(f"{len(pending)} audio inputs left over: the prompts have fewer audio placeholders "
+                              f"than the {len(audio)} audio inputs given")
+        return self.collate(prepared, padding_side=padding_side, pad_to_length=pad_to_length)
+
+    def _count_placeholders(self, text: str) -> int:
+        return len(ct.v1_extract_audio_paths(text)) if self.variant == "qwen_audio_v1" else text.count(AUDIO_TOKEN)
+
+    # -- Qwen2-Audio -------------------------------------------------------------------------------------------------
+
+    def _prepare_v2_text(self, text: str, sources: list, completion: str | None) -> PreparedRequest:
+        parts = text.split(AUDIO_TOKEN)
+        if len(parts) - 1 != len(sources):
+            raise PromptError(f"the prompt has {len(parts) - 1} {AUDIO_TOKEN} placeholders but {len(sources)} "
+                              "audio inputs were given; pass one audio per placeholder")
+        expanded, mels, lengths = [parts[0]], [], []
+        for i, src in enumerate(sources):
+            clips = self._clips(src, f"audio {i}")
+            # Chunks of one input are separate clips: close and reopen the span between them.
+            span = (AUDIO_EOS + AUDIO_BOS).join(AUDIO_TOKEN * num_audio_tokens(L) for _, L in clips)
+            # transformers v4: wrap when the placeholder has neither <|audio_bos|> before nor <|audio_eos|> after
+            # (it tests the neighbouring text with string slices; this is the same test).
+            if not parts[i].endswith(AUDIO_BOS) and not parts[i + 1].startswith(AUDIO_EOS):
+                span = AUDIO_BOS + span + AUDIO_EOS
+            expanded += [span, parts[i + 1]]
+            mels += [m for m, _ in clips]
+            lengths += [L for _, L in clips]
+        ids = self.tokenizer.encode("".join(expanded))
+        return self._finish(ids, mels, lengths, completion, text)
+
+    def _finish(self, ids: list[int], mels, lengths, completion: str | None, text: str) -> PreparedRequest:
+        req = PreparedRequest(token_ids=list(ids), mels=mels, mel_lengths=lengths, prompt_text=text)
+        if completion is not None:
+            if not isinstance(completion, str):
+                raise PromptError(f"a completion must be a string, got {type(completion)}")
+            # Tokenized on its own (not jointly with the prompt), so the prompt ids are exactly the ones the model
+            # conditions on at generation time and no BPE merge straddles the boundary.
+            comp = self.tokenizer.encode(completion)
+            if any(t in (self.audio_token_id, self.audio_bos_id, self.audio_eos_id) for t in comp):
+                raise PromptError("a completion cannot contain audio tokens; put audio in the prompt")
+            req.num_prompt_tokens = len(req.token_ids)
+            req.completion_mask = [0] * len(req.token_ids) + [1] * len(comp)
+            req.token_ids += comp
+        return req
+
+    # -- Qwen-Audio v1 -----------------------------------------------------------------------------------------------
+
+    def _expand_v1_spans(self, ids: list[int], clip_lists: list[list[tuple[np.ndarray, int]]]) -> list[int]:
+        """Replace the k-th closed `<audio>...</audio>` id span with its clips' audio spans (tokenization_qwen's
+        `_replace_closed_tag`); unbalanced tags are an error (the model pairs them positionally)."""
+        bos, eos, pad = self.audio_bos_id, self.audio_eos_id, self.audio_token_id
+        out, k, i = [], 0, 0
+        while i < len(ids):
+            if ids[i] == eos:
+                raise PromptError("the prompt has a </audio> without a matching <audio>")
+            if ids[i] != bos:
+                out.append(ids[i])
+                i += 1
+                continue
+            try:
+                j = ids.index(eos, i + 1)
+            except ValueError:
+                raise PromptError("the prompt has an <audio> that is never closed with </audio>") from None
+            if bos in ids[i + 1 : j] or k >= len(clip_lists):
+                raise PromptError("the <audio>...</audio> spans of the prompt are malformed (nested or on "
+                                  "several lines); write each as <audio>PATH</audio> on one line")
+            for _, L in clip_lists[k]:
+                out += [bos] + [pad] * num_audio_tokens(L) + [eos]
+            k, i = k + 1, j + 1
+        if k != len(clip_lists):
+            raise PromptError(f"the prompt has {k} <audio>...</audio> spans but {len(clip_lists)} audio inputs")
+        return out
+
+    def _prepare_v1_prompt(self, prompt: str, audio: Sequence | None, completion: str | None) -> PreparedRequest:
+        labels = ct.v1_extract_audio_paths(prompt)
+        sources = labels if audio is None else list(audio)
+        if len(sources) != len(labels):
+            raise PromptError(f"the prompt has {len(labels)} <audio>...</audio> spans but {len(sources)} audio "
+                              "inputs were given; pass one audio per span (or none, to load the span paths)")
+        clip_lists = [self._clips(s, f"audio {i}") for i, s in enumerate(sources)]
+        ids = self._expand_v1_spans(self.tokenizer.encode(prompt), clip_lists)
+        return self._finish(ids, [m for c in clip_lists for m, _ in c], [L for c in clip_lists for _, L in c],
+                            completion, prompt)
+
+    def _prepare_v1_messages(self, messages: Sequence[dict], completion: str | None) -> PreparedRequest:
+        system, history, query, label_sources = ct.v1_messages_to_context_args(messages)
+        cache: dict[str, list] = {}  # span label -> clips; make_context may encode a turn and then drop it
+
+        def clips_of(label: str) -> list:
+            if label not in cache:
+                cache[label] = self._clips(label_sources.get(label, label), f"audio {label!r}")
+            return cache[label]
+
+        def encode(text: str) -> list[int]:
+            ids = self.tokenizer.encode(text, allowed_special=self.tokenizer.audio_special_tokens)
+            return self._expand_v1_spans(ids, [clips_of(l) for l in ct.v1_extract_audio_paths(text)])
+
+        raw_text, ids = ct.make_context_v1(self.tokenizer, query, history, system, encode=encode)
+        clip_lists = [clips_of(l) for l in ct.v1_extract_audio_paths(raw_text)]  # the turns that were kept
+        return self._finish(ids, [m for c in clip_lists for m, _ in c], [L for c in clip_lists for _, L in c],
+                            completion, raw_text)

