@@ -1,0 +1,89 @@
+"""Static-shape buckets (DESIGN decision 5): every batch is padded to a (batch, prompt length, clips, mel frames)
+point of a small grid, so a job over a large corpus compiles at most
+    |lengths| x (1 + |clips| x |frames|) prefill programs and |lengths| decode programs.
+
+Mel frames (DESIGN decision 6): a clip of L valid frames gives the reference's valid encoder outputs from any
+prefix of A >= L + 2 frames (the conv stem reads one frame past the last valid conv2 input, plus conv2's own
+right neighbour), so the batch is encoded at the smallest bucket >= max(L) + 2 instead of always 3000.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from qwen_audio_jax.errors import PromptError
+from qwen_audio_jax.text.processor import ModelInputs
+
+
+@dataclasses.dataclass(frozen=True)
+class Buckets:
+    lengths: tuple[int, ...] = (32, 64, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096, 6144, 8192)
+    clips: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+    frames: tuple[int, ...] = (500, 1000, 1500, 2000, 2500, 3000)  # multiples of 4 (conv stride 2, pool 2)
+
+    def __post_init__(self):
+        if any(f % 4 or f > 3000 for f in self.frames) or 3000 not in self.frames:
+            raise ValueError("mel frame buckets must be multiples of 4, at most 3000, and include 3000")
+
+    def prompt_length(self, n: int) -> int:
+        for b in self.lengths:
+            if b >= n:
+                return b
+        raise PromptError(f"a prompt of {n} tokens is longer than the largest bucket ({self.lengths[-1]}).")
+
+    def num_clips(self, n: int) -> int:
+        if n == 0:
+            return 0
+        for b in self.clips:
+            if b >= n:
+                return b
+        raise PromptError(f"{n} audio clips in one batch exceed the largest clip bucket ({self.clips[-1]}).")
+
+    def mel_frames(self, longest: int) -> int:
+        """Smallest frame bucket that is exact for a clip of `longest` valid frames (>= longest + 2)."""
+        for b in self.frames:
+            if b >= longest + 2:
+                return b
+        return 3000  # the reference's own length: exact by definition
+
+    def max_programs(self) -> tuple[int, int]:
+        """(prefill, decode) program counts the grid allows for one batch size and max_new_tokens."""
+        return len(self.lengths) * (1 + len(self.clips) * len(self.frames)), len(self.lengths)
+
+
+@dataclasses.dataclass
+class BucketedBatch:
+    """Host arrays at bucket shapes. rows_active marks real requests (the rest are padding rows)."""
+
+    tokens: np.ndarray  # [B, T] int32
+    attention_mask: np.ndarray  # [B, T] int32
+    mel: np.ndarray | None  # [C, M, A] float32
+    mel_lengths: np.ndarray | None  # [C] int32 (0 for padding clips: they produce no audio tokens)
+    rows_active: np.ndarray  # [B] bool
+    num_real: int
+
+
+def to_buckets(inputs: ModelInputs, buckets: Buckets, batch_size: int, pad_id: int) -> BucketedBatch:
+    """Pads a left-padded ModelInputs to (batch_size, length bucket) and its clips to (clip, frame) buckets."""
+    b, t = inputs.tokens.shape
+    if b > batch_size:
+        raise ValueError(f"batch of {b} requests exceeds batch_size {batch_size}")
+    tb = buckets.prompt_length(t)
+    tokens = np.full((batch_size, tb), pad_id, np.int32)
+    mask = np.zeros((batch_size, tb), np.int32)
+    tokens[:b, tb - t :] = inputs.tokens  # left padding: real tokens stay right-aligned
+    mask[:b, tb - t :] = inputs.attention_mask
+    active = np.zeros(batch_size, bool)
+    active[:b] = True
+    mel = lengths = None
+    if inputs.mel is not None and len(inputs.mel):
+        c, m, _ = inputs.mel.shape
+        cb = buckets.num_clips(c)
+        a = buckets.mel_frames(int(inputs.mel_lengths.max()))
+        mel = np.zeros((cb, m, a), np.float32)
+        mel[:c] = inputs.mel[:, :, :a]
+        lengths = np.zeros(cb, np.int32)
+        lengths[:c] = inputs.mel_lengths
+    return BucketedBatch(tokens, mask, mel, lengths, active, b)
