@@ -16,6 +16,8 @@ from qwen_audio_jax.errors import QwenAudioError
 SUBCOMMANDS = {
     "convert": "qwen_audio_jax.cli.convert_cmd",
     "export-hf": "qwen_audio_jax.cli.convert_cmd",
+    "generate": "qwen_audio_jax.cli.infer_cmd",
+    "score": "qwen_audio_jax.cli.infer_cmd",
 }
 
 

@@ -63,6 +63,7 @@ class BucketedBatch:
     mel_lengths: np.ndarray | None  # [C] int32 (0 for padding clips: they produce no audio tokens)
     rows_active: np.ndarray  # [B] bool
     num_real: int
+    completion_mask: np.ndarray | None = None  # [B, T] int32 (scoring and training)
 
 
 def to_buckets(inputs: ModelInputs, buckets: Buckets, batch_size: int, pad_id: int) -> BucketedBatch:
@@ -75,6 +76,10 @@ def to_buckets(inputs: ModelInputs, buckets: Buckets, batch_size: int, pad_id: i
     mask = np.zeros((batch_size, tb), np.int32)
     tokens[:b, tb - t :] = inputs.tokens  # left padding: real tokens stay right-aligned
     mask[:b, tb - t :] = inputs.attention_mask
+    completion = None
+    if inputs.completion_mask is not None:
+        completion = np.zeros((batch_size, tb), np.int32)
+        completion[:b, tb - t :] = inputs.completion_mask
     active = np.zeros(batch_size, bool)
     active[:b] = True
     mel = lengths = None
@@ -86,4 +91,4 @@ def to_buckets(inputs: ModelInputs, buckets: Buckets, batch_size: int, pad_id: i
         mel[:c] = inputs.mel[:, :, :a]
         lengths = np.zeros(cb, np.int32)
         lengths[:c] = inputs.mel_lengths
-    return BucketedBatch(tokens, mask, mel, lengths, active, b)
+    return BucketedBatch(tokens, mask, mel, lengths, active, b, completion)

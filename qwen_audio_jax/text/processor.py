@@ -25,15 +25,11 @@ import numpy as np
 from qwen_audio_jax.audio.features import log_mel_numpy, mel_length
 from qwen_audio_jax.audio.load import LONG_AUDIO_POLICIES, SAMPLE_RATE, as_waveform, load_audio, split_long_audio
 from qwen_audio_jax.errors import ConfigError, PromptError, QwenAudioError
+from qwen_audio_jax.model.audio_encoder import num_audio_tokens
 from qwen_audio_jax.text import chat_template as ct
 from qwen_audio_jax.text.tokenizer import AUDIO_BOS, AUDIO_EOS, AUDIO_TOKEN, Tokenizer, load_tokenizer
 
 VARIANTS = ("qwen2_audio", "qwen_audio_v1")
-
-
-def num_audio_tokens(mel_len: int) -> int:
-    """Audio tokens for a clip of `mel_len` mel frames: conv2 (stride 2) then AvgPool(2) (REFERENCE 1.4)."""
-    return ((mel_len - 1) // 2 + 1 - 2) // 2 + 1
 
 
 @dataclass
@@ -143,6 +139,11 @@ class Processor:
         # Resolve the audio ids now, so a tokenizer without them fails here rather than per request.
         self.audio_token_id, self.audio_bos_id, self.audio_eos_id = (
             tokenizer.audio_token_id, tokenizer.audio_bos_id, tokenizer.audio_eos_id)
+
+    @property
+    def has_checkpoint_chat_template(self) -> bool:
+        """True when the checkpoint shipped its own chat template (an Instruct model), not the built-in default."""
+        return self.chat_template is not None
 
     @classmethod
     def from_model_dir(cls, model_dir: str | Path, **overrides) -> Processor:

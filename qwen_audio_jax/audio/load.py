@@ -1,0 +1,194 @@
+"""Audio loading: any file or array -> float32 mono 16 kHz waveform, plus the long-audio policy.
+
+The Qwen2-Audio README loads audio with `librosa.load(path, sr=16000)`; we do the same, so a clip loaded here is
+bit-identical to what the reference pipeline feeds `WhisperFeatureExtractor`. librosa reads through soundfile
+(libsndfile >= 1.1 decodes wav, flac, ogg/vorbis/opus and mp3), downmixes by averaging the channels, and resamples
+with soxr ("soxr_hq"). Everything a user can get wrong raises `AudioError` with one sentence naming the input and
+the fix; nothing else escapes from here.
+
+Shapes: a waveform is `(N,)` float32, N = number of samples at 16 kHz.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from qwen_audio_jax.errors import AudioError, ConfigError
+
+SAMPLE_RATE = 16000
+MAX_SAMPLES = 480000  # 30 s at 16 kHz: the Whisper window; the reference truncates everything past it.
+LONG_AUDIO_POLICIES = ("truncate", "chunk")
+
+__all__ = [
+    "SAMPLE_RATE",
+    "MAX_SAMPLES",
+    "LONG_AUDIO_POLICIES",
+    "load_audio",
+    "as_waveform",
+    "split_long_audio",
+]
+
+
+def _check_samples(wav: np.ndarray, source: str) -> np.ndarray:
+    """Reject empty and non-finite waveforms; `wav` is (N,) float32 (or (C, N) before the downmix)."""
+    if wav.size == 0 or wav.shape[-1] == 0:
+        raise AudioError(f"{source}: the audio has zero samples; pass a clip that contains at least one sample.")
+    if not np.all(np.isfinite(wav)):
+        kind = "NaN" if np.isnan(wav).any() else "infinite"
+        raise AudioError(
+            f"{source}: the audio contains {kind} samples; re-export or clean the clip so every sample is finite."
+        )
+    return wav
+
+
+def load_audio(path: str | os.PathLike) -> np.ndarray:
+    """Load an audio file as float32 mono at 16 kHz.
+
+    Args:
+      path: any file librosa/soundfile can decode (wav, flac, mp3, ogg, ...), any sample rate, any channel count.
+
+    Returns:
+      (N,) float32 waveform at `SAMPLE_RATE`; channels are averaged (librosa's `to_mono`), then resampled with
+      soxr_hq, exactly as `librosa.load(path, sr=16000, mono=True)`.
+
+    Raises:
+      AudioError: the file is missing, is a directory, cannot be decoded, has zero samples, or holds NaN/Inf.
+    """
+    p = Path(path)
+    if not p.exists():
+        where = "" if p.is_absolute() else f" (relative paths are resolved from {Path.cwd()})"
+        raise AudioError(f"{p}: no such audio file; check the path{where}.")
+    if p.is_dir():
+        raise AudioError(f"{p}: is a directory, not an audio file; pass the path of one audio file inside it.")
+    # Decode at the native rate first so a NaN/Inf or empty file gets its own message (librosa's own check says
+    # only "not finite", and soxr would smear a single NaN over the whole clip).
+    native, native_sr = _decode(p)
+    return as_waveform(native, native_sr, source=str(p))
+
+
+# Containers libsndfile decodes itself: when it rejects one of these the file is corrupt, and librosa's audioread
+# fallback (deprecated, and it leaks the file handle on failure) would only hide soundfile's precise reason.
+_SOUNDFILE_SUFFIXES = {".wav", ".wave", ".flac", ".mp3", ".ogg", ".oga", ".opus", ".aif", ".aiff", ".au", ".caf"}
+
+
+def _decode(p: Path) -> tuple[np.ndarray, int]:
+    """Decode `p` at its native rate: returns ((N,) or (C, N) float32, sample rate). Corrupt input -> AudioError."""
+    import librosa  # imported lazily: librosa pulls in numba/scipy, which the model code never needs.
+    import soundfile
+
+    try:
+        soundfile.info(str(p))
+        sf_error = None
+    except Exception as exc:  # noqa: BLE001 -- LibsndfileError, RuntimeError...: all mean "soundfile can't"
+        sf_error = exc
+    if sf_error is None or p.suffix.lower() not in _SOUNDFILE_SUFFIXES:
+        try:
+            with warnings.catch_warnings():
+                # For other containers (m4a, webm...) librosa retries with audioread, which needs ffmpeg and warns
+                # twice on the way; only the outcome matters to the user.
+                warnings.filterwarnings("ignore", message="PySoundFile failed")
+                warnings.filterwarnings("ignore", category=FutureWarning)
+                warnings.filterwarnings("ignore", category=DeprecationWarning)
+                wav, sr = librosa.load(p, sr=None, mono=False, dtype=np.float32)
+            return np.asarray(wav, dtype=np.float32), int(sr)
+        except Exception as exc:  # noqa: BLE001 -- soundfile, audioread, EOF...: all mean "unreadable"
+            sf_error = sf_error or exc
+    raise AudioError(
+        f"{p}: cannot decode this audio file ({_reason(sf_error)}); re-encode it as wav, flac, mp3 or ogg "
+        "(e.g. `ffmpeg -i IN -ar 16000 -ac 1 OUT.wav`)."
+    )
+
+
+def _reason(exc: BaseException) -> str:
+    """soundfile's diagnosis, shortened to a clause ("format not recognised")."""
+    why = (str(exc).strip().splitlines() or [""])[0]
+    why = why.split("': ", 1)[-1] if why.startswith("Error opening") else why  # soundfile repeats the path
+    if "does not exist" in why:  # libsndfile's mpg123 decoder says this about any undecodable mp3 stream
+        why = "no decodable audio stream"
+    return why.rstrip(".").lower() or type(exc).__name__
+
+
+def as_waveform(x: np.ndarray, sample_rate: int, source: str = "<array>") -> np.ndarray:
+    """Validate an in-memory waveform and bring it to float32 mono 16 kHz.
+
+    Args:
+      x: (N,) mono, or 2-D multichannel audio in either layout: (C, N) as librosa returns it or (N, C) as
+        soundfile returns it. The SHORTER axis is taken as the channel axis (a tie means (C, N)). Float arrays are
+        taken as-is (nominally in [-1, 1]); int16 / int32 PCM is scaled by 1/32768 / 1/2**31 like soundfile does.
+      sample_rate: the rate `x` was sampled at, in Hz.
+      source: how to name this input in error messages (a file path, a request id...).
+
+    Returns:
+      (N',) float32 at `SAMPLE_RATE`: channels averaged, then resampled with soxr_hq (librosa.load's resampler).
+
+    Raises:
+      AudioError: not a numeric 1-D/2-D array, bad sample rate, zero samples, or NaN/Inf samples.
+    """
+    x = np.asarray(x)
+    if x.dtype == np.int16:
+        x = x.astype(np.float32) / 32768.0
+    elif x.dtype == np.int32:
+        x = x.astype(np.float32) / 2147483648.0
+    elif not np.issubdtype(x.dtype, np.floating):
+        raise AudioError(
+            f"{source}: audio arrays must be float (or int16/int32 PCM), got dtype {x.dtype}; convert it with "
+            "x.astype(np.float32)."
+        )
+    if x.ndim not in (1, 2):
+        raise AudioError(
+            f"{source}: expected a 1-D mono or 2-D (channels, samples) waveform, got shape {x.shape}; "
+            "pass one clip at a time."
+        )
+    if isinstance(sample_rate, bool) or not isinstance(sample_rate, (int, np.integer)) or sample_rate <= 0:
+        raise AudioError(f"{source}: sample rate must be a positive integer in Hz, got {sample_rate!r}.")
+    if x.ndim == 2 and x.shape[0] > x.shape[1]:
+        x = x.T  # (N, C) -> (C, N)
+    x = _check_samples(x.astype(np.float32, copy=False), source)
+    if x.ndim == 2:
+        x = x.mean(axis=0, dtype=np.float32)  # librosa.to_mono: plain channel average
+    if int(sample_rate) != SAMPLE_RATE:
+        import librosa
+
+        # res_type "soxr_hq" is librosa.load's default, so arrays and files follow the same path.
+        x = librosa.resample(x, orig_sr=int(sample_rate), target_sr=SAMPLE_RATE, res_type="soxr_hq")
+        x = _check_samples(np.asarray(x, dtype=np.float32), source)  # a 1-sample clip at 48 kHz resamples to 0
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def split_long_audio(wav: np.ndarray, policy: str = "truncate", source: str = "<array>") -> list[np.ndarray]:
+    """Apply the long-audio policy to one (N,) float32 waveform at 16 kHz.
+
+    Args:
+      wav: (N,) waveform.
+      policy: "truncate" keeps the first 30 s (`MAX_SAMPLES`) and warns, which is what the reference does
+        (WhisperFeatureExtractor has truncation=True, so anything past 30 s is silently ignored there; we at least
+        say so). "chunk" cuts consecutive windows of `MAX_SAMPLES`, the last one shorter, covering the whole clip;
+        each window becomes its own clip (its own <|AUDIO|> span downstream).
+      source: how to name this clip in the warning.
+
+    Returns:
+      A list of (n_i,) float32 waveforms, each n_i <= MAX_SAMPLES. A clip of at most 30 s is returned as a
+      one-element list holding the same array.
+
+    Raises:
+      ConfigError: unknown policy.
+    """
+    if policy not in LONG_AUDIO_POLICIES:
+        raise ConfigError(f"unknown long-audio policy {policy!r}; use one of {', '.join(LONG_AUDIO_POLICIES)}.")
+    n = int(wav.shape[0])
+    if n <= MAX_SAMPLES:
+        return [wav]
+    if policy == "truncate":
+        warnings.warn(
+            f"{source}: audio is {n / SAMPLE_RATE:.1f} s long; only the first {MAX_SAMPLES // SAMPLE_RATE} s are "
+            "used (truncated, as the reference does); pass long_audio='chunk' to keep all of it as several clips.",
+            UserWarning,
+            stacklevel=2,
+        )
+        return [wav[:MAX_SAMPLES]]
+    return [wav[i * MAX_SAMPLES : (i + 1) * MAX_SAMPLES] for i in range(math.ceil(n / MAX_SAMPLES))]
