@@ -17,15 +17,7 @@ from pathlib import Path
 
 import pytest
 
-# Qwen2-Audio's added tokens and ids (REFERENCE 4.2).
-QWEN2_AUDIO_ADDED_TOKENS = {
-    151643: "<|endoftext|>",
-    151644: "<|im_start|>",
-    151645: "<|im_end|>",
-    151646: "<|AUDIO|>",
-    151647: "<|audio_bos|>",
-    151648: "<|audio_eos|>",
-}
+from qwen_audio_jax.bundled import QWEN2_AUDIO_ADDED_TOKENS, qwen2_audio_tokenizer_config  # noqa: F401
 
 
 def _package_dir(name: str) -> Path:
@@ -48,34 +40,6 @@ def qwen_tiktoken_file() -> Path:
     if not path.is_file():
         pytest.skip(f"{path} missing from the dashscope package")
     return path
-
-
-def qwen2_audio_tokenizer_config(eos_token: str = "<|im_end|>", chat_template: str | None = None) -> dict:
-    """A tokenizer_config.json shaped like the hub's Qwen2 ones, with Qwen2-Audio's added tokens.
-
-    Instruct checkpoints set eos `<|im_end|>` (the base model `<|endoftext|>`); pad is `<|endoftext|>`; no BOS.
-    """
-    config = {
-        "add_prefix_space": False,
-        "added_tokens_decoder": {
-            str(i): {"content": t, "lstrip": False, "normalized": False, "rstrip": False,
-                     "single_word": False, "special": True}
-            for i, t in QWEN2_AUDIO_ADDED_TOKENS.items()
-        },
-        "additional_special_tokens": ["<|im_start|>", "<|im_end|>", "<|AUDIO|>", "<|audio_bos|>", "<|audio_eos|>"],
-        "bos_token": None,
-        "clean_up_tokenization_spaces": False,
-        "eos_token": eos_token,
-        "errors": "replace",
-        "model_max_length": 32768,
-        "pad_token": "<|endoftext|>",
-        "split_special_tokens": False,
-        "tokenizer_class": "Qwen2Tokenizer",
-        "unk_token": None,
-    }
-    if chat_template is not None:
-        config["chat_template"] = chat_template
-    return config
 
 
 def make_qwen2_audio_tokenizer_dir(path: str | Path, *, eos_token: str = "<|im_end|>",

@@ -18,6 +18,7 @@ SUBCOMMANDS = {
     "export-hf": "qwen_audio_jax.cli.convert_cmd",
     "generate": "qwen_audio_jax.cli.infer_cmd",
     "score": "qwen_audio_jax.cli.infer_cmd",
+    "demo": "qwen_audio_jax.cli.demo_cmd",
 }
 
 
