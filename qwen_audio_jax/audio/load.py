@@ -156,7 +156,7 @@ def as_waveform(x: np.ndarray, sample_rate: int, source: str = "<array>") -> np.
 
         # res_type "soxr_hq" is librosa.load's default, so arrays and files follow the same path.
         x = librosa.resample(x, orig_sr=int(sample_rate), target_sr=SAMPLE_RATE, res_type="soxr_hq")
-        x = _check_samples(np.asarray(x, dtype=np.float32), source)  # a 1-sample clip at 48 kHz resamples to 0
+        x = np.asarray(x, dtype=np.float32)  # librosa keeps ceil(N * 16000 / sr) >= 1 samples
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
@@ -186,7 +186,8 @@ def split_long_audio(wav: np.ndarray, policy: str = "truncate", source: str = "<
     if policy == "truncate":
         warnings.warn(
             f"{source}: audio is {n / SAMPLE_RATE:.1f} s long; only the first {MAX_SAMPLES // SAMPLE_RATE} s are "
-            "used (truncated, as the reference does); pass long_audio='chunk' to keep all of it as several clips.",
+            "used (truncated, as the reference does); use the 'chunk' long-audio policy to keep all of it as "
+            "several clips.",
             UserWarning,
             stacklevel=2,
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import time
 from typing import Sequence
 
 import jax
@@ -68,6 +69,7 @@ class Engine:
             functools.partial(steps.prefill, self.model), static_argnames=("cache_len", "max_new_tokens")
         )
         self._decode = jax.jit(functools.partial(steps.decode_loop, self.model), donate_argnums=(1,))
+        self.last_timings: dict[str, float] = {}  # prefill_s / decode_s of the last batch (device time included)
 
     def default_stop_ids(self) -> tuple[int, ...]:
         return tuple(dict.fromkeys((self.config.eos_token_id, self.config.pad_token_id)))
@@ -89,6 +91,7 @@ class Engine:
             options.temperature, options.top_k, options.top_p, options.repetition_penalty, options.min_new_tokens
         )
         key = jax.random.PRNGKey(options.seed) if key is None else key
+        t0 = time.perf_counter()
         state = self._prefill(
             self.params,
             jnp.asarray(batch.tokens),
@@ -100,11 +103,15 @@ class Engine:
             cache_len=batch.tokens.shape[1] + options.max_new_tokens,
             max_new_tokens=options.max_new_tokens,
         )
+        jax.block_until_ready(state.logits)
+        t1 = time.perf_counter()
         state = self._decode(
             self.params, state, sampling, stop_ids, jnp.asarray(pad_id, jnp.int32),
             jnp.asarray(options.max_new_tokens, jnp.int32),
         )  # fmt: skip
         tokens, logprobs = jax.device_get((state.tokens, state.logprobs))
+        self.last_timings = {"prefill_s": t1 - t0, "decode_s": time.perf_counter() - t1,
+                             "decode_steps": int(state.num_generated)}  # fmt: skip
         return [_unpack(tokens[i], logprobs[i], set(stop), options) for i in range(batch.num_real)]
 
 
