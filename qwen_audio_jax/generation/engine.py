@@ -86,7 +86,10 @@ class Engine:
         pad_id = self.config.pad_token_id
         batch = to_buckets(collate(prepared, pad_id=pad_id, padding_side="left"), self.buckets, self.batch_size, pad_id)
         stop = list(options.stop_ids or self.default_stop_ids())[:MAX_STOP_IDS]
-        stop_ids = jnp.asarray(stop + [stop[0]] * (MAX_STOP_IDS - len(stop)), jnp.int32)
+        stop_criteria = steps.StopCriteria(
+            stop_ids=jnp.asarray(stop + [stop[0]] * (MAX_STOP_IDS - len(stop)), jnp.int32),
+            pad_id=jnp.asarray(pad_id, jnp.int32),
+        )
         sampling = SamplingParams.create(
             options.temperature, options.top_k, options.top_p, options.repetition_penalty, options.min_new_tokens
         )
@@ -100,15 +103,14 @@ class Engine:
             None if batch.mel_lengths is None else jnp.asarray(batch.mel_lengths),
             jnp.asarray(batch.rows_active),
             key,
+            sampling,
+            stop_criteria,
             cache_len=batch.tokens.shape[1] + options.max_new_tokens,
             max_new_tokens=options.max_new_tokens,
         )
-        jax.block_until_ready(state.logits)
+        jax.block_until_ready(state.tokens)
         t1 = time.perf_counter()
-        state = self._decode(
-            self.params, state, sampling, stop_ids, jnp.asarray(pad_id, jnp.int32),
-            jnp.asarray(options.max_new_tokens, jnp.int32),
-        )  # fmt: skip
+        state = self._decode(self.params, state, sampling, stop_criteria, jnp.asarray(options.max_new_tokens, jnp.int32))
         tokens, logprobs = jax.device_get((state.tokens, state.logprobs))
         self.last_timings = {"prefill_s": t1 - t0, "decode_s": time.perf_counter() - t1,
                              "decode_steps": int(state.num_generated)}  # fmt: skip

@@ -50,7 +50,8 @@ class AudioAttention(nn.Module):
         k = dense(cfg.d_model, (ax.AUDIO_EMBED, ax.AUDIO_HEADS), use_bias=False, name="k_proj", **kw)(x_CTD)
         v = dense(cfg.d_model, (ax.AUDIO_EMBED, ax.AUDIO_HEADS), use_bias=True, name="v_proj", **kw)(x_CTD)
         mask_CTS = jnp.broadcast_to(key_mask_CT[:, None, :], (c, t, t))  # keys only; queries are never masked
-        out = attention(q.reshape(c, t, n, h), k.reshape(c, t, n, h), v.reshape(c, t, n, h), mask_CTS, scale=1.0)
+        k_CNTH, v_CNTH = (x.reshape(c, t, n, h).swapaxes(1, 2) for x in (k, v))
+        out = attention(q.reshape(c, t, n, h), k_CNTH, v_CNTH, mask_CTS, scale=1.0)
         return dense(cfg.d_model, (ax.AUDIO_HEADS, ax.AUDIO_EMBED), use_bias=True, name="out_proj", **kw)(
             out.reshape(c, t, n * h)
         )

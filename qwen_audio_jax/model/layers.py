@@ -101,16 +101,17 @@ def apply_rope(x_BTNH: jax.Array, cos_BTH: jax.Array, sin_BTH: jax.Array) -> jax
     return x_BTNH * cos + rotated * sin
 
 
-def attention(q_BTNH: jax.Array, k_BSKH: jax.Array, v_BSKH: jax.Array, mask_BTS: jax.Array, scale: float) -> jax.Array:
+def attention(q_BTNH: jax.Array, k_BKSH: jax.Array, v_BKSH: jax.Array, mask_BTS: jax.Array, scale: float) -> jax.Array:
     """Softmax attention with grouped KV heads; scores and softmax in fp32, output in q's dtype.
 
+    Keys/values are [B, K, S, H] (the KV cache layout: each (b, k) reads one contiguous S x H block).
     mask_BTS: bool, True where query t may attend key s. Returns [B, T, N, H].
     """
     b, t, n, h = q_BTNH.shape
-    k = k_BSKH.shape[2]
+    k = k_BKSH.shape[1]
     q_BTKGH = q_BTNH.reshape(b, t, k, n // k, h)
-    scores = jnp.einsum("btkgh,bskh->bkgts", q_BTKGH, k_BSKH, preferred_element_type=jnp.float32) * scale
+    scores = jnp.einsum("btkgh,bksh->bkgts", q_BTKGH, k_BKSH, preferred_element_type=jnp.float32) * scale
     scores = jnp.where(mask_BTS[:, None, None, :, :], scores, MASK_VALUE)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v_BSKH.dtype)
-    out = jnp.einsum("bkgts,bskh->btkgh", probs, v_BSKH)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v_BKSH.dtype)
+    out = jnp.einsum("bkgts,bksh->btkgh", probs, v_BKSH)
     return out.reshape(b, t, n, h)
