@@ -21,7 +21,8 @@ from qwen_audio_jax.text.processor import ModelInputs
 class Buckets:
     lengths: tuple[int, ...] = (32, 64, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096, 6144, 8192)
     clips: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256)
-    frames: tuple[int, ...] = (500, 1000, 1500, 2000, 2500, 3000)  # multiples of 4 (conv stride 2, pool 2)
+    # Multiples of 4 (conv stride 2, then pool 2); finer at the short end, where most clips are.
+    frames: tuple[int, ...] = (256, 512, 768, 1024, 1280, 1536, 2048, 2560, 3000)
 
     def __post_init__(self):
         if any(f % 4 or f > 3000 for f in self.frames) or 3000 not in self.frames:

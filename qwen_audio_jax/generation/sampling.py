@@ -43,9 +43,10 @@ def apply_repetition_penalty(logits_BV, seen_BV, penalty):
 
 
 def suppress_stop_tokens(logits_BV, stop_ids_S, active):
-    """MinNewTokensLengthLogitsProcessor: stop ids get -inf while fewer than min_new_tokens were generated."""
-    is_stop = jnp.zeros(logits_BV.shape[-1], bool).at[stop_ids_S].set(True)
-    return jnp.where(active & is_stop[None, :], NEG_INF, logits_BV)
+    """MinNewTokensLengthLogitsProcessor: stop ids get -inf while fewer than min_new_tokens were generated.
+    (A scatter into the few stop columns, not a pass over the whole [B, V] array.)"""
+    current = logits_BV[:, stop_ids_S]
+    return logits_BV.at[:, stop_ids_S].set(jnp.where(active, NEG_INF, current))
 
 
 def top_k_filter(logits_BV, k):
@@ -80,12 +81,8 @@ def warp(logits_BV, params: SamplingParams):
 
 def select_next(logits_BV, key, params: SamplingParams, seen_BV, num_generated, stop_ids_S):
     """Returns the next token per row [B] (int32). logits_BV: raw fp32 logits of the last position."""
-    logits_BV = jax.lax.cond(
-        params.repetition_penalty != 1.0,
-        lambda x: apply_repetition_penalty(x, seen_BV, params.repetition_penalty),
-        lambda x: x,
-        logits_BV,
-    )
+    # A fused elementwise pass; a lax.cond here would copy its [B, V] operands on every step.
+    logits_BV = apply_repetition_penalty(logits_BV, seen_BV, params.repetition_penalty)
     logits_BV = suppress_stop_tokens(logits_BV, stop_ids_S, num_generated < params.min_new_tokens)
     greedy = jnp.argmax(logits_BV, axis=-1).astype(jnp.int32)
 

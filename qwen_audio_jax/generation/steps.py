@@ -48,7 +48,8 @@ def _select_and_record(s: DecodeState, logits_BV, sampling: SamplingParams, stop
     key, sub = jax.random.split(s.key)
     tok = select_next(logits_BV, sub, sampling, s.seen, s.num_generated, stop.stop_ids)
     tok = jnp.where(s.done, stop.pad_id, tok)
-    logp = jnp.take_along_axis(jax.nn.log_softmax(logits_BV, axis=-1), tok[:, None], axis=-1)[:, 0]
+    picked = jnp.take_along_axis(logits_BV, tok[:, None], axis=-1)[:, 0]
+    logp = picked - jax.nn.logsumexp(logits_BV, axis=-1)  # log_softmax at one index, without the [B, V] array
     hit_stop = jnp.any(tok[:, None] == stop.stop_ids[None, :], axis=-1)
     return s.replace(
         last_token=tok,
