@@ -20,6 +20,8 @@ from qwen_audio_jax.checkpoint import model_dir as md
 from qwen_audio_jax.config import ModelConfig
 from qwen_audio_jax.generation.engine import Engine, GenerationOptions
 from qwen_audio_jax.model.params import abstract_params
+from qwen_audio_jax.sharding import axes as ax
+from qwen_audio_jax.sharding import mesh as shd
 from qwen_audio_jax.text.processor import Processor
 
 
@@ -30,6 +32,8 @@ class LoadedModel:
     processor: Processor
     dtype: Any  # compute dtype
     model_dir: Path
+    mesh: Any = None  # jax.sharding.Mesh the params are sharded over (None: one device)
+    rules: Any = ax.INFERENCE_RULES
 
     @property
     def tokenizer(self):
@@ -41,16 +45,18 @@ def default_dtype():
     return jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16
 
 
-def load(model_dir: str | Path, *, dtype=None, shardings=None, long_audio: str = "truncate") -> LoadedModel:
+def load(model_dir: str | Path, *, dtype=None, mesh=None, rules=ax.INFERENCE_RULES,
+         long_audio: str = "truncate") -> LoadedModel:  # fmt: skip
     """Loads config, params (cast to the compute dtype while restoring) and the processor of a model dir.
 
-    shardings: optional tree of jax.sharding.Sharding matching the params (see `qwen_audio_jax.sharding`);
-    each host then reads only its shards.
+    mesh: a jax.sharding.Mesh (see `qwen_audio_jax.sharding.mesh.make_mesh`); params are restored straight
+    into their shardings under `rules`, so each host reads only its shards and none holds the whole model.
     """
     model_dir = Path(model_dir)
     config, _ = md.read_model_dir_config(model_dir)
     dtype = dtype or default_dtype()
     abstract = abstract_params(config)
+    shardings = None if mesh is None else shd.param_shardings(mesh, config, rules)
     if shardings is None:
         target = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, dtype), abstract)
     else:
@@ -58,7 +64,7 @@ def load(model_dir: str | Path, *, dtype=None, shardings=None, long_audio: str =
                                         shardings)  # fmt: skip
     params = md.load_params(model_dir, _with_default_sharding(target))
     processor = Processor.from_model_dir(model_dir, long_audio=long_audio)
-    return LoadedModel(config, params, processor, dtype, model_dir)
+    return LoadedModel(config, params, processor, dtype, model_dir, mesh, rules)
 
 
 def _with_default_sharding(target):

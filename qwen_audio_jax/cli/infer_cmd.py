@@ -11,7 +11,10 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="model dir written by `qwen-audio-jax convert` (or training)")
     p.add_argument("--input", required=True, help="request JSONL (one JSON object per line, each with an \"id\")")
     p.add_argument("--output", required=True, help="result JSONL (one line per request)")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=8, help="rounded up to a multiple of the mesh's batch axes")
+    p.add_argument("--mesh", default=None, metavar="SPEC",
+                   help="device mesh, e.g. data=8 or data=2,fsdp=2,tensor=2 (-1 = the remaining devices); "
+                   "default: one device")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run: keep finished lines, skip their ids")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     p.add_argument("--long-audio", choices=["truncate", "chunk"], default="truncate",
@@ -56,7 +59,12 @@ def _load(args):
 
     setup_compilation_cache(DEFAULT_CACHE_DIR if args.compilation_cache is None else args.compilation_cache)
     dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, None: None}[args.dtype]
-    return api.load(args.model, dtype=dtype, long_audio=args.long_audio)
+    mesh = None
+    if args.mesh:
+        from qwen_audio_jax.sharding.mesh import make_mesh
+
+        mesh = make_mesh(args.mesh)
+    return api.load(args.model, dtype=dtype, mesh=mesh, long_audio=args.long_audio)
 
 
 def _generate(args) -> int:

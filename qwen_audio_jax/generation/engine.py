@@ -10,16 +10,21 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh, NamedSharding
 
 from qwen_audio_jax.config import ModelConfig
 from qwen_audio_jax.generation import steps
 from qwen_audio_jax.generation.buckets import Buckets, to_buckets
 from qwen_audio_jax.generation.sampling import SamplingParams
+from qwen_audio_jax.model.decoder import KVCache
 from qwen_audio_jax.model.layers import Dtype
+from qwen_audio_jax.sharding import axes as ax
+from qwen_audio_jax.sharding import mesh as shd
 from qwen_audio_jax.model.params import build_model
 from qwen_audio_jax.text.processor import PreparedRequest, collate
 
-MAX_STOP_IDS = 8  # stop ids are padded to this many so their number never changes the compiled program
+MAX_STOP_IDS = 8
+PREFILL_STATIC = (9, 10)  # cache_len, max_new_tokens (positions after `model` is bound)  # stop ids are padded to this many so their number never changes the compiled program
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,16 +64,45 @@ class Engine:
         dtype: Dtype = jnp.float32,
         batch_size: int = 8,
         buckets: Buckets = Buckets(),
+        mesh: Mesh | None = None,
+        rules: shd.Rules = ax.INFERENCE_RULES,
     ):
         self.config = config
         self.model = build_model(config, dtype=dtype)
-        self.params = jax.device_put(params)
-        self.batch_size = batch_size
         self.buckets = buckets
-        self._prefill = jax.jit(
-            functools.partial(steps.prefill, self.model), static_argnames=("cache_len", "max_new_tokens")
-        )
-        self._decode = jax.jit(functools.partial(steps.decode_loop, self.model), donate_argnums=(1,))
+        self.mesh, self.rules = mesh, rules
+        prefill = functools.partial(steps.prefill, self.model)
+        decode = functools.partial(steps.decode_loop, self.model)
+        if mesh is None:
+            self.batch_size = batch_size
+            self.params = jax.device_put(params)
+            self._prefill = jax.jit(prefill, static_argnums=PREFILL_STATIC)
+            self._decode = jax.jit(decode, donate_argnums=(1,))
+        else:
+            # A batch that does not divide the batch axes is padded (inactive rows), never refused.
+            divisor = shd.batch_divisor(mesh, rules)
+            self.batch_size = -(-batch_size // divisor) * divisor
+            p_sh = shd.param_shardings(mesh, config, rules)
+            self.params = jax.device_put(params, p_sh)  # a no-op for params restored into these shardings
+            rep, b1, b2 = shd.replicated(mesh), shd.batch_sharding(mesh, 1, rules), shd.batch_sharding(mesh, 2, rules)
+            cache_spec = shd.spec_for(
+                (ax.LAYERS, ax.BATCH, ax.ACT_HEADS, ax.CACHE_LENGTH, None),
+                (config.decoder.num_layers, self.batch_size, config.decoder.num_kv_heads, 1, config.decoder.head_dim),
+                mesh, rules,
+            )  # fmt: skip
+            cache = NamedSharding(mesh, cache_spec)
+            state = steps.DecodeState(
+                cache=KVCache(cache, cache), cache_mask=b2, write_index=rep, next_position=b1, last_token=b1,
+                tokens=b2, logprobs=b2, num_generated=rep, done=b1, seen=b2, key=rep,
+            )  # fmt: skip
+            self._prefill = jax.jit(
+                prefill, static_argnums=PREFILL_STATIC,
+                in_shardings=(p_sh, b2, b2, None, None, b1, rep, rep, rep), out_shardings=state,
+            )  # fmt: skip
+            self._decode = jax.jit(
+                decode, in_shardings=(p_sh, state, rep, rep, rep),
+                out_shardings=state, donate_argnums=(1,),
+            )  # fmt: skip
         self.last_timings: dict[str, float] = {}  # prefill_s / decode_s of the last batch (device time included)
 
     def default_stop_ids(self) -> tuple[int, ...]:
@@ -94,19 +128,23 @@ class Engine:
             options.temperature, options.top_k, options.top_p, options.repetition_penalty, options.min_new_tokens
         )
         key = jax.random.PRNGKey(options.seed) if key is None else key
+        with shd.activated(self.mesh, self.rules):
+            return self._run(batch, sampling, stop_criteria, key, options, stop)
+
+    def _run(self, batch, sampling, stop_criteria, key, options, stop) -> list[GenerationOutput]:
         t0 = time.perf_counter()
         state = self._prefill(
             self.params,
-            jnp.asarray(batch.tokens),
-            jnp.asarray(batch.attention_mask),
-            None if batch.mel is None else jnp.asarray(batch.mel),
-            None if batch.mel_lengths is None else jnp.asarray(batch.mel_lengths),
-            jnp.asarray(batch.rows_active),
+            self._put(batch.tokens),
+            self._put(batch.attention_mask),
+            self._put_clips(batch.mel),
+            self._put_clips(batch.mel_lengths),
+            self._put(batch.rows_active),
             key,
             sampling,
             stop_criteria,
-            cache_len=batch.tokens.shape[1] + options.max_new_tokens,
-            max_new_tokens=options.max_new_tokens,
+            batch.tokens.shape[1] + options.max_new_tokens,  # cache_len (static)
+            options.max_new_tokens,  # (static)
         )
         jax.block_until_ready(state.tokens)
         t1 = time.perf_counter()
@@ -115,6 +153,20 @@ class Engine:
         self.last_timings = {"prefill_s": t1 - t0, "decode_s": time.perf_counter() - t1,
                              "decode_steps": int(state.num_generated)}  # fmt: skip
         return [_unpack(tokens[i], logprobs[i], set(stop), options) for i in range(batch.num_real)]
+
+    def _put(self, x: np.ndarray) -> jax.Array:
+        """Host batch -> device, split over the batch axes on a mesh."""
+        if self.mesh is None:
+            return jnp.asarray(x)
+        return jax.device_put(x, shd.batch_sharding(self.mesh, x.ndim, self.rules))
+
+    def _put_clips(self, x: np.ndarray | None) -> jax.Array | None:
+        """Clips are not aligned with rows; split them over the batch axes when they divide, else replicate."""
+        if x is None or self.mesh is None:
+            return None if x is None else jnp.asarray(x)
+        if len(x) % shd.batch_divisor(self.mesh, self.rules) == 0:
+            return jax.device_put(x, shd.batch_sharding(self.mesh, x.ndim, self.rules))
+        return jax.device_put(x, shd.replicated(self.mesh))
 
 
 def _unpack(tokens: np.ndarray, logprobs: np.ndarray, stop: set[int], options: GenerationOptions) -> GenerationOutput:

@@ -73,7 +73,6 @@ def prefill(
     key: jax.Array,
     sampling: SamplingParams,
     stop: StopCriteria,
-    *,
     cache_len: int,
     max_new_tokens: int,
 ) -> DecodeState:

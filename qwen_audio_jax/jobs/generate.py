@@ -27,8 +27,9 @@ class GenerateJob:
                  chat: bool | None = None):  # fmt: skip
         self.model = model
         self.options = options
-        self.batch_size = batch_size
-        self.engine = engine or Engine(model.config, model.params, dtype=model.dtype, batch_size=batch_size)
+        self.engine = engine or Engine(model.config, model.params, dtype=model.dtype, batch_size=batch_size,
+                                       mesh=model.mesh, rules=model.rules)  # fmt: skip
+        self.batch_size = self.engine.batch_size  # rounded up to the mesh's batch axes
         self.chat = chat if chat is not None else model.processor.has_checkpoint_chat_template
         self.tokens_generated = 0
         self._batches = 0

@@ -20,18 +20,29 @@ from tqdm import tqdm
 from qwen_audio_jax.errors import PromptError, QwenAudioError
 from qwen_audio_jax.generation.buckets import Buckets, to_buckets
 from qwen_audio_jax.jobs.jsonl import ResultWriter, count_lines, read_records
-from qwen_audio_jax.model.logprobs import completion_logprobs
+from qwen_audio_jax.model.logprobs import CompletionLogprobs, completion_logprobs
 from qwen_audio_jax.model.params import build_model
+from qwen_audio_jax.sharding import mesh as shd
 from qwen_audio_jax.text.processor import PreparedRequest, collate
 
 
 class ScoreJob:
     def __init__(self, model, *, batch_size: int = 8, buckets: Buckets = Buckets()):
         self.model = model
-        self.batch_size = batch_size
         self.buckets = buckets
         module = build_model(model.config, dtype=model.dtype)
-        self._score = jax.jit(functools.partial(completion_logprobs, module))
+        score = functools.partial(completion_logprobs, module)
+        mesh, rules = model.mesh, model.rules
+        if mesh is None:
+            self.batch_size = batch_size
+            self._score = jax.jit(score)
+        else:
+            divisor = shd.batch_divisor(mesh, rules)
+            self.batch_size = -(-batch_size // divisor) * divisor
+            b1, b2 = shd.batch_sharding(mesh, 1, rules), shd.batch_sharding(mesh, 2, rules)
+            out = CompletionLogprobs(sum_logprobs=b1, num_tokens=b1, mean_logits=b1, token_logprobs=b2)
+            self._score = jax.jit(score, in_shardings=(shd.param_shardings(mesh, model.config, rules), b2, b2, b2,
+                                                       None, None), out_shardings=out)  # fmt: skip
 
     def compiled_programs(self) -> int:
         return self._score._cache_size()
@@ -61,15 +72,25 @@ class ScoreJob:
             chunk = items[start : start + self.batch_size]
             pad = self.model.config.pad_token_id
             batch = to_buckets(collate(chunk, pad_id=pad, padding_side="left"), self.buckets, self.batch_size, pad)
-            res = self._score(
-                self.model.params, jnp.asarray(batch.tokens), jnp.asarray(batch.attention_mask),
-                jnp.asarray(batch.completion_mask),
-                None if batch.mel is None else jnp.asarray(batch.mel),
-                None if batch.mel_lengths is None else jnp.asarray(batch.mel_lengths),
-            )  # fmt: skip
+            with shd.activated(self.model.mesh, self.model.rules):
+                res = self._score(
+                    self.model.params, *(self._put(x) for x in (batch.tokens, batch.attention_mask,
+                                                                batch.completion_mask)),
+                    *(self._put_replicated(x) for x in (batch.mel, batch.mel_lengths)),
+                )  # fmt: skip
             sums, counts = jax.device_get((res.sum_logprobs, res.num_tokens))
             out += [(float(sums[i]), int(counts[i])) for i in range(batch.num_real)]
         return out
+
+    def _put(self, x):
+        if self.model.mesh is None:
+            return jnp.asarray(x)
+        return jax.device_put(x, shd.batch_sharding(self.model.mesh, x.ndim, self.model.rules))
+
+    def _put_replicated(self, x):
+        if x is None or self.model.mesh is None:
+            return None if x is None else jnp.asarray(x)
+        return jax.device_put(x, shd.replicated(self.model.mesh))
 
     def results(self, records: Iterable[tuple[str, dict | None, str | None]]) -> Iterator[dict]:
         pending: list[tuple[str, bool, list[PreparedRequest]]] = []

@@ -133,7 +133,7 @@ class Decoder(nn.Module):
         cfg = self.config
         self.embed_tokens = nn.Embed(
             cfg.vocab_size, cfg.hidden_size, dtype=self.dtype, param_dtype=self.param_dtype,
-            embedding_init=nn.with_logical_partitioning(nn.initializers.normal(0.02), (ax.VOCAB, ax.EMBED)),
+            embedding_init=nn.with_logical_partitioning(nn.initializers.normal(0.02), (ax.EMBED_VOCAB, ax.EMBED)),
         )  # fmt: skip
         self.norm = RMSNorm(cfg.rms_norm_eps, self.param_dtype)
         self.layers = nn.scan(

@@ -11,7 +11,9 @@ MESH_AXES = ("data", "fsdp", "tensor")
 
 # ---- parameter axes --------------------------------------------------------------------------------------
 LAYERS = "layers"  # the stacked (scanned) layer axis
-VOCAB = "vocab"
+VOCAB = "vocab"  # lm_head output: split over tensor (vocab-parallel logits)
+EMBED_VOCAB = "embed_vocab"  # the embedding table's rows: never split (a row gather over a split vocab
+#                              would all-gather the whole table on every step)
 EMBED = "embed"  # decoder width D
 MLP = "mlp"  # decoder MLP width F
 Q_HEADS = "q_heads"  # fused N*H output of q_proj / input of o_proj
@@ -32,7 +34,7 @@ ACT_HEADS = "act_heads"
 CACHE_LENGTH = "cache_length"
 
 ALL_LOGICAL_AXES = (
-    LAYERS, VOCAB, EMBED, MLP, Q_HEADS, KV_HEADS, NORM, AUDIO_EMBED, AUDIO_MLP, AUDIO_HEADS, AUDIO_POS,
+    LAYERS, VOCAB, EMBED_VOCAB, EMBED, MLP, Q_HEADS, KV_HEADS, NORM, AUDIO_EMBED, AUDIO_MLP, AUDIO_HEADS, AUDIO_POS,
     CONV_KERNEL, MEL, BATCH, LENGTH, ACT_EMBED, ACT_HEADS, CACHE_LENGTH,
 )  # fmt: skip
 
@@ -41,6 +43,7 @@ ALL_LOGICAL_AXES = (
 TRAIN_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     (LAYERS, None),
     (VOCAB, "tensor"),
+    (EMBED_VOCAB, None),
     (EMBED, "fsdp"),
     (MLP, "tensor"),
     (Q_HEADS, "tensor"),

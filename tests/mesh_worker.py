@@ -1,0 +1,71 @@
+"""Runs in a subprocess with 8 simulated CPU devices (XLA_FLAGS set by the caller): the same programs on one
+device and on several meshes, printing one JSON document the test compares.
+
+    XLA_FLAGS=--xla_force_host_platform_device_count=8 python -m tests.mesh_worker data=8 fsdp=8 ...
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import traverse_util
+
+
+def main(specs: list[str]) -> dict:
+    from qwen_audio_jax.api import LoadedModel
+    from qwen_audio_jax.bundled import write_tokenizer_dir
+    from qwen_audio_jax.config import tiny
+    from qwen_audio_jax.generation.engine import Engine, GenerationOptions
+    from qwen_audio_jax.jobs.score import ScoreJob
+    from qwen_audio_jax.model.params import init_params, logical_axes
+    from qwen_audio_jax.sharding import axes as ax
+    from qwen_audio_jax.sharding.mesh import make_mesh, spec_for
+    from qwen_audio_jax.text.processor import Processor
+    from qwen_audio_jax.text.tokenizer import Qwen2AudioTokenizer
+    from tests._requests import varied_requests
+
+    assert jax.device_count() == 8, jax.devices()
+    processor = Processor(Qwen2AudioTokenizer.from_dir(write_tokenizer_dir(tempfile.mkdtemp())))
+    prepared = processor.prepare_many(varied_requests())
+    score_requests = [{**r, "completion": "A short answer, then a longer one."} for r in varied_requests()[:4]]
+    config = tiny()
+    params = init_params(config, jax.random.PRNGKey(3))
+    opts = GenerationOptions(max_new_tokens=24)
+
+    def run(mesh):
+        engine = Engine(config, params, batch_size=6, mesh=mesh)
+        tokens = [o.token_ids for o in engine.generate(prepared, opts)]
+        odd = [o.token_ids for o in Engine(config, params, batch_size=3, mesh=mesh).generate(prepared[:3], opts)]
+        model = LoadedModel(config, engine.params, processor, jnp.float32, None, mesh, ax.INFERENCE_RULES)
+        scores = [r["logprob"] for r in ScoreJob(model, batch_size=4).run_all(score_requests)]
+        return engine, tokens, odd, scores
+
+    _, ref_tokens, ref_odd, ref_scores = run(None)
+    out = {"reference": {"tokens": ref_tokens, "odd_batch": ref_odd, "scores": ref_scores}, "meshes": {}}
+    names = traverse_util.flatten_dict(logical_axes(config), sep="/")
+    for spec in specs:
+        mesh = make_mesh(spec)
+        engine, tokens, odd, scores = run(mesh)
+        flat = traverse_util.flatten_dict(engine.params, sep="/")
+        actual = {k: str(v.sharding.spec) for k, v in flat.items()}
+        expected = {k: str(spec_for(tuple(names[k]), v.shape, mesh, ax.INFERENCE_RULES)) for k, v in flat.items()}
+        out["meshes"][spec] = {
+            "tokens": tokens, "odd_batch": odd, "scores": scores, "batch_size": engine.batch_size,
+            "actual": actual, "expected": expected,
+            # weight matrices (2+ dims besides the stacked layer axis) that ended up on every device whole
+            "replicated_matrices": sorted(
+                k for k, v in flat.items()
+                if v.ndim - (names[k][0] == ax.LAYERS) >= 2 and v.sharding.is_fully_replicated
+            ),
+        }  # fmt: skip
+    return out
+
+
+if __name__ == "__main__":
+    np.set_printoptions(precision=8)
+    print("MESH_RESULT " + json.dumps(main(sys.argv[1:])))

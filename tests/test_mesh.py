@@ -1,0 +1,80 @@
+"""The same programs on 1 device and on meshes of 8 simulated CPU devices (run in a subprocess, because the
+device count is fixed when jax starts)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from qwen_audio_jax.sharding.mesh import make_mesh, parse_mesh_spec
+from qwen_audio_jax.errors import ConfigError
+from tests._paths import REPO
+
+pytestmark = pytest.mark.mesh
+
+MESHES = ["data=8", "fsdp=8", "data=2,fsdp=2,tensor=2", "tensor=4,data=2"]
+
+
+@pytest.fixture(scope="module")
+def result():
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.run([sys.executable, "-m", "tests.mesh_worker", *MESHES], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=1200)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("MESH_RESULT "))
+    return json.loads(line[len("MESH_RESULT ") :])
+
+
+@pytest.mark.parametrize("spec", MESHES)
+def test_generation_equals_single_device(result, spec):
+    got, ref = result["meshes"][spec], result["reference"]
+    assert got["tokens"] == ref["tokens"]
+    # A batch of 3 on a mesh whose batch axes do not divide 3 is padded, not refused.
+    assert got["odd_batch"] == ref["odd_batch"]
+
+
+@pytest.mark.parametrize("spec", MESHES)
+def test_scores_equal_single_device(result, spec):
+    for a, b in zip(result["meshes"][spec]["scores"], result["reference"]["scores"]):
+        assert abs(a - b) <= 1e-5 * max(1.0, abs(b))
+
+
+# Under pure tensor parallelism these stay whole on every device by the rule table's design: their dims are
+# model widths (split over fsdp, not tensor), and the embedding rows are never split (see sharding/axes.py).
+TP_REPLICATED = ["audio_tower/conv1/kernel", "audio_tower/conv2/kernel", "audio_tower/embed_positions",
+                 "language_model/embed_tokens/embedding", "multi_modal_projector/linear/kernel"]  # fmt: skip
+
+
+@pytest.mark.parametrize("spec", MESHES)
+def test_param_shardings_follow_the_rules(result, spec):
+    got = result["meshes"][spec]
+    assert got["actual"] == got["expected"]
+    want_replicated = {"data=8": got["replicated_matrices"], "tensor=4,data=2": TP_REPLICATED}.get(spec, [])
+    assert got["replicated_matrices"] == want_replicated, "weights silently replicated"
+
+
+def test_hand_checked_shardings(result):
+    """A few params on the 3-axis mesh, written out by hand from the rule table."""
+    got = result["meshes"]["data=2,fsdp=2,tensor=2"]["actual"]
+    assert got["language_model/layers/mlp/up_proj/kernel"] == "P(None, 'fsdp', 'tensor')"
+    assert got["language_model/layers/mlp/down_proj/kernel"] == "P(None, 'tensor', 'fsdp')"
+    assert got["language_model/layers/self_attn/q_proj/kernel"] == "P(None, 'fsdp', 'tensor')"
+    assert got["lm_head/kernel"] == "P('fsdp', 'tensor')"
+    assert got["language_model/embed_tokens/embedding"] == "P(None, 'fsdp')"
+    assert got["language_model/norm/scale"] == "P(None,)"
+    # tiny() has 2 KV heads x 16 = 32 fused columns: tensor=4 divides 32, so k_proj is split there too.
+    assert result["meshes"]["tensor=4,data=2"]["actual"]["language_model/layers/self_attn/k_proj/kernel"] == \
+        "P(None, None, 'tensor')"  # fmt: skip
+    assert result["meshes"]["data=2,fsdp=2,tensor=2"]["batch_size"] == 8  # 6 rounded up to data*fsdp = 4
+
+
+def test_mesh_spec_parsing():
+    assert parse_mesh_spec("data=2,fsdp=-1", 8) == {"data": 2, "fsdp": 4, "tensor": 1}
+    assert parse_mesh_spec(None, 4) == {"data": 4, "fsdp": 1, "tensor": 1}
+    for bad in ["data=3", "data=2,fsdp=-1,tensor=-1", "pipeline=2", "data=x"]:
+        with pytest.raises(ConfigError):
+            parse_mesh_spec(bad, 8)
+    mesh = make_mesh("data=1")
+    assert dict(mesh.shape) == {"data": 1, "fsdp": 1, "tensor": 1}
