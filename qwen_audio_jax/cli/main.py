@@ -19,6 +19,8 @@ SUBCOMMANDS = {
     "generate": "qwen_audio_jax.cli.infer_cmd",
     "score": "qwen_audio_jax.cli.infer_cmd",
     "demo": "qwen_audio_jax.cli.demo_cmd",
+    "dpo": "qwen_audio_jax.cli.train_cmd",
+    "plan": "qwen_audio_jax.cli.plan_cmd",
 }
 
 

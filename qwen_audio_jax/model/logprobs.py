@@ -32,14 +32,16 @@ def completion_logprobs(
     mel_lengths_C: jax.Array | None = None,
     *,
     chunk: int = 128,
+    **embed_options,
 ) -> CompletionLogprobs:
     """Log-probs of the tokens where completion_mask is 1, each predicted from all tokens before it.
 
     Works for left or right padding (positions come from the mask); T need not be a multiple of `chunk`.
+    embed_options: clip_repeats / frozen_encoder / frozen_projector (see the model's `embed`).
     """
     variables = {"params": params}
     b, t = tokens_BT.shape
-    embeds = model.apply(variables, tokens_BT, mel_CMA, mel_lengths_C, method="embed")
+    embeds = model.apply(variables, tokens_BT, mel_CMA, mel_lengths_C, method="embed", **embed_options)
     positions = positions_from_mask(mask_BT)
     slots = jnp.broadcast_to(jnp.arange(t), (b, t))
     hidden, _ = model.apply(variables, embeds, positions, causal_mask(mask_BT, slots), method="decode")

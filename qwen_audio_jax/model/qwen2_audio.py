@@ -63,12 +63,27 @@ class Qwen2AudioForConditionalGeneration(nn.Module):
         _, n_tokens = conv_output_lengths(mel_lengths_C)
         return feats, n_tokens
 
-    def embed(self, tokens_BT, mel_CMA=None, mel_lengths_C=None):
-        """Token embeddings with each clip's projected frames scattered into its <|AUDIO|> slots."""
+    def embed(self, tokens_BT, mel_CMA=None, mel_lengths_C=None, clip_repeats: int = 1,
+              frozen_encoder: bool = False, frozen_projector: bool = False):  # fmt: skip
+        """Token embeddings with each clip's projected frames scattered into its <|AUDIO|> slots.
+
+        clip_repeats: the rows hold the clips' slots that many times over (DPO: chosen rows, then rejected rows
+        with the same prompts), so each clip is encoded once and its features reused.
+        frozen_encoder / frozen_projector: stop gradients there (no backward pass through a frozen tower).
+        """
         embeds = self.language_model.embed(tokens_BT)
         if mel_CMA is None:
             return embeds
-        feats, n_tokens = self.encode_audio(mel_CMA, mel_lengths_C)
+        hidden = self.audio_tower(mel_CMA, mel_lengths_C)
+        if frozen_encoder:
+            hidden = jax.lax.stop_gradient(hidden)
+        feats = self.multi_modal_projector(hidden)
+        if frozen_projector:
+            feats = jax.lax.stop_gradient(feats)
+        _, n_tokens = conv_output_lengths(mel_lengths_C)
+        if clip_repeats > 1:
+            feats = jnp.concatenate([feats] * clip_repeats, axis=0)
+            n_tokens = jnp.concatenate([n_tokens] * clip_repeats, axis=0)
         return merge_audio_features(embeds, tokens_BT, feats, n_tokens, self.config.audio_token_id)
 
     def decode(self, embeds_BTD, positions_BT, mask_BTS, cache: KVCache | None = None, cache_index=0):

@@ -1,0 +1,110 @@
+"""The training input pipeline: grain over validated examples -> bucketed numpy batches, checkpointable.
+
+    indices -> shuffle(seed), reshuffled every epoch -> this process's slice -> prepare (audio + tokens)
+            -> batches of B examples -> A of them stacked per step, padded to shared (length, clips, frames)
+               buckets -> TrainBatch arrays
+
+Everything is a deterministic function of (seed, position), and the iterator state is one integer, saved
+with each checkpoint, so a resumed run sees exactly the batches an uninterrupted run would have.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Sequence
+
+import grain
+import numpy as np
+
+from qwen_audio_jax.generation.buckets import Buckets
+from qwen_audio_jax.text.processor import PreparedRequest, Processor
+
+
+@dataclasses.dataclass
+class PipelineConfig:
+    batch_pairs: int  # examples per micro-batch on this process
+    grad_accum: int = 1
+    seed: int = 0
+    num_threads: int = 2  # grain reader threads preparing examples (audio loading + log-mel)
+
+
+class ExamplePreparer:
+    """index -> [chosen PreparedRequest, rejected PreparedRequest (DPO only)], the clips shared."""
+
+    def __init__(self, examples: Sequence, processor: Processor, with_rejected: bool):
+        self.examples, self.processor, self.with_rejected = examples, processor, with_rejected
+
+    def __call__(self, index: int) -> tuple[int, list[PreparedRequest]]:
+        ex = self.examples[int(index)]
+        completions = [ex.chosen, ex.rejected] if self.with_rejected else [ex.chosen]
+        return int(index), self.processor.prepare_completions(ex.request, completions)
+
+
+def make_iterator(examples: Sequence, processor: Processor, cfg: PipelineConfig, total_steps: int, *,
+                  with_rejected: bool, process_index: int = 0, process_count: int = 1):  # fmt: skip
+    """A grain iterator over micro-batches (lists of (index, prepared)) with get_state()/set_state()."""
+    n = len(examples)
+    per_step = cfg.batch_pairs * cfg.grad_accum * process_count
+    epochs = math.ceil(total_steps * per_step / n) + 1
+    ds = grain.MapDataset.range(n).shuffle(seed=cfg.seed).repeat(epochs)
+    ds = ds[process_index::process_count]
+    ds = ds.map(ExamplePreparer(examples, processor, with_rejected))
+    ds = ds.batch(cfg.batch_pairs, drop_remainder=True, batch_fn=list)
+    options = grain.ReadOptions(num_threads=cfg.num_threads, prefetch_buffer_size=2 * cfg.grad_accum)
+    return ds.to_iter_dataset(options).__iter__()
+
+
+@dataclasses.dataclass
+class BatchShape:
+    """Bucketed sizes shared by every micro-batch of a step (and, multi-host, by every process)."""
+
+    length: int
+    clips: int
+    frames: int
+
+
+def batch_shape(micro_batches: list[list[tuple[int, list[PreparedRequest]]]], buckets: Buckets) -> BatchShape:
+    longest = max(p.num_tokens for mb in micro_batches for _, pair in mb for p in pair)
+    clips = max(sum(len(pair[0].mel_lengths) for _, pair in mb) for mb in micro_batches)
+    lengths = [m for mb in micro_batches for _, pair in mb for m in pair[0].mel_lengths]
+    return BatchShape(
+        length=buckets.prompt_length(longest),
+        clips=buckets.num_clips(clips),
+        frames=buckets.mel_frames(max(lengths)) if lengths else 0,
+    )
+
+
+def collate_step(micro_batches, shape: BatchShape, pad_id: int, n_mels: int, ref_table: dict | None = None,
+                 with_rejected: bool = True) -> dict[str, np.ndarray]:  # fmt: skip
+    """Stacks A micro-batches of B examples into arrays [A, K, B, T] (K = 2: chosen, rejected; K = 1 for SFT),
+    right-padded; clips [A, C, M, F] in pair order, once per pair (chosen and rejected share them)."""
+    a, b = len(micro_batches), len(micro_batches[0])
+    k_rows = 2 if with_rejected else 1
+    t = shape.length
+    out = {
+        "tokens": np.full((a, k_rows, b, t), pad_id, np.int32),
+        "mask": np.zeros((a, k_rows, b, t), np.int32),
+        "completion_mask": np.zeros((a, k_rows, b, t), np.int32),
+        "pair_active": np.ones((a, b), np.float32),
+    }
+    if shape.clips:
+        out["mel"] = np.zeros((a, shape.clips, n_mels, shape.frames), np.float32)
+        out["mel_lengths"] = np.zeros((a, shape.clips), np.int32)
+    if ref_table is not None:
+        out["ref_logps"] = np.zeros((a, k_rows, b), np.float32)
+    for i, mb in enumerate(micro_batches):
+        c = 0
+        for j, (index, pair) in enumerate(mb):
+            for k, prepared in enumerate(pair):
+                n = prepared.num_tokens
+                out["tokens"][i, k, j, :n] = prepared.token_ids
+                out["mask"][i, k, j, :n] = 1
+                out["completion_mask"][i, k, j, :n] = prepared.completion_mask
+                if ref_table is not None:
+                    out["ref_logps"][i, k, j] = ref_table[index][k]
+            for mel, length in zip(pair[0].mels, pair[0].mel_lengths):  # clips once per pair (shared)
+                out["mel"][i, c] = mel[:, : shape.frames]
+                out["mel_lengths"][i, c] = length
+                c += 1
+    return out

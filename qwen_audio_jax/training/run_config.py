@@ -1,0 +1,140 @@
+"""Run configuration for `dpo` (and SFT): a small YAML file plus dotted command-line overrides.
+
+    qwen-audio-jax dpo --config configs/dpo_qwen2_audio_7b.yaml train.steps=500 loss.beta=0.2 mesh=fsdp=8
+
+Every key is a field below; an unknown key or a value of the wrong type is a one-line error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from qwen_audio_jax.errors import ConfigError
+from qwen_audio_jax.training.loss import LossConfig
+from qwen_audio_jax.training.optimizer import OptimConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    train: str = ""  # preference JSONL (DPO) or SFT JSONL
+    max_length: int = 2048  # longer examples are dropped (counted in the report), never truncated
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainLoopConfig:
+    steps: int = 1000  # optimizer steps
+    batch_size: int = 8  # examples (pairs for DPO) per micro-batch, over all processes
+    grad_accum: int = 1  # micro-batches per optimizer step
+    seed: int = 0
+    compute_dtype: str = "float32"  # "bfloat16": bf16 compute over fp32 master weights
+    remat: str = "none"  # none | full | dots | dots_no_batch
+    log_every: int = 1
+    num_threads: int = 2  # data preparation threads
+
+
+@dataclasses.dataclass(frozen=True)
+class ReferenceConfig:
+    mode: str = "model"  # "model": frozen copy of the initial policy; "precomputed": cached log-probs
+    model: str | None = None  # another model dir as the reference (default: the policy's starting point)
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointConfig:
+    every: int = 100
+    keep: int = 3
+    async_save: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    model: str = ""  # model dir (from `convert`)
+    output_dir: str = "runs/dpo"
+    mesh: str | None = None  # e.g. "fsdp=8" or "data=2,fsdp=2,tensor=2"
+    data: DataConfig = DataConfig()
+    loss: LossConfig = LossConfig()
+    reference: ReferenceConfig = ReferenceConfig()
+    optim: OptimConfig = OptimConfig()
+    train: TrainLoopConfig = TrainLoopConfig()
+    checkpoint: CheckpointConfig = CheckpointConfig()
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _build(cls, values: dict, where: str):
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {values!r}.")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - fields)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; known: {sorted(fields)}.")
+    kwargs = {}
+    for name, value in values.items():
+        hint = hints[name]
+        key = f"{where}.{name}" if where else name
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = _build(hint, value, key)
+        else:
+            kwargs[name] = _coerce(value, hint, key)
+    try:
+        return cls(**kwargs)
+    except TypeError as e:
+        raise ConfigError(f"{where or 'config'}: {e}") from e
+
+
+def _coerce(value: Any, hint, key: str):
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if value is None and type(None) in args:
+        return None
+    if origin is tuple:
+        items = value if isinstance(value, (list, tuple)) else [value]
+        return tuple(_coerce(v, args[0], key) for v in items)
+    if origin is typing.Union or (origin is not None and type(None) in args):
+        hint = next(a for a in args if a is not type(None))
+    if hint is bool:
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        if isinstance(value, bool):
+            return value
+    elif hint in (int, float, str):
+        try:
+            if hint is int and isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return hint(value)
+        except (TypeError, ValueError):
+            pass
+    raise ConfigError(f"{key}: {value!r} is not a valid {getattr(hint, '__name__', hint)}.")
+
+
+def _set_dotted(doc: dict, dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    for k in keys[:-1]:
+        doc = doc.setdefault(k, {})
+        if not isinstance(doc, dict):
+            raise ConfigError(f"override {dotted!r}: {k} is not a section.")
+    doc[keys[-1]] = value
+
+
+def load_run_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig:
+    """YAML file (optional) + `a.b=value` overrides (values parsed as YAML scalars/lists)."""
+    doc: dict = {}
+    if path is not None:
+        try:
+            doc = yaml.safe_load(Path(path).read_text()) or {}
+        except OSError as e:
+            raise ConfigError(f"cannot read {path}: {e.strerror}.") from e
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML ({e}).") from e
+    for item in overrides:
+        key, eq, raw = item.partition("=")
+        if not eq or not key:
+            raise ConfigError(f"override {item!r} must look like key.sub=value.")
+        _set_dotted(doc, key.strip(), yaml.safe_load(raw) if raw.strip() else "")
+    return _build(RunConfig, doc, "")

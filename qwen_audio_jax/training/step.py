@@ -1,0 +1,125 @@
+"""The jitted training step: policy log-probs, reference log-probs (outside the gradient), loss, AdamW update.
+
+A batch holds `A` micro-batches (gradient accumulation: a `lax.scan` sums their gradients, one optimizer
+update per step). DPO rows are [chosen_1..chosen_B, rejected_1..rejected_B]: one forward pass serves both, and
+each clip is encoded once per pair (`clip_repeats=2`). SFT rows are the B chosen sequences.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+
+from qwen_audio_jax.model.logprobs import completion_logprobs
+from qwen_audio_jax.training.loss import LossConfig, preference_loss, sft_loss
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array  # int32: optimizer steps taken
+    params: Any  # fp32 master weights
+    opt_state: Any
+    rng: jax.Array
+
+
+@flax.struct.dataclass
+class TrainBatch:
+    """A micro-batches of B examples; K = 2 rows per example for DPO (chosen, rejected), 1 for SFT.
+
+    Rows keep a separate K axis so that B can be split over the mesh (and over hosts) while the loss still
+    sees [chosen_1..chosen_B, rejected_1..rejected_B] after the reshape to K*B rows.
+    """
+
+    tokens: jax.Array  # [A, K, B, T] int32, right-padded
+    mask: jax.Array  # [A, K, B, T] int32
+    completion_mask: jax.Array  # [A, K, B, T] int32
+    pair_active: jax.Array  # [A, B] float32: 0 for padding pairs
+    mel: jax.Array | None = None  # [A, C, M, F] float32, clips in pair order
+    mel_lengths: jax.Array | None = None  # [A, C] int32
+    ref_logps: jax.Array | None = None  # [A, K, B] fp32, precomputed reference log-probs (DPO only)
+
+
+@dataclasses.dataclass(frozen=True)
+class StepConfig:
+    loss: LossConfig
+    frozen_encoder: bool = True
+    frozen_projector: bool = False
+    logprob_chunk: int = 128
+
+
+def _rows(x):
+    """[K, B, T] -> [K*B, T]: chosen rows, then rejected rows."""
+    return x.reshape(-1, x.shape[-1])
+
+
+def _logprobs(model, params, micro: TrainBatch, cfg: StepConfig):
+    k = micro.tokens.shape[0]
+    return completion_logprobs(
+        model, params, _rows(micro.tokens), _rows(micro.mask), _rows(micro.completion_mask), micro.mel,
+        micro.mel_lengths, chunk=cfg.logprob_chunk, clip_repeats=k, frozen_encoder=cfg.frozen_encoder,
+        frozen_projector=cfg.frozen_projector,
+    )  # fmt: skip
+
+
+def batch_loss(model, params, micro: TrainBatch, ref_logps, cfg: StepConfig):
+    """(loss, metrics) of one micro-batch. ref_logps: [2B] reference log-probs (DPO) or None (SFT)."""
+    dpo = cfg.loss.needs_rejected
+    pol = _logprobs(model, params, micro, cfg)
+    if not dpo:
+        loss, metrics = sft_loss(pol.sum_logprobs, pol.num_tokens, micro.pair_active)
+        return loss, {**metrics, "tokens": pol.num_tokens.sum()}
+    b = micro.pair_active.shape[0]
+    split = lambda x: (x[:b], x[b:])  # noqa: E731
+    (pi_c, pi_r), (ref_c, ref_r), (n_c, n_r) = split(pol.sum_logprobs), split(ref_logps), split(pol.num_tokens)
+    loss, metrics = preference_loss(cfg.loss, pi_c, pi_r, ref_c, ref_r, n_c, n_r, micro.pair_active)
+    active = micro.pair_active
+    count = jnp.maximum(active.sum(), 1.0)
+    lg_c, lg_r = split(pol.mean_logits)
+    metrics["logits/chosen"] = (lg_c * active).sum() / count
+    metrics["logits/rejected"] = (lg_r * active).sum() / count
+    metrics["tokens"] = pol.num_tokens.sum()
+    return loss, metrics
+
+
+def reference_logps(model, ref_params, micro: TrainBatch, cfg: StepConfig):
+    """Reference log-probs [2B]: precomputed ones if the batch carries them, else a forward of the frozen copy."""
+    if micro.ref_logps is not None:
+        return micro.ref_logps.reshape(-1)
+    return jax.lax.stop_gradient(_logprobs(model, ref_params, micro, cfg).sum_logprobs)
+
+
+def train_step(
+    model,
+    tx: optax.GradientTransformation,
+    lr_fn: Callable,
+    cfg: StepConfig,
+    state: TrainState,
+    batch: TrainBatch,
+    ref_params=None,
+) -> tuple[TrainState, dict]:
+    """One optimizer step over the A micro-batches of `batch`. Donate `state`."""
+    grad_fn = jax.value_and_grad(lambda p, micro, ref: batch_loss(model, p, micro, ref, cfg), has_aux=True)
+    dpo = cfg.loss.needs_rejected
+
+    def micro_step(grads_acc, micro: TrainBatch):
+        # The reference forward runs before (outside) value_and_grad: no gradient, no saved activations.
+        ref = reference_logps(model, ref_params, micro, cfg) if dpo else None
+        (_, metrics), grads = grad_fn(state.params, micro, ref)
+        return jax.tree_util.tree_map(jnp.add, grads_acc, grads), metrics
+
+    zeros = jax.tree_util.tree_map(jnp.zeros_like, state.params)
+    grads, metrics = jax.lax.scan(micro_step, zeros, batch)
+    n_micro = batch.tokens.shape[0]
+    grads = jax.tree_util.tree_map(lambda g: g / n_micro, grads)
+    metrics = {k: (v.sum() if k == "tokens" else v.mean()) for k, v in metrics.items()}
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics["grad_norm"] = optax.global_norm(grads)
+    metrics["learning_rate"] = lr_fn(state.step)
+    rng, _ = jax.random.split(state.rng)
+    return TrainState(step=state.step + 1, params=params, opt_state=opt_state, rng=rng), metrics
