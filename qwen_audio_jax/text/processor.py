@@ -213,6 +213,17 @@ class Processor:
             return self.prepare_prompt(request["prompt"], request.get("audio"), completion=request.get("completion"))
         raise PromptError(f"a request needs 'messages' or 'prompt', got keys {sorted(request)}")
 
+    def prepare_completions(self, request: dict, completions: Sequence[str]) -> list[PreparedRequest]:
+        """The prompt of `request` prepared once (its audio loaded and featurized once), then one PreparedRequest per
+        completion, with the token ids of `prepare({**request, "completion": c})`. All results share the prompt's
+        `mels` and `mel_lengths` list objects (DPO's chosen and rejected condition on the same clips): treat them
+        as read-only."""
+        if isinstance(request, dict) and "completion" in request:
+            raise PromptError("prepare_completions takes the completions as its second argument; remove "
+                              "'completion' from the request")
+        base = self.prepare(request)
+        return [self._finish(base.token_ids, base.mels, base.mel_lengths, c, base.prompt_text) for c in completions]
+
     def prepare_many(self, requests: Sequence[dict]) -> list[PreparedRequest | QwenAudioError]:
         """`prepare` each request; a request that fails yields its typed error in its slot, not an exception."""
         out: list[PreparedRequest | QwenAudioError] = []

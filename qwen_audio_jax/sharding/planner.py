@@ -1,0 +1,434 @@
+"""Per-device memory plan for a model on a mesh: weights, optimizer state, gradients, KV cache, activations.
+
+Nothing is allocated and no device is needed: param shapes come from `abstract_params` (jax.eval_shape) and
+each param's sharding from `spec_for` on a shape-only mesh, so a plan for a 256-chip pod runs on a laptop.
+
+What is counted, per device (c = compute-dtype bytes, p = param-dtype bytes; "/shards" = divided by the
+product of the mesh axes the param's PartitionSpec uses, which is exact because `spec_for` splits only dims
+that divide):
+  weights      sum over params of size * p / shards (inference loads params in the compute dtype, so p = c
+               there unless --param-dtype says otherwise; training keeps fp32 params by default).
+  optimizer    training only, AdamW over the TRAINABLE params: 2 fp32 moments (mu, nu) = 8 bytes each,
+               plus a 4-byte fp32 master copy when the params themselves are bf16; / shards (optax state
+               mirrors the param tree, so it gets the params' shardings). The step count is ignored.
+               Trainable follows training/optimizer.py's groups: the decoder and lm_head always, the
+               projector unless frozen, `audio_tower/*` only when the encoder is not frozen (default: frozen),
+               and never `audio_tower/embed_positions` (the reference never trains it).
+  gradients    training only: size * p / shards for the trainable params (gradients have the params' dtype);
+               with grad_accum > 1 also the trainer's accumulator, zeros_like(params): every param, frozen
+               ones included (training/step.py).
+  reference    DPO with reference.mode "model": a frozen fp32 copy of the policy, sharded like it (the
+               trainer loads it with the policy's shardings). "precomputed" (the 7B config) holds none.
+  kv_cache     inference only: k and v [L, B, K, S, H] in the compute dtype, sharded as the engine does:
+               B padded up to and split over the batch axes (data, fsdp), K over tensor when it divides.
+  activations  an ESTIMATE of the peak working set (formulas in `_layer_saved` / `_layer_forward_peak`;
+               rows = sequences per device, T = tokens per sequence):
+               inference: max(prefill of one decoder layer at T = prompt_len (residual 2*rows*T*D*c, then
+                 max(attention: q/k/v/out + [rows, N, T, T] fp32 scores, an fp32 softmax temporary and the
+                 probs in c; MLP: 3 [rows, T, F])) + the [rows, T, T] bool mask; one decode step; the audio
+                 encoder's forward over one 30 s clip per row) + last-position fp32 logits [rows, V].
+               training: L * (per-layer saved activations for the remat policy) + the larger of one layer's
+                 backward (its full set recomputed, fp32 d-probs/d-scores, its weight gradient) and the
+                 head's (final hidden + gradient, 3 fp32 logits chunks [rows, 128, V] from
+                 model/logprobs.py, lm_head's gradient accumulator) + the mask; a frozen encoder only runs
+                 forward (its peak is taken by max), a trained one saves its layers too.
+               Attention here materialises fp32 scores (model/layers.py), so long prompts dominate.
+               Checked against XLA's memory_analysis of a 4-layer, 7B-width grad step compiled for CPU in
+               fp32 (T = 512, 2048; remat none/dots/full): within ~10%. Inference prefill read ~20% low there.
+  gathered     an ESTIMATE of transient all-gathered weights under fsdp > 1 (ZeRO-3 gathers each layer
+               before use): max over units (one decoder layer, one encoder layer, lm_head) of the gathered
+               size, x2 for layers (in use + prefetched), x1 more in training for the layer's unreduced
+               gradient. Zero when nothing is fsdp-sharded.
+Not counted: XLA's scratch and fragmentation, program code, host-side buffers, DPO's reference model
+(its log-probs are computed outside the gradient). That is what the margin in `fits` is for.
+Batch means sequences per step: for DPO count chosen and rejected (2 x pairs).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Mapping, Sequence
+
+from qwen_audio_jax.config import ModelConfig
+from qwen_audio_jax.errors import ConfigError
+from qwen_audio_jax.sharding import axes as ax
+
+# jax and flax are imported only inside the functions that read shapes: the tables and formulas are plain Python.
+Rules = Sequence[tuple[str, str | tuple[str, ...] | None]]
+
+KIB, MIB, GIB = 1024, 1024**2, 1024**3
+DTYPE_BYTES = {"bfloat16": 2, "float32": 4}
+REMAT_POLICIES = ("none", "full", "dots")
+LOGPROB_CHUNK = 128  # positions per lm_head chunk in model/logprobs.py (its default)
+DEFAULT_MARGIN = 0.9  # fraction of device memory a plan may use: the rest is XLA scratch and fragmentation
+
+# HBM per chip in GiB (vendor figures, rounded: an H100 reports 81,559 MiB = 79.6 GiB, so plans near the
+# limit should leave the margin alone). JAX on GPUs preallocates only 75% by default; set
+# XLA_PYTHON_CLIENT_MEM_FRACTION=.95 to use what the margin assumes.
+DEVICE_MEMORY_GIB = {
+    "tpu-v5e": 16, "tpu-v5p": 95, "tpu-v6e": 32, "h100": 80, "h200": 141, "a100-40g": 40, "a100-80g": 80,
+}  # fmt: skip
+
+
+@dataclasses.dataclass(frozen=True)
+class ShapeMesh:
+    """All `spec_for` needs of a mesh: {axis: size}. The mesh need not exist on this machine."""
+
+    shape: Mapping[str, int]
+
+
+@dataclasses.dataclass(frozen=True)
+class ParamShard:
+    """One param: its shape, PartitionSpec (as a string) and how many ways it is split."""
+
+    path: str
+    shape: tuple[int, ...]
+    spec: str
+    size: int
+    shards: int  # product of the mesh axis sizes the spec uses
+    fsdp_shards: int  # the part of `shards` that comes from the fsdp axis (undone by an all-gather)
+    trainable: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class MemoryPlan:
+    """Bytes per device, by category (see the module docstring for exactly what each counts)."""
+
+    model: str
+    mesh: dict[str, int]
+    train: bool
+    batch: int  # requested sequences per step
+    padded_batch: int  # rounded up to a multiple of the batch axes (as the engine does)
+    rows_per_device: int
+    max_len: int  # cache length S (inference) / sequence length T (training)
+    prompt_len: int  # prefill length (inference)
+    param_dtype: str
+    compute_dtype: str
+    remat: str
+    freeze_audio_encoder: bool  # training only (False for inference: nothing is trained)
+    freeze_projector: bool
+    grad_accum: int
+    total_params: int
+    trainable_params: int
+    weights: int
+    optimizer: int
+    gradients: int
+    reference_weights: int
+    kv_cache: int
+    activations: int
+    gathered_weights: int
+
+    @property
+    def total(self) -> int:
+        return sum(getattr(self, field) for field, _ in CATEGORIES)
+
+    @property
+    def num_devices(self) -> int:
+        return math.prod(self.mesh.values())
+
+
+CATEGORIES = (
+    ("weights", "weights"),
+    ("optimizer", "optimizer state"),
+    ("gradients", "gradients"),
+    ("reference_weights", "DPO reference model"),
+    ("kv_cache", "KV cache"),
+    ("activations", "activations (est.)"),
+    ("gathered_weights", "fsdp gathers (est.)"),
+)
+
+
+# ---- inputs ----------------------------------------------------------------------------------------------
+def device_bytes(name: str) -> int:
+    if name not in DEVICE_MEMORY_GIB:
+        known = ", ".join(DEVICE_MEMORY_GIB)
+        raise ConfigError(f"unknown device {name!r}; choose one of {known} or pass --device-memory.")
+    return DEVICE_MEMORY_GIB[name] * GIB
+
+
+def _dtype_bytes(name: str) -> int:
+    if name not in DTYPE_BYTES:
+        raise ConfigError(f"unsupported dtype {name!r}; choose one of {sorted(DTYPE_BYTES)}.")
+    return DTYPE_BYTES[name]
+
+
+# ---- params ----------------------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=4)
+def _param_table(config: ModelConfig) -> tuple[tuple[str, tuple[int, ...], tuple[str | None, ...]], ...]:
+    """(path, shape, logical axis names) of every param; cached because eval_shape of the 7B takes ~1 s."""
+    from flax import traverse_util
+
+    from qwen_audio_jax.model.params import abstract_params, logical_axes
+
+    shapes = traverse_util.flatten_dict(abstract_params(config), sep="/")
+    names = traverse_util.flatten_dict(logical_axes(config), sep="/")
+    return tuple((path, tuple(leaf.shape), tuple(names[path])) for path, leaf in shapes.items())
+
+
+def param_shards(
+    config: ModelConfig, mesh_shape: Mapping[str, int], rules: Rules, freeze_audio_encoder: bool = True,
+    freeze_projector: bool = False,
+) -> list[ParamShard]:
+    """Every param with its sharding under `rules` on a mesh of `mesh_shape` (shapes only, no allocation),
+    and whether the optimizer trains it (training/optimizer.py's param groups)."""
+    from qwen_audio_jax.sharding.mesh import spec_for
+    from qwen_audio_jax.training.optimizer import param_group
+
+    frozen_groups = {"frozen"} | ({"encoder"} if freeze_audio_encoder else set())
+    frozen_groups |= {"projector"} if freeze_projector else set()
+
+    mesh = ShapeMesh(dict(mesh_shape))
+    out = []
+    for path, shape, names in _param_table(config):
+        spec = spec_for(names, shape, mesh, rules)
+        used = _spec_axes(spec)
+        shards = math.prod(mesh_shape[a] for a in used)
+        trainable = param_group(tuple(path.split("/"))) not in frozen_groups
+        out.append(ParamShard(path, shape, str(spec), math.prod(shape), shards,
+                              mesh_shape["fsdp"] if "fsdp" in used else 1, trainable))  # fmt: skip
+    return out
+
+
+def _spec_axes(spec) -> list[str]:
+    """Mesh axes a PartitionSpec uses: P('fsdp', ('data', 'tensor'), None) -> ['fsdp', 'data', 'tensor']."""
+    return [a for entry in spec if entry is not None for a in ((entry,) if isinstance(entry, str) else entry)]
+
+
+def _per_device(shards: list[ParamShard], bytes_per_elem: int) -> int:
+    return sum(s.size * bytes_per_elem // s.shards for s in shards)
+
+
+def _gathered(shards: list[ParamShard], p: int, train: bool, cfg: ModelConfig) -> int:
+    """Largest transient all-gather over fsdp (see module docstring): the gathered size is what the device
+    holds once the fsdp split is undone (the tensor split stays)."""
+
+    def size(prefix: str, per: int = 1) -> tuple[int, bool]:
+        sel = [s for s in shards if s.path.startswith(prefix) and s.fsdp_shards > 1]
+        return sum(s.size * p * s.fsdp_shards // s.shards for s in sel) // per, any(s.trainable for s in sel)
+
+    units = [
+        (*size("language_model/layers/", cfg.decoder.num_layers), 2),
+        (*size("audio_tower/layers/", cfg.audio.num_layers), 2),
+        (*size("lm_head/"), 1),
+    ]
+    return max(n * (k + (1 if train and trainable else 0)) for n, trainable, k in units)
+
+
+# ---- activations -----------------------------------------------------------------------------------------
+def _layer_saved(policy: str, rows: int, t: int, d: int, n: int, k: int, h: int, f: int, mlp_in: int,
+                 c: int, tn: int, tf: int) -> int:  # fmt: skip
+    """Bytes one transformer layer keeps for the backward pass, per device, by remat policy.
+
+    rows*T tokens; width D; N query / K kv heads of H; MLP width F with `mlp_in` input projections (2 for
+    Qwen2's gated MLP, 1 for Whisper's); head-sized tensors split tn ways, F-sized tf ways (tensor axis).
+      none: c*rows*T*(4D [x, norm1 out, residual, norm2 out] + (2NH + 2KH) [q, k, v, attn out]
+            + 2*mlp_in*F [gate, up, act, product]) + rows*N*T*T*(4 + c) [fp32 softmax out, probs in c]
+      dots: c*rows*T*(3D [x, o_proj out, down out] + (2NH + 2KH) + mlp_in*F) + rows*N*T*T*4 [fp32 scores]
+            (jax.checkpoint_policies.checkpoint_dots: matmul outputs are saved, the rest is recomputed)
+      full: c*rows*T*D (only the scan carry: each layer's input)
+    """
+    tok = rows * t
+    heads = (2 * n * h + 2 * k * h) // tn
+    scores = rows * n * t * t // tn
+    if policy == "full":
+        return c * tok * d
+    if policy == "dots":
+        return c * tok * (3 * d + heads + mlp_in * f // tf) + 4 * scores
+    return c * tok * (4 * d + heads + 2 * mlp_in * f // tf) + (4 + c) * scores
+
+
+def _layer_forward_peak(rows: int, t: int, s: int, d: int, n: int, k: int, h: int, f: int, mlp_in: int,
+                        c: int, tn: int, tf: int) -> int:  # fmt: skip
+    """Forward-only peak of one layer: residual in + out (2 [rows, T, D]) plus the larger of attention
+    (q, k, v, out + [rows, N, T, S] fp32 scores, an fp32 softmax temporary and the probs in c) and the MLP
+    ((mlp_in + 1) [rows, T, F])."""
+    tok = rows * t
+    attn = c * tok * (2 * n * h + 2 * k * h) // tn + rows * n * t * s * (8 + c) // tn
+    mlp = c * tok * (mlp_in + 1) * f // tf
+    return 2 * c * tok * d + max(attn, mlp)
+
+
+def _split(dim: int, tensor: int) -> int:
+    """How many ways the tensor axis splits an activation dim (not at all when it does not divide)."""
+    return tensor if tensor > 1 and dim % tensor == 0 else 1
+
+
+def _activations(cfg: ModelConfig, mesh: Mapping[str, int], rows: int, max_len: int, prompt_len: int,
+                 train: bool, remat: str, frozen: bool, c: int, layer_grad: int = 0, head_grad: int = 0) -> int:
+    """Peak activation estimate (module docstring). layer_grad / head_grad: per-device bytes of one decoder
+    layer's weight gradient and of lm_head's (the chunked lm_head scan accumulates it in a temporary)."""
+    dec, enc, t = cfg.decoder, cfg.audio, mesh["tensor"]
+    tn, tf, tv = _split(dec.num_kv_heads, t), _split(dec.intermediate_size, t), _split(dec.vocab_size, t)
+    dec_dims = (dec.hidden_size, dec.num_heads, dec.num_kv_heads, dec.head_dim, dec.intermediate_size, 2)
+    # Audio encoder: one 30 s clip per row (the reference pads every clip to 3000 mel frames -> A positions).
+    a, ta, tfa = enc.max_source_positions, _split(enc.num_heads, t), _split(enc.ffn_dim, t)
+    enc_dims = (enc.d_model, enc.num_heads, enc.num_heads, enc.head_dim, enc.ffn_dim, 1)
+    stem = rows * (4 * enc.num_mel_bins * 2 * a + c * 2 * (2 * a) * enc.d_model)  # fp32 mel + conv1 out, gelu
+    enc_fwd = max(stem, _layer_forward_peak(rows, a, a, *enc_dims, c, ta, tfa))
+
+    if not train:
+        tp = prompt_len
+        prefill = _layer_forward_peak(rows, tp, tp, *dec_dims, c, tn, tf) + rows * tp * tp
+        decode = _layer_forward_peak(rows, 1, max_len, *dec_dims, c, tn, tf)
+        decode += 2 * c * rows * dec.num_kv_heads * max_len * dec.head_dim // tn  # this layer's k, v read
+        logits = rows * dec.vocab_size * (4 + 1)  # last-position fp32 logits + the `seen` bool mask
+        return max(prefill, decode, enc_fwd) + logits
+
+    # Backward: the saved set of every layer, plus the larger of two working sets: one layer's backward
+    # (its full activations recomputed, fp32 d-probs and d-scores [rows, N, T, T], its weight gradient) and
+    # the lm_head's (final hidden + its gradient, 3 fp32 logits chunks, lm_head's gradient accumulator).
+    saved = dec.num_layers * _layer_saved(remat, rows, max_len, *dec_dims, c, tn, tf)
+    work = _layer_saved("none", rows, max_len, *dec_dims, c, tn, tf) + layer_grad
+    work += 2 * 4 * rows * dec.num_heads * max_len * max_len // tn
+    head = 2 * c * rows * max_len * dec.hidden_size + 3 * 4 * rows * LOGPROB_CHUNK * dec.vocab_size // tv + head_grad
+    decoder = saved + max(work, head) + rows * max_len * max_len
+    if frozen:  # forward only, done before the decoder starts saving
+        return max(decoder, enc_fwd)
+    enc_saved = enc.num_layers * _layer_saved(remat, rows, a, *enc_dims, c, ta, tfa)
+    return decoder + enc_saved
+
+
+# ---- the plan --------------------------------------------------------------------------------------------
+def plan(
+    config: ModelConfig,
+    mesh_shape: Mapping[str, int],
+    batch: int,
+    max_len: int,
+    train: bool = False,
+    *,
+    prompt_len: int | None = None,
+    param_dtype: str | None = None,
+    compute_dtype: str = "bfloat16",
+    freeze_audio_encoder: bool = True,
+    freeze_projector: bool = False,
+    grad_accum: int = 1,
+    reference: str = "none",
+    remat: str = "none",
+    rules: Rules | None = None,
+    model_name: str = "model",
+) -> MemoryPlan:
+    """Per-device bytes for `batch` sequences of `max_len` tokens on a mesh of `mesh_shape` ({axis: size},
+    missing axes 1). param_dtype defaults to the compute dtype for inference (params are cast on load) and
+    to float32 for training (fp32 master weights, DESIGN decision 7). prompt_len (inference prefill length,
+    <= max_len) defaults to max_len. Training only: freeze_*, grad_accum (micro-batches per step: `batch` is
+    one micro-batch, the sequences in memory at once), reference ("model": DPO with a reference copy in
+    memory; "none"/"precomputed": none)."""
+    mesh = {name: int(mesh_shape.get(name, 1)) for name in ax.MESH_AXES}
+    if set(mesh_shape) - set(ax.MESH_AXES) or min(mesh.values()) < 1:
+        raise ConfigError(f"bad mesh {dict(mesh_shape)}: axes are {', '.join(ax.MESH_AXES)}, sizes >= 1.")
+    if batch < 1 or max_len < 1:
+        raise ConfigError(f"batch ({batch}) and max_len ({max_len}) must be positive.")
+    prompt_len = max_len if prompt_len is None else prompt_len
+    if not 1 <= prompt_len <= max_len:
+        raise ConfigError(f"prompt_len ({prompt_len}) must be between 1 and max_len ({max_len}).")
+    if grad_accum < 1 or reference not in ("none", "precomputed", "model"):
+        raise ConfigError(f"grad_accum ({grad_accum}) must be >= 1 and reference ({reference!r}) one of "
+                          "none, precomputed, model.")  # fmt: skip
+    if remat not in REMAT_POLICIES:
+        raise ConfigError(f"unknown remat policy {remat!r}; choose one of {', '.join(REMAT_POLICIES)}.")
+    from qwen_audio_jax.sharding.mesh import spec_for
+
+    param_dtype = param_dtype or ("float32" if train else compute_dtype)
+    p, c = _dtype_bytes(param_dtype), _dtype_bytes(compute_dtype)
+    rules = rules if rules is not None else (ax.TRAIN_RULES if train else ax.INFERENCE_RULES)
+    frozen = train and freeze_audio_encoder
+
+    shards = param_shards(config, mesh, rules, freeze_audio_encoder=frozen, freeze_projector=train and freeze_projector)
+    trainable = [s for s in shards if s.trainable] if train else []
+
+    # Batch axes as the engine uses them (mesh.batch_axes): the BATCH rule's axes of size > 1; the batch is
+    # padded up to their product, never refused.
+    target = dict(rules)[ax.BATCH]
+    batch_mesh_axes = (target,) if isinstance(target, str) else tuple(target or ())
+    divisor = math.prod(mesh[a] for a in batch_mesh_axes)
+    padded = -(-batch // divisor) * divisor
+    rows = padded // divisor
+
+    kv = 0
+    if not train:
+        d = config.decoder
+        shape = (d.num_layers, padded, d.num_kv_heads, max_len, d.head_dim)  # [L, B, K, S, H]
+        spec = spec_for((ax.LAYERS, ax.BATCH, ax.ACT_HEADS, ax.CACHE_LENGTH, None), shape, ShapeMesh(mesh), rules)
+        kv = 2 * math.prod(shape) * c // math.prod(mesh[a] for a in _spec_axes(spec))
+
+    return MemoryPlan(
+        model=model_name, mesh=mesh, train=train, batch=batch, padded_batch=padded, rows_per_device=rows,
+        max_len=max_len, prompt_len=prompt_len, param_dtype=param_dtype, compute_dtype=compute_dtype,
+        remat=remat, freeze_audio_encoder=frozen, freeze_projector=train and freeze_projector,
+        grad_accum=grad_accum if train else 1,
+        total_params=sum(s.size for s in shards), trainable_params=sum(s.size for s in trainable),
+        weights=_per_device(shards, p),
+        optimizer=_per_device(trainable, 8 + (4 if p < 4 else 0)),  # mu + nu fp32 (+ fp32 master if bf16)
+        gradients=_per_device(trainable, p) + (_per_device(shards, p) if train and grad_accum > 1 else 0),
+        reference_weights=_per_device(shards, p) if train and reference == "model" else 0,
+        kv_cache=kv,
+        activations=_activations(
+            config, mesh, rows, max_len, prompt_len, train, remat, frozen, c,
+            layer_grad=_per_device([s for s in trainable if s.path.startswith("language_model/layers/")], p)
+            // config.decoder.num_layers,
+            head_grad=_per_device([s for s in trainable if s.path.startswith("lm_head/")], p),
+        ),
+        gathered_weights=_gathered(shards, p, train, config) if mesh["fsdp"] > 1 else 0,
+    )  # fmt: skip
+
+
+def fits(plan: MemoryPlan, device_bytes: int, margin: float = DEFAULT_MARGIN) -> bool:
+    """True when the plan's total is at most `margin` x the device's memory."""
+    return plan.total <= margin * device_bytes
+
+
+def human(n: int) -> str:
+    """Bytes as GiB (>= 1 GiB), MiB (>= 1 MiB), KiB or B."""
+    for unit, size in (("GiB", GIB), ("MiB", MIB), ("KiB", KIB)):
+        if n >= size:
+            return f"{n / size:.2f} {unit}"
+    return f"{n} B"
+
+
+def to_dict(plan: MemoryPlan, device: str | None = None, device_memory: int | None = None,
+            margin: float = DEFAULT_MARGIN) -> dict:  # fmt: skip
+    """JSON-ready: every field, the total, and the fit verdict when a device size is given."""
+    out = dataclasses.asdict(plan)
+    out["num_devices"] = plan.num_devices
+    out["total"] = plan.total
+    if device_memory is not None:
+        out.update(device=device, device_memory=device_memory, margin=margin,
+                   usable=int(margin * device_memory), fits=fits(plan, device_memory, margin))  # fmt: skip
+    return out
+
+
+def format_plan(plan: MemoryPlan, device: str | None = None, device_memory: int | None = None,
+                margin: float = DEFAULT_MARGIN) -> str:  # fmt: skip
+    """A human table of per-device bytes, with the fit verdict when a device size is given."""
+    mesh = ",".join(f"{k}={v}" for k, v in plan.mesh.items())
+    job = "training" if plan.train else "inference"
+    encoder = "frozen" if plan.freeze_audio_encoder else "trained"
+    lines = [
+        f"{plan.model}: {job} on mesh {mesh} ({plan.num_devices} device{'s' if plan.num_devices > 1 else ''})",
+        f"batch {plan.batch}" + (f" (padded to {plan.padded_batch})" if plan.padded_batch != plan.batch else "")
+        + f", {plan.rows_per_device} per device; max-len {plan.max_len}"
+        + ("" if plan.train or plan.prompt_len == plan.max_len else f" (prompt {plan.prompt_len})"),
+        f"params {plan.param_dtype}, compute {plan.compute_dtype}"
+        + (f", remat {plan.remat}, audio encoder {encoder}" if plan.train else "")
+        + (", projector frozen" if plan.freeze_projector else "")
+        + (f", grad accum {plan.grad_accum}" if plan.grad_accum > 1 else ""),
+        f"parameters {plan.total_params:,}" + (f" (trainable {plan.trainable_params:,})" if plan.train else ""),
+        "",
+        f"{'per device':<22}{'':>12}{'bytes':>18}",
+    ]  # fmt: skip
+    for field, label in CATEGORIES:
+        n = getattr(plan, field)
+        lines.append(f"{label:<22}{human(n):>12}{n:>18,}")
+    lines.append(f"{'total':<22}{human(plan.total):>12}{plan.total:>18,}")
+    if device_memory is not None:
+        usable = int(margin * device_memory)
+        ok = fits(plan, device_memory, margin)
+        spare = human(abs(usable - plan.total))
+        verdict = f"fits ({spare} to spare)" if ok else f"does not fit ({spare} over)"
+        name = f"{device} " if device else ""
+        lines += ["", f"device {name}{human(device_memory)} x {margin:.0%} usable = {human(usable)}: {verdict}"]
+        if device and not device.startswith("tpu"):
+            lines.append("note: JAX preallocates 75% of GPU memory by default; set XLA_PYTHON_CLIENT_MEM_FRACTION=.95")
+    return "\n".join(lines)

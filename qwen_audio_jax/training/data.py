@@ -1,0 +1,464 @@
+"""Preference (DPO) and SFT data files -> validated, tokenized pairs.
+
+A data file is JSONL (one record a line) or a JSON array of records (LLaMA-Factory's usual `.json`). The form of
+each record is detected on its own, so one file may mix them:
+
+  ours       {"id", "messages": [...] | "prompt": str (+ "audio": [paths]), "chosen": str, "rejected": str}
+  TRL        {"prompt": [turns], "chosen": [assistant turn], "rejected": [assistant turn]}, or the implicit-prompt
+             form {"chosen": [whole conversation], "rejected": [whole conversation]} (every turn but the last shared)
+  LLaMA-     {"conversations": [{"from": "human", "value": "<audio>..."}], "chosen": {"from": "gpt", "value"},
+  Factory     "rejected": {...}, "audios": [paths], "system"?}; each `<audio>` takes the next path of "audios"
+  SFT        (read_sft_file) "messages" / "conversations" ending with the assistant turn to learn, a "completion"
+             next to a prompt, or any preference form above (its "chosen" is the target)
+
+Every form becomes a `PreferenceExample` whose request is in the processor's form ({"messages"} with audio parts
+`{"type": "audio", "audio": absolute path}`, or {"prompt", "audio"}). Relative audio paths resolve against the data
+file's folder (so a dataset folder can move whole). A record that cannot be used is reported as (id, sentence),
+never raised: one bad line must not stop a run, but the report says how many were dropped and why.
+
+`validate_examples` prepares every example up front (audio loaded once per example, shared by chosen and rejected)
+and drops, never truncates, what cannot be trained on: cutting a sequence could cut inside an `<|AUDIO|>` span, and
+a silently shortened completion would bias the preference.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from qwen_audio_jax.errors import AudioError, ConfigError, DataError, QwenAudioError
+from qwen_audio_jax.text import chat_template as ct
+from qwen_audio_jax.text.processor import PreparedRequest, Processor
+from qwen_audio_jax.text.tokenizer import AUDIO_TOKEN
+
+__all__ = ["PreferenceExample", "PreparedPair", "ValidationReport", "read_preference_file", "read_sft_file",
+           "validate_examples", "pair_fingerprint"]
+
+LF_AUDIO = "<audio>"  # LLaMA-Factory's audio placeholder in sharegpt "value" strings
+# LLaMA-Factory sharegpt role tags -> chat roles. Tool turns have no place in the Qwen2-Audio template.
+_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
+_TOOL_ROLES = ("observation", "function", "function_call", "tool")
+
+
+@dataclass
+class PreferenceExample:
+    """One parsed record. request: the PROMPT only, {"messages": [...]} or {"prompt": str, "audio": [paths]};
+    chosen / rejected: completion texts (rejected is None for SFT)."""
+
+    id: str
+    request: dict
+    chosen: str
+    rejected: str | None = None
+
+
+@dataclass
+class PreparedPair:
+    """An example ready to batch: chosen and rejected share the prompt's `mels` list (one featurization)."""
+
+    id: str
+    chosen: PreparedRequest
+    rejected: PreparedRequest | None = None
+
+
+# -- reading ----------------------------------------------------------------------------------------------------------
+
+
+def read_preference_file(path: str | Path) -> tuple[list[PreferenceExample], list[tuple[str, str]]]:
+    """Parse a preference file. Returns (examples, [(id, error sentence)] of the records that could not be used).
+
+    Raises DataError only for the file as a whole (missing, not UTF-8, a JSON array that does not parse)."""
+    return _read(Path(path), sft=False)
+
+
+def read_sft_file(path: str | Path) -> tuple[list[PreferenceExample], list[tuple[str, str]]]:
+    """Parse an SFT file (examples have rejected=None); same contract as `read_preference_file`."""
+    return _read(Path(path), sft=True)
+
+
+def _read(path: Path, sft: bool) -> tuple[list[PreferenceExample], list[tuple[str, str]]]:
+    base_dir = path.absolute().parent
+    examples, errors, seen = [], [], {}
+    for n, where, rec in _records(path):
+        rid = rec.get("id") if isinstance(rec, dict) else None
+        rid = f"{path.stem}-{n}" if rid is None or rid == "" else str(rid)
+        try:
+            if isinstance(rec, DataError):  # a line that is not JSON
+                raise rec
+            if rid in seen:
+                raise DataError(f"duplicate id {rid!r} (first used on {seen[rid]}); give every record its own id")
+            request, chosen, rejected = _parse(rec, base_dir, sft)
+        except DataError as e:
+            errors.append((rid, f"{path.name} {where}: {e}"))
+            continue
+        seen[rid] = where
+        examples.append(PreferenceExample(rid, request, chosen, rejected))
+    return examples, errors
+
+
+def _records(path: Path) -> Iterator[tuple[int, str, object]]:
+    """(1-based record number, "line N" / "record N", parsed JSON or a DataError for a line that does not parse)."""
+    if not path.is_file():
+        raise DataError(f"{path}: no such data file; check the path")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text ({e.reason}); save the data file as UTF-8 JSONL") from None
+    except OSError as e:
+        raise DataError(f"{path}: cannot be read ({e.strerror}); check its permissions") from None
+    if text.lstrip().startswith("["):  # a JSON array, as LLaMA-Factory ships its datasets
+        try:
+            data = json.loads(text)
+        except ValueError as e:
+            raise DataError(f"{path}: the JSON array does not parse ({e}); fix it or write one record a line") from None
+        yield from ((i, f"record {i}", rec) for i, rec in enumerate(data, 1))
+        return
+    for i, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            yield i, f"line {i}", json.loads(line)
+        except ValueError as e:
+            yield i, f"line {i}", DataError(f"not valid JSON ({getattr(e, 'msg', e)} at column "
+                                            f"{getattr(e, 'colno', '?')}); write one JSON object per line")
+
+
+# -- record forms -----------------------------------------------------------------------------------------------------
+
+
+def _parse(rec, base_dir: Path, sft: bool) -> tuple[dict, str, str | None]:
+    """One record of any form -> (prompt request, chosen, rejected or None). Raises DataError naming the field."""
+    if not isinstance(rec, dict):
+        raise DataError(f"a record must be a JSON object, got {type(rec).__name__}")
+    if "conversations" in rec or "audios" in rec:
+        return _parse_sharegpt(rec, base_dir, sft)
+    prompt = rec.get("prompt")
+    if "messages" in rec:
+        if "audio" in rec:
+            raise DataError("a top-level 'audio' list goes with 'prompt' only; put each clip inside 'messages' as "
+                            "{'type': 'audio', 'audio': path}")
+        messages = _messages(rec["messages"], base_dir, "messages")
+        if sft and "chosen" not in rec and "completion" not in rec:
+            return _split_last_turn(messages, "messages")
+        request = {"messages": messages}
+    elif isinstance(prompt, str):  # ours (and TRL's standard form when there is no audio)
+        request = {"prompt": prompt}
+        if rec.get("audio") is not None:
+            request["audio"] = [_resolve(a, base_dir) for a in _path_list(rec["audio"], "audio")]
+    elif isinstance(prompt, list):  # TRL conversational
+        request = {"messages": _messages(prompt, base_dir, "prompt")}
+    elif prompt is None and isinstance(rec.get("chosen"), list):
+        return _parse_implicit(rec, base_dir, sft)
+    else:
+        raise DataError(f"unknown record form (keys {sorted(rec)}); give 'messages' or 'prompt' with 'chosen' and "
+                        "'rejected', TRL's prompt/chosen/rejected turns, or LLaMA-Factory's 'conversations'")
+    return (request, *_targets(rec, sft))
+
+
+def _targets(rec: dict, sft: bool) -> tuple[str, str | None]:
+    key = "completion" if sft and "chosen" not in rec else "chosen"
+    if key not in rec:
+        raise DataError(f"missing '{key}'" + ("" if sft else "; a preference record needs 'chosen' and 'rejected'"))
+    chosen = _completion(rec[key], key)
+    if sft:
+        return chosen, None
+    if "rejected" not in rec:
+        raise DataError("missing 'rejected'; a preference record needs both 'chosen' and 'rejected' "
+                        "(use read_sft_file for SFT data)")
+    return _pair(chosen, _completion(rec["rejected"], "rejected"))
+
+
+def _pair(chosen: str, rejected: str) -> tuple[str, str]:
+    if chosen == rejected:  # DPO's gradient is exactly zero on such a pair: it is a data bug, not a preference
+        raise DataError("'chosen' and 'rejected' are identical; a preference pair needs two different completions")
+    return chosen, rejected
+
+
+def _parse_implicit(rec: dict, base_dir: Path, sft: bool) -> tuple[dict, str, str | None]:
+    """TRL's implicit prompt: whole conversations; the prompt is every turn but the last, which must be shared."""
+    chosen = _messages(rec["chosen"], base_dir, "chosen")
+    if sft and rec.get("rejected") is None:
+        return _split_last_turn(chosen, "chosen")
+    rejected = _messages(rec.get("rejected"), base_dir, "rejected")
+    if len(chosen) < 2 or chosen[:-1] != rejected[:-1]:
+        raise DataError("'chosen' and 'rejected' (whole conversations, no 'prompt') must share every turn but the "
+                        "last, which is the assistant's answer; or give the shared turns as 'prompt'")
+    request, text, _ = _split_last_turn(chosen, "chosen")
+    return (request, text, None) if sft else (request, *_pair(text, _completion(rejected[-1], "rejected")))
+
+
+def _split_last_turn(messages: list[dict], what: str) -> tuple[dict, str, None]:
+    """A conversation ending with the assistant turn to learn -> (prompt request, target text, None)."""
+    if len(messages) < 2 or messages[-1]["role"] != "assistant":
+        raise DataError(f"'{what}' must end with the assistant turn to learn, after at least one prompt turn")
+    return {"messages": messages[:-1]}, _completion(messages[-1], f"{what}[-1]"), None
+
+
+def _parse_sharegpt(rec: dict, base_dir: Path, sft: bool) -> tuple[dict, str, str | None]:
+    """LLaMA-Factory sharegpt (`ranking` for preferences): from/value turns, `<audio>` placeholders + "audios"."""
+    turns = rec.get("conversations", rec.get("messages"))
+    if not isinstance(turns, list) or not turns:
+        raise DataError("'conversations' must be a non-empty list of {'from': ..., 'value': ...} turns")
+    audios = [_resolve(a, base_dir) for a in _path_list(rec.get("audios") or [], "audios")]
+    turns = [_sharegpt_turn(t, f"conversations[{i}]") for i, t in enumerate(turns)]
+    n = sum(text.count(LF_AUDIO) for _, text in turns)
+    if n != len(audios):
+        raise DataError(f"the conversation has {n} {LF_AUDIO} placeholders but 'audios' lists {len(audios)} files; "
+                        "give one file per placeholder")
+    messages, pending = [], iter(audios)
+    for i, (role, text) in enumerate(turns):
+        if LF_AUDIO not in text:
+            messages.append({"role": role, "content": text})
+            continue
+        if role != "user":
+            raise DataError(f"conversations[{i}] ({role}) has an {LF_AUDIO} placeholder; audio goes in human turns")
+        content = []
+        for k, piece in enumerate(text.split(LF_AUDIO)):
+            if k:  # the k-th placeholder sits before this piece
+                content.append({"type": "audio", "audio": next(pending)})
+            if piece.strip():  # text kept verbatim; only the empty/blank gaps around placeholders are dropped
+                content.append({"type": "text", "text": piece})
+        messages.append({"role": role, "content": content})
+    if isinstance(rec.get("system"), str) and rec["system"] and messages[0]["role"] != "system":
+        messages.insert(0, {"role": "system", "content": rec["system"]})
+    if "chosen" in rec or not sft:
+        return ({"messages": messages}, *_targets(rec, sft))
+    return _split_last_turn(messages, "conversations")
+
+
+def _sharegpt_turn(turn, where: str) -> tuple[str, str]:
+    if not isinstance(turn, dict):
+        raise DataError(f"{where} must be an object with 'from' and 'value'")
+    role, text = turn.get("from", turn.get("role")), turn.get("value", turn.get("content"))
+    role = role if isinstance(role, str) else repr(role)
+    if role in _TOOL_ROLES:
+        raise DataError(f"{where} is a tool turn (from {role!r}), which audio training data does not support; "
+                        "drop the tool calls from this record")
+    if role not in _ROLES:
+        raise DataError(f"{where} has unknown role {role!r}; use human/user, gpt/assistant or system")
+    if not isinstance(text, str):
+        raise DataError(f"{where}: 'value' must be a string, got {type(text).__name__}")
+    return _ROLES[role], text
+
+
+def _messages(value, base_dir: Path, what: str) -> list[dict]:
+    """Chat turns with every audio part normalized to {"type": "audio", "audio": absolute path}."""
+    if not isinstance(value, list) or not value:
+        raise DataError(f"'{what}' must be a non-empty list of {{'role': ..., 'content': ...}} turns")
+    out = []
+    for i, m in enumerate(value):
+        where = f"{what}[{i}]"
+        if not isinstance(m, dict) or "role" not in m or "content" not in m:
+            raise DataError(f"{where} must be an object with 'role' and 'content'")
+        content = m["content"]
+        if isinstance(content, list):
+            content = [_part(p, base_dir, where) for p in content]
+        elif not isinstance(content, str):
+            raise DataError(f"{where}: 'content' must be a string or a list of parts, got {type(content).__name__}")
+        out.append({**m, "content": content})
+    return out
+
+
+def _part(p, base_dir: Path, where: str) -> dict:
+    if isinstance(p, str):
+        return {"type": "text", "text": p}
+    if isinstance(p, dict) and (p.get("type") == "audio" or "audio" in p or "audio_url" in p):
+        src = next((p[k] for k in ("audio", "audio_url", "url", "path") if p.get(k) is not None), None)
+        if not isinstance(src, str):
+            raise DataError(f"{where}: an audio part needs a file path in 'audio', got {p!r:.80}")
+        return {"type": "audio", "audio": _resolve(src, base_dir)}
+    if isinstance(p, dict) and p.get("type", "text") == "text" and isinstance(p.get("text"), str):
+        return {"type": "text", "text": p["text"]}
+    raise DataError(f"{where}: unsupported content part {p!r:.80}; use {{'type': 'text', 'text': ...}} or "
+                    "{'type': 'audio', 'audio': path}")
+
+
+def _completion(value, what: str) -> str:
+    """A completion: a string, an assistant turn (role/content or from/value), or a list holding one such turn."""
+    if isinstance(value, list):
+        if len(value) != 1:
+            raise DataError(f"'{what}' must hold exactly one assistant turn, got {len(value)}")
+        value = value[0]
+    if isinstance(value, dict):
+        role = value.get("role", value.get("from"))
+        if not isinstance(role, str) or _ROLES.get(role) != "assistant":
+            raise DataError(f"'{what}' must be an assistant turn, got role {role!r}")
+        value = value.get("content", value.get("value"))
+        if isinstance(value, list):
+            value = "".join(_text_of(p, what) for p in value)
+    if not isinstance(value, str):
+        raise DataError(f"'{what}' must be a string (or an assistant turn), got {type(value).__name__}")
+    if not value.strip():
+        raise DataError(f"'{what}' is empty; give the completion text")
+    return value
+
+
+def _text_of(part, what: str) -> str:
+    if isinstance(part, dict) and (part.get("type") == "audio" or "audio" in part):
+        raise DataError(f"'{what}' contains audio; a completion is text only")
+    text = part if isinstance(part, str) else part.get("text") if isinstance(part, dict) else None
+    if not isinstance(text, str):
+        raise DataError(f"'{what}' has a content part that is not text: {part!r:.80}")
+    return text
+
+
+def _path_list(value, what: str) -> list[str]:
+    value = [value] if isinstance(value, str) else value
+    if not isinstance(value, list) or not all(isinstance(a, str) and a for a in value):
+        raise DataError(f"'{what}' must be a list of audio file paths")
+    return value
+
+
+def _resolve(src: str, base_dir: Path) -> str:
+    if "://" in src:  # a URL: left as is (the audio loader will say it cannot read it)
+        return src
+    p = Path(src).expanduser()
+    return str(p if p.is_absolute() else base_dir / p)
+
+
+# -- validation -------------------------------------------------------------------------------------------------------
+
+# Report category -> words for the log.
+CATEGORIES = {"audio_mismatch": "audio count vs placeholders mismatch", "unreadable_audio": "unreadable audio",
+              "too_long": "too long", "bad_records": "bad records", "prompt_errors": "other prompt errors"}
+MAX_SAMPLES = 5
+
+
+@dataclass
+class ValidationReport:
+    """What `validate_examples` kept and dropped; `samples` holds up to 5 (id, message) per drop category."""
+
+    source: str = "<examples>"
+    max_length: int = 0
+    total: int = 0
+    kept: int = 0
+    audio_mismatch: int = 0
+    unreadable_audio: int = 0
+    too_long: int = 0
+    bad_records: int = 0
+    prompt_errors: int = 0
+    samples: dict[str, list[tuple[str, str]]] = field(default_factory=lambda: {k: [] for k in CATEGORIES})
+
+    @property
+    def dropped(self) -> int:
+        return sum(getattr(self, k) for k in CATEGORIES)
+
+    def add(self, category: str, example_id: str, message: str) -> None:
+        setattr(self, category, getattr(self, category) + 1)
+        if len(self.samples[category]) < MAX_SAMPLES:
+            self.samples[category].append((example_id, message))
+
+    def headline(self) -> str:
+        why = ", ".join(f"{getattr(self, k)} {w}" + (f" (> {self.max_length} tokens)" if k == "too_long" else "")
+                        for k, w in CATEGORIES.items() if getattr(self, k))
+        return (f"{self.source}: {self.total} examples, {self.kept} kept, {self.dropped} dropped"
+                + (f" ({why})" if why else ""))
+
+    def summary(self) -> str:
+        """The headline, then the first example of each drop category: a few lines for the log."""
+        lines = [self.headline()]
+        lines += [f"  {CATEGORIES[k]}: {s[0][0]}: {s[0][1]}" for k, s in self.samples.items() if s]
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        return {"source": self.source, "max_length": self.max_length, "total": self.total, "kept": self.kept,
+                "dropped": {k: getattr(self, k) for k in CATEGORIES},
+                "samples": {k: [list(s) for s in v] for k, v in self.samples.items()}}
+
+
+def validate_examples(examples: Sequence[PreferenceExample], processor: Processor, max_length: int, *,
+                      bad_records: Sequence[tuple[str, str]] = (), source: str = "<examples>",
+                      completion_suffix: str = "", keep_mels: bool = True,
+                      ) -> tuple[list[PreparedPair], ValidationReport]:
+    """Prepare every example; drop (never truncate) the ones that cannot be trained on.
+
+    Args:
+      examples: from `read_preference_file` / `read_sft_file`.
+      processor: the model's processor; each example's audio is loaded and featurized once (`prepare_completions`).
+      max_length: the longest sequence (prompt + completion tokens, audio tokens included) a batch row may hold;
+        an example whose chosen or rejected sequence is longer is dropped as "too long".
+      bad_records: the (id, error) list from the reader, counted in the report as "bad records".
+      source: the data file, named in the report and in the error.
+      completion_suffix: text appended to every completion before tokenizing (e.g. "<|im_end|>", so the policy
+        learns to end its turn); counted in max_length. Whoever prepares the batches later must append it too.
+      keep_mels: False empties each pair's `mels` once it is validated (token ids and mel lengths stay): a clip's
+        log-mel is 1.5 MB at 128 bins, so holding every clip of a large dataset is not an option when the
+        batches are prepared again later anyway.
+
+    Returns:
+      (pairs in input order, report).
+
+    Raises:
+      DataError: no example survived; the message carries the report's headline and first problem.
+    """
+    if not isinstance(max_length, int) or max_length <= 0:
+        raise ConfigError(f"max_length must be a positive integer, got {max_length!r}")
+    report = ValidationReport(source=str(source), max_length=max_length, total=len(examples) + len(bad_records))
+    for rid, message in bad_records:
+        report.add("bad_records", rid, message)
+    pairs = []
+    for ex in examples:
+        mismatch = _placeholder_mismatch(ex.request, processor.variant)
+        if mismatch:
+            report.add("audio_mismatch", ex.id, mismatch)
+            continue
+        completions = [ex.chosen] + ([] if ex.rejected is None else [ex.rejected])
+        try:
+            prepared = processor.prepare_completions(ex.request, [c + completion_suffix for c in completions])
+        except AudioError as e:
+            report.add("unreadable_audio", ex.id, str(e))
+            continue
+        except QwenAudioError as e:
+            report.add("prompt_errors", ex.id, str(e))
+            continue
+        too_long = [f"{side} has {p.num_tokens} tokens > max_length {max_length}"
+                    for side, p in zip(("chosen", "rejected"), prepared) if p.num_tokens > max_length]
+        if too_long:
+            report.add("too_long", ex.id, "; ".join(too_long))
+            continue
+        if not keep_mels:
+            for p in prepared:
+                p.mels = []
+        pairs.append(PreparedPair(ex.id, prepared[0], prepared[1] if len(prepared) > 1 else None))
+    report.kept = len(pairs)
+    if not pairs:
+        first = next((f"{s[0][0]}: {s[0][1]}" for s in report.samples.values() if s), "the file holds no records")
+        raise DataError(f"every example was invalid: {report.headline()}; first problem: {first}")
+    return pairs, report
+
+
+def _placeholder_mismatch(request: dict, variant: str) -> str | None:
+    """Why the request's audio placeholders and audio files disagree, or None. Checked before any audio is loaded,
+    so this category is told apart from other prompt errors without parsing the processor's messages."""
+    v1 = variant == "qwen_audio_v1"
+    if "prompt" in request:
+        prompt, audio = request["prompt"], request.get("audio")
+        if v1 and audio is None:  # v1 loads the paths written inside its <audio>...</audio> spans
+            return None
+        n = len(ct.v1_extract_audio_paths(prompt)) if v1 else prompt.count(AUDIO_TOKEN)
+        what, k = ("<audio>...</audio> spans" if v1 else f"{AUDIO_TOKEN} placeholders"), len(audio or [])
+        return None if n == k else f"the prompt has {n} {what} but {k} audio files; give one file per placeholder"
+    for i, m in enumerate([] if v1 else request.get("messages") or []):
+        content = m.get("content")
+        texts = [content] if isinstance(content, str) else [p.get("text", "") for p in content or []
+                                                            if isinstance(p, dict) and p.get("type") == "text"]
+        if any(AUDIO_TOKEN in t for t in texts):
+            return (f"message {i} has a literal {AUDIO_TOKEN} in its text with no audio file for it; attach audio "
+                    "as {'type': 'audio', 'audio': path} parts instead")
+    return None
+
+
+def pair_fingerprint(pairs: Sequence[PreparedPair]) -> str:
+    """sha256 over ids, token ids, prompt/completion boundaries and mel lengths of all pairs, in order: the key of
+    cached reference log-probs. Mel values are not hashed (float rounding may differ between hosts, which must agree
+    on the key), so an audio file re-encoded in place at the same length keeps its fingerprint."""
+    h = hashlib.sha256(b"qwen-audio-jax/pairs/v1\n")
+    for p in pairs:
+        for side, r in (("chosen", p.chosen), ("rejected", p.rejected)):
+            rec = None if r is None else [[int(t) for t in r.token_ids], r.num_prompt_tokens,
+                                          [int(l) for l in r.mel_lengths]]
+            h.update(json.dumps([p.id, side, rec], separators=(",", ":")).encode())
+            h.update(b"\n")
+    return h.hexdigest()
