@@ -92,8 +92,9 @@ def test_policy_equal_reference_gives_ln2(pairs_batch):
 
 
 @pytest.mark.parity
-@pytest.mark.parametrize("kind", ["sigmoid", "ipo"])
-def test_dpo_loss_and_gradients_match_pytorch(pairs_batch, kind):
+@pytest.mark.parametrize("kind,max_completion", [("sigmoid", None), ("ipo", None), ("sigmoid", 16)])
+def test_dpo_loss_and_gradients_match_pytorch(pairs_batch, kind, max_completion):
+    """max_completion: the lm_head on the gathered completion positions only (what training runs)."""
     torch = pytest.importorskip("torch")
     from tests._hf_models import MHA, build_hf_model, jax_twin
 
@@ -132,7 +133,7 @@ def test_dpo_loss_and_gradients_match_pytorch(pairs_batch, kind):
 
     model = build_model(config)
     micro = _jax_batch(arrays)
-    cfg = StepConfig(LossConfig(types=(kind,), beta=beta), frozen_encoder=False)
+    cfg = StepConfig(LossConfig(types=(kind,), beta=beta), frozen_encoder=False, max_completion=max_completion)
     from qwen_audio_jax.training.step import reference_logps
 
     ref = reference_logps(model, ref_params, micro, cfg)

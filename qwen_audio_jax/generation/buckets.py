@@ -21,6 +21,8 @@ from qwen_audio_jax.text.processor import ModelInputs
 class Buckets:
     lengths: tuple[int, ...] = (32, 64, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096, 6144, 8192)
     clips: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+    # Completion tokens per row (scoring / training compute the lm_head on these positions only).
+    completions: tuple[int, ...] = (8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
     # Multiples of 4 (conv stride 2, then pool 2); finer at the short end, where most clips are.
     frames: tuple[int, ...] = (256, 512, 768, 1024, 1280, 1536, 2048, 2560, 3000)
 
@@ -33,6 +35,12 @@ class Buckets:
             if b >= n:
                 return b
         raise PromptError(f"a prompt of {n} tokens is longer than the largest bucket ({self.lengths[-1]}).")
+
+    def completion_length(self, n: int) -> int:
+        for b in self.completions:
+            if b >= n:
+                return b
+        raise PromptError(f"a completion of {n} tokens is longer than the largest bucket ({self.completions[-1]}).")
 
     def num_clips(self, n: int) -> int:
         if n == 0:

@@ -31,21 +31,27 @@ class ScoreJob:
         self.model = model
         self.buckets = buckets
         module = build_model(model.config, dtype=model.dtype)
-        score = functools.partial(completion_logprobs, module)
+        self._module = module
         mesh, rules = model.mesh, model.rules
-        if mesh is None:
-            self.batch_size = batch_size
-            self._score = jax.jit(score)
-        else:
-            divisor = shd.batch_divisor(mesh, rules)
-            self.batch_size = -(-batch_size // divisor) * divisor
-            b1, b2 = shd.batch_sharding(mesh, 1, rules), shd.batch_sharding(mesh, 2, rules)
-            out = CompletionLogprobs(sum_logprobs=b1, num_tokens=b1, mean_logits=b1, token_logprobs=b2)
-            self._score = jax.jit(score, in_shardings=(shd.param_shardings(mesh, model.config, rules), b2, b2, b2,
-                                                       None, None), out_shardings=out)  # fmt: skip
+        divisor = 1 if mesh is None else shd.batch_divisor(mesh, rules)
+        self.batch_size = -(-batch_size // divisor) * divisor
+        self._fns: dict[int, object] = {}  # one jitted scorer per completion-length bucket
+
+    def _score(self, completion: int):
+        if completion not in self._fns:
+            score = functools.partial(completion_logprobs, self._module, max_completion=completion)
+            mesh, rules = self.model.mesh, self.model.rules
+            if mesh is None:
+                self._fns[completion] = jax.jit(score)
+            else:
+                b1, b2 = shd.batch_sharding(mesh, 1, rules), shd.batch_sharding(mesh, 2, rules)
+                out = CompletionLogprobs(sum_logprobs=b1, num_tokens=b1, mean_logits=b1, token_logprobs=b2)
+                p_sh = shd.param_shardings(mesh, self.model.config, rules)
+                self._fns[completion] = jax.jit(score, in_shardings=(p_sh, b2, b2, b2, None, None), out_shardings=out)
+        return self._fns[completion]
 
     def compiled_programs(self) -> int:
-        return self._score._cache_size()
+        return sum(f._cache_size() for f in self._fns.values())
 
     def _prepare(self, record: dict) -> list[PreparedRequest]:
         if "completion" in record:
@@ -72,8 +78,9 @@ class ScoreJob:
             chunk = items[start : start + self.batch_size]
             pad = self.model.config.pad_token_id
             batch = to_buckets(collate(chunk, pad_id=pad, padding_side="left"), self.buckets, self.batch_size, pad)
+            completion = self.buckets.completion_length(int(batch.completion_mask.sum(-1).max()))
             with shd.activated(self.model.mesh, self.model.rules):
-                res = self._score(
+                res = self._score(completion)(
                     self.model.params, *(self._put(x) for x in (batch.tokens, batch.attention_mask,
                                                                 batch.completion_mask)),
                     *(self._put_replicated(x) for x in (batch.mel, batch.mel_lengths)),

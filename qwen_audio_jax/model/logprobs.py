@@ -32,11 +32,15 @@ def completion_logprobs(
     mel_lengths_C: jax.Array | None = None,
     *,
     chunk: int = 128,
+    max_completion: int | None = None,
     **embed_options,
 ) -> CompletionLogprobs:
     """Log-probs of the tokens where completion_mask is 1, each predicted from all tokens before it.
 
     Works for left or right padding (positions come from the mask); T need not be a multiple of `chunk`.
+    max_completion: a static bound K on completion tokens per row. The lm_head then runs on the K completion
+    positions only (gathered, in order) instead of all T: with a 156k vocab it dominates the step, and
+    prompts (audio included) are usually most of T. token_logprobs is then [B, K] in completion order.
     embed_options: clip_repeats / frozen_encoder / frozen_projector (see the model's `embed`).
     """
     variables = {"params": params}
@@ -51,6 +55,14 @@ def completion_logprobs(
     weights = (completion_mask_BT[:, 1:] * mask_BT[:, 1:]).astype(jnp.float32)
     h = hidden[:, :-1]
     n = t - 1
+    if max_completion is not None:
+        # Stable sort puts the completion positions first, in order; the rest of the K slots get weight 0.
+        order = jnp.argsort(weights <= 0, axis=-1, stable=True)[:, :max_completion]
+        h = jnp.take_along_axis(h, order[..., None], axis=1)
+        targets = jnp.take_along_axis(targets, order, axis=1)
+        weights = jnp.take_along_axis(weights, order, axis=1)
+        n = max_completion
+    chunk = min(chunk, n)
     pad = (-n) % chunk
     h = jnp.pad(h, ((0, 0), (0, pad), (0, 0)))
     targets_p = jnp.pad(targets, ((0, 0), (0, pad)))
@@ -70,7 +82,8 @@ def completion_logprobs(
     logp = logp_chunks.swapaxes(0, 1).reshape(b, -1)[:, :n] * weights
     mean_logit = mean_logit_chunks.swapaxes(0, 1).reshape(b, -1)[:, :n]
     count = weights.sum(-1)
-    per_token = jnp.pad(logp, ((0, 0), (1, 0)))  # align with the token positions
+    # Align with the token positions (or keep completion order when positions were gathered).
+    per_token = logp if max_completion is not None else jnp.pad(logp, ((0, 0), (1, 0)))
     return CompletionLogprobs(
         sum_logprobs=logp.sum(-1),
         num_tokens=count,

@@ -27,17 +27,20 @@ class PipelineConfig:
     grad_accum: int = 1
     seed: int = 0
     num_threads: int = 2  # grain reader threads preparing examples (audio loading + log-mel)
+    completion_suffix: str = ""  # appended to every completion (the end-of-turn token)
 
 
 class ExamplePreparer:
     """index -> [chosen PreparedRequest, rejected PreparedRequest (DPO only)], the clips shared."""
 
-    def __init__(self, examples: Sequence, processor: Processor, with_rejected: bool):
+    def __init__(self, examples: Sequence, processor: Processor, with_rejected: bool, completion_suffix: str = ""):
         self.examples, self.processor, self.with_rejected = examples, processor, with_rejected
+        self.suffix = completion_suffix  # the end-of-turn token, so the policy learns to stop
 
     def __call__(self, index: int) -> tuple[int, list[PreparedRequest]]:
         ex = self.examples[int(index)]
         completions = [ex.chosen, ex.rejected] if self.with_rejected else [ex.chosen]
+        completions = [c + self.suffix for c in completions]
         return int(index), self.processor.prepare_completions(ex.request, completions)
 
 
@@ -49,7 +52,7 @@ def make_iterator(examples: Sequence, processor: Processor, cfg: PipelineConfig,
     epochs = math.ceil(total_steps * per_step / n) + 1
     ds = grain.MapDataset.range(n).shuffle(seed=cfg.seed).repeat(epochs)
     ds = ds[process_index::process_count]
-    ds = ds.map(ExamplePreparer(examples, processor, with_rejected))
+    ds = ds.map(ExamplePreparer(examples, processor, with_rejected, cfg.completion_suffix))
     ds = ds.batch(cfg.batch_pairs, drop_remainder=True, batch_fn=list)
     options = grain.ReadOptions(num_threads=cfg.num_threads, prefetch_buffer_size=2 * cfg.grad_accum)
     return ds.to_iter_dataset(options).__iter__()
@@ -62,13 +65,16 @@ class BatchShape:
     length: int
     clips: int
     frames: int
+    completion: int  # completion tokens per row (the positions the lm_head runs on)
 
 
 def batch_shape(micro_batches: list[list[tuple[int, list[PreparedRequest]]]], buckets: Buckets) -> BatchShape:
     longest = max(p.num_tokens for mb in micro_batches for _, pair in mb for p in pair)
     clips = max(sum(len(pair[0].mel_lengths) for _, pair in mb) for mb in micro_batches)
     lengths = [m for mb in micro_batches for _, pair in mb for m in pair[0].mel_lengths]
+    completion = max(sum(p.completion_mask) for mb in micro_batches for _, pair in mb for p in pair)
     return BatchShape(
+        completion=buckets.completion_length(completion),
         length=buckets.prompt_length(longest),
         clips=buckets.num_clips(clips),
         frames=buckets.mel_frames(max(lengths)) if lengths else 0,

@@ -41,15 +41,21 @@ def reference_model_dir(cfg) -> str:
 
 
 def compute_reference_table(model, params, examples, processor, pad_id: int, batch_size: int,
-                            progress: bool = True) -> dict[int, list[float]]:  # fmt: skip
-    """{example index: [log p_ref(chosen), log p_ref(rejected)]} over all examples, in order."""
-    prepare = ExamplePreparer(examples, processor, with_rejected=True)
+                            completion_suffix: str = "", progress: bool = True) -> dict[int, list[float]]:  # fmt: skip
+    """{example index: [log p_ref(chosen), log p_ref(rejected)]} over all examples, in order (the same
+    sequences, suffix included, that training scores)."""
+    prepare = ExamplePreparer(examples, processor, with_rejected=True, completion_suffix=completion_suffix)
     buckets = Buckets()
-    fn = jax.jit(functools.partial(completion_logprobs, model, clip_repeats=2))
+    fns: dict[int, object] = {}
     table: dict[int, list[float]] = {}
     for start in tqdm(range(0, len(examples), batch_size), desc="reference", disable=not progress):
         micro = [prepare(i) for i in range(start, min(start + batch_size, len(examples)))]
-        arrays = collate_step([micro], batch_shape([micro], buckets), pad_id, processor.n_mels)
+        shape = batch_shape([micro], buckets)
+        arrays = collate_step([micro], shape, pad_id, processor.n_mels)
+        if shape.completion not in fns:
+            fns[shape.completion] = jax.jit(functools.partial(completion_logprobs, model, clip_repeats=2,
+                                                              max_completion=shape.completion))  # fmt: skip
+        fn = fns[shape.completion]
         rows = lambda x: jnp.asarray(x[0].reshape(-1, x.shape[-1]))  # noqa: E731  [K, B, T] -> [K*B, T]
         mel = arrays.get("mel")
         out = fn(params, rows(arrays["tokens"]), rows(arrays["mask"]), rows(arrays["completion_mask"]),

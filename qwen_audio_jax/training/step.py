@@ -50,6 +50,7 @@ class StepConfig:
     frozen_encoder: bool = True
     frozen_projector: bool = False
     logprob_chunk: int = 128
+    max_completion: int | None = None  # static completion-token bucket (lm_head on those positions only)
 
 
 def _rows(x):
@@ -61,7 +62,7 @@ def _logprobs(model, params, micro: TrainBatch, cfg: StepConfig):
     k = micro.tokens.shape[0]
     return completion_logprobs(
         model, params, _rows(micro.tokens), _rows(micro.mask), _rows(micro.completion_mask), micro.mel,
-        micro.mel_lengths, chunk=cfg.logprob_chunk, clip_repeats=k, frozen_encoder=cfg.frozen_encoder,
+        micro.mel_lengths, chunk=cfg.logprob_chunk, max_completion=cfg.max_completion, clip_repeats=k, frozen_encoder=cfg.frozen_encoder,
         frozen_projector=cfg.frozen_projector,
     )  # fmt: skip
 

@@ -8,6 +8,7 @@ the global mesh; each reads its own slice of the data, and only process 0 writes
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import math
@@ -76,7 +77,11 @@ class Trainer:
         cfg = self.cfg
         reader = train_data.read_sft_file if self.sft else train_data.read_preference_file
         examples, bad = reader(cfg.data.train)
-        pairs, report = train_data.validate_examples(examples, self.processor, cfg.data.max_length, bad_records=bad)
+        self.suffix = self.processor.tokenizer.id_to_token(self.config.eos_token_id) or ""
+        pairs, report = train_data.validate_examples(
+            examples, self.processor, cfg.data.max_length, bad_records=bad, source=cfg.data.train,
+            completion_suffix=self.suffix, keep_mels=False,
+        )  # fmt: skip
         kept = {p.id for p in pairs}
         self.fingerprint = train_data.pair_fingerprint(pairs)
         self.log(f"data: {report.summary()}")
@@ -102,8 +107,15 @@ class Trainer:
         rng = jax.random.PRNGKey(self.cfg.train.seed)
         return TrainState(step=jnp.asarray(0, jnp.int32), params=params, opt_state=opt_state, rng=rng)
 
-    def _jit_step(self, state_sh, p_sh):
-        step = functools.partial(train_step, self.model, self.tx, self.lr_fn, self.step_cfg)
+    def _step_fn(self, completion: int):
+        """The jitted step for one completion-length bucket (a static shape of the lm_head pass)."""
+        if completion not in self._steps:
+            self._steps[completion] = self._jit_step(self._state_sh, self._p_sh, completion)
+        return self._steps[completion]
+
+    def _jit_step(self, state_sh, p_sh, completion: int):
+        step_cfg = dataclasses.replace(self.step_cfg, max_completion=completion)
+        step = functools.partial(train_step, self.model, self.tx, self.lr_fn, step_cfg)
         if self.mesh is None:
             return jax.jit(step, donate_argnums=(0,))
         rep = shd.replicated(self.mesh)
@@ -115,19 +127,20 @@ class Trainer:
                        donate_argnums=(0,))  # fmt: skip
 
     # ---- batches --------------------------------------------------------------------------------------------
-    def _next_batch(self, it) -> TrainBatch:
+    def _next_batch(self, it) -> tuple[TrainBatch, int]:
         cfg = self.cfg
         micro = [next(it) for _ in range(cfg.train.grad_accum)]
         shape = batch_shape(micro, Buckets())
         if jax.process_count() > 1:  # every process must build the same shapes
             from jax.experimental import multihost_utils
 
-            sizes = multihost_utils.process_allgather(np.asarray([shape.length, shape.clips, shape.frames]))
-            shape.length, shape.clips, shape.frames = (int(v) for v in np.asarray(sizes).reshape(-1, 3).max(0))
+            local = np.asarray([shape.length, shape.clips, shape.frames, shape.completion])
+            sizes = np.asarray(multihost_utils.process_allgather(local)).reshape(-1, 4).max(0)
+            shape.length, shape.clips, shape.frames, shape.completion = (int(v) for v in sizes)
         arrays = collate_step(micro, shape, self.config.pad_token_id, self.processor.n_mels, self.ref_table,
                               with_rejected=not self.sft)  # fmt: skip
         arrays = _pad_pairs(arrays, self.local_padded, self.config.pad_token_id)
-        return TrainBatch(**{k: self._put(k, v) for k, v in arrays.items()})
+        return TrainBatch(**{k: self._put(k, v) for k, v in arrays.items()}), shape.completion
 
     def _pair_sharding(self, pair_axis: int):
         """Split the B (pair) axis of a batch array over the mesh's batch axes."""
@@ -163,7 +176,7 @@ class Trainer:
             params = self._load_params(ref_dir, self._param_shardings())
             table = ref.compute_reference_table(self.model, params, self.examples, self.processor,
                                                 self.config.pad_token_id, self.cfg.train.batch_size,
-                                                progress=self.progress)  # fmt: skip
+                                                self.suffix, progress=self.progress)  # fmt: skip
         path = ref.save_reference_table(self.out, table, self.fingerprint, ref.model_identity(ref_dir))
         self.log(f"reference log-probs of {len(table)} pairs -> {path}")
         return path
@@ -187,7 +200,8 @@ class Trainer:
             ckpt = TrainCheckpoints(self.out / "checkpoints", every=cfg.checkpoint.every, keep=cfg.checkpoint.keep,
                                     async_save=cfg.checkpoint.async_save)  # fmt: skip
             it = make_iterator(self.examples, self.processor,
-                               PipelineConfig(self.local_pairs, cfg.train.grad_accum, cfg.train.seed, cfg.train.num_threads),
+                               PipelineConfig(self.local_pairs, cfg.train.grad_accum, cfg.train.seed, cfg.train.num_threads,
+                                              self.suffix),
                                cfg.train.steps, with_rejected=not self.sft, process_index=jax.process_index(),
                                process_count=jax.process_count())  # fmt: skip
             start = ckpt.latest_step() or 0
@@ -195,15 +209,15 @@ class Trainer:
                 state, data_state = ckpt.restore(start, abstract_like(state))
                 it.set_state(data_state)
                 self.log(f"resumed from step {start} ({self.out / 'checkpoints'})")
-            step_fn = self._jit_step(jax.tree_util.tree_map(lambda x: x.sharding, state), p_sh)
+            self._state_sh, self._p_sh, self._steps = jax.tree_util.tree_map(lambda x: x.sharding, state), p_sh, {}
             metrics_out = MetricsWriter(self.out, enabled=jax.process_index() == 0, resume_after=start)
             bar = tqdm(total=cfg.train.steps, initial=start, desc="sft" if self.sft else "dpo", disable=not self.progress)
             last = {}
             try:
                 for step in range(start, cfg.train.steps):
                     t0 = time.perf_counter()
-                    batch = self._next_batch(it)
-                    state, metrics = step_fn(state, batch, self.ref_params)
+                    batch, completion = self._next_batch(it)
+                    state, metrics = self._step_fn(completion)(state, batch, self.ref_params)
                     last = {k: float(v) for k, v in jax.device_get(metrics).items()}
                     if not all(math.isfinite(v) for v in last.values()):
                         ckpt.wait()
