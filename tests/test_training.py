@@ -1,0 +1,146 @@
+"""DPO / SFT runs end to end on the tiny model: it learns, resumes bit-identically after SIGKILL, stops on a
+non-finite loss with the last good checkpoint intact, and writes a model dir the other commands take."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from qwen_audio_jax import api
+from qwen_audio_jax.cli.main import main
+from qwen_audio_jax.demo import build_tiny_model_dir
+from qwen_audio_jax.generation.engine import GenerationOptions
+from qwen_audio_jax.jobs.score import ScoreJob
+from tests._paths import REPO
+from tests._synthetic_prefs import SOUNDS, write_preference_set
+
+CONFIG = str(REPO / "configs" / "dpo_tiny.yaml")
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train")
+    build_tiny_model_dir(root / "model")
+    write_preference_set(root / "train", 64, seed=0)
+    write_preference_set(root / "heldout", 32, seed=1)
+    write_preference_set(root / "sft_train", 64, seed=2, sft=True)
+    write_preference_set(root / "sft_heldout", 16, seed=3, sft=True)
+    return root
+
+
+def _records(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def _dpo(work, out, *overrides):
+    return main(["dpo", "--config", CONFIG, "--no-progress", "--compilation-cache", "", f"model={work / 'model'}",
+                 f"data.train={work / 'train' / 'prefs.jsonl'}", f"output_dir={out}", *overrides])  # fmt: skip
+
+
+def test_dpo_learns_on_heldout_pairs(work):
+    out = work / "dpo-run"
+    assert _dpo(work, out) == 0
+    metrics = _records(out / "metrics.jsonl")
+    assert len(metrics) == 60 and metrics[0]["loss"] == pytest.approx(np.log(2), abs=1e-6)
+    for name in ("loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins",
+                 "logps/chosen", "logps/rejected", "logits/chosen", "logits/rejected", "grad_norm",
+                 "learning_rate", "tokens_per_s"):  # fmt: skip
+        assert name in metrics[-1]
+    assert (out / "tensorboard").is_dir() and (out / "data_report.json").exists()
+    # Held-out accuracy: the trained policy's implicit reward ranks chosen over rejected.
+    heldout = _records(work / "heldout" / "prefs.jsonl")
+
+    def logps(model_dir):
+        model = api.load(model_dir)
+        reqs = []
+        for r in heldout:
+            msgs = json.loads(json.dumps(r["messages"]).replace('"s1_', f'"{work / "heldout"}/s1_'))
+            reqs.append({"id": r["id"], "messages": msgs, "completions": [r["chosen"] + "<|im_end|>",
+                                                                          r["rejected"] + "<|im_end|>"]})  # fmt: skip
+        return np.asarray([x["logprob"] for x in ScoreJob(model, batch_size=8).run_all(reqs)])
+
+    policy, reference = logps(out / "model"), logps(work / "model")
+    margin = (policy[:, 0] - reference[:, 0]) - (policy[:, 1] - reference[:, 1])
+    assert (margin > 0).mean() >= 0.95, margin
+
+
+def test_sft_learns_exact_answers(work):
+    out = work / "sft-run"
+    assert main(["dpo", "--config", str(REPO / "configs" / "sft_tiny.yaml"), "--no-progress", "--compilation-cache",
+                 "", f"model={work / 'model'}", f"data.train={work / 'sft_train' / 'sft.jsonl'}",
+                 f"output_dir={out}"]) == 0  # fmt: skip
+    model = api.load(out / "model")
+    heldout = _records(work / "sft_heldout" / "sft.jsonl")
+    requests = []
+    for r in heldout:
+        msgs = json.loads(json.dumps(r["messages"][:-1]).replace('"s3_', f'"{work / "sft_heldout"}/s3_'))
+        requests.append({"id": r["id"], "messages": msgs})
+    results = api.generate(model, requests, GenerationOptions(max_new_tokens=8), batch_size=8)
+    answers = [r["messages"][-1]["content"] for r in heldout]
+    exact = np.mean([res["text"] == want for res, want in zip(results, answers)])
+    assert exact >= 0.95, [(r["text"], a) for r, a in zip(results, answers)]
+    assert all(res["finish_reason"] == "stop" for res in results)  # it learned to end the turn
+    assert set(answers) == set(SOUNDS)
+
+
+def test_resume_after_sigkill_is_bit_identical(work, tmp_path):
+    args = [sys.executable, "-m", "qwen_audio_jax.cli.main", "dpo", "--config", CONFIG, "--no-progress",
+            "--compilation-cache", "", f"model={work / 'model'}", f"data.train={work / 'train' / 'prefs.jsonl'}",
+            "train.steps=12", "checkpoint.every=3", "checkpoint.keep=5"]  # fmt: skip
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    full, part = tmp_path / "full", tmp_path / "part"
+    subprocess.run(args + [f"output_dir={full}"], check=True, env=env, cwd=REPO, capture_output=True)
+    proc = subprocess.Popen(args + [f"output_dir={part}"], env=env, cwd=REPO, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 600
+    metrics = part / "metrics.jsonl"
+    while time.time() < deadline and proc.poll() is None:
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= 8 and (part / "checkpoints" / "6").exists():
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = len(metrics.read_text().splitlines())
+    assert done < 12, "the kill must land before the run ends"
+    subprocess.run(args + [f"output_dir={part}"], check=True, env=env, cwd=REPO, capture_output=True)
+    got, want = _records(metrics), _records(full / "metrics.jsonl")
+    assert [m["step"] for m in got] == list(range(1, 13))
+    drop = ("tokens_per_s",)  # wall-clock
+    assert [{k: v for k, v in m.items() if k not in drop} for m in got] == \
+        [{k: v for k, v in m.items() if k not in drop} for m in want]  # fmt: skip
+
+
+def test_non_finite_loss_stops_with_last_good_checkpoint(work, tmp_path, capsys):
+    out = tmp_path / "nan"
+    status = _dpo(work, out, "optim.learning_rate=1e30", "optim.min_learning_rate=1e29", "optim.warmup_steps=0",
+                  "optim.clip_norm=0", "checkpoint.every=1", "train.steps=30")  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert status == 2 and err.startswith("error: step ") and "non-finite" in err and "last good checkpoint" in err
+    good = int(err.split("last good checkpoint is step ")[1].split()[0])
+    assert (out / "checkpoints" / str(good)).is_dir()
+    metrics = _records(out / "metrics.jsonl")
+    assert all(np.isfinite(m["loss"]) for m in metrics) and metrics[-1]["step"] == good
+
+
+def test_precomputed_reference_equals_model_reference(work, tmp_path):
+    a, b = tmp_path / "model-ref", tmp_path / "pre-ref"
+    assert _dpo(work, a, "train.steps=3") == 0
+    assert main(["dpo", "--config", CONFIG, "--precompute-ref", "--no-progress", "--compilation-cache", "",
+                 f"model={work / 'model'}", f"data.train={work / 'train' / 'prefs.jsonl'}", f"output_dir={b}"]) == 0
+    assert (b / "reference_logps.json").exists()
+    assert _dpo(work, b, "train.steps=3", "reference.mode=precomputed") == 0
+    for x, y in zip(_records(a / "metrics.jsonl"), _records(b / "metrics.jsonl")):
+        for k in ("loss", "rewards/margins", "logps/chosen"):
+            assert x[k] == pytest.approx(y[k], rel=1e-5, abs=1e-5)
+
+
+def test_config_errors_are_one_line(work, tmp_path, capsys):
+    assert _dpo(work, tmp_path / "x", "train.nonsense=3") == 2
+    assert "unknown key" in capsys.readouterr().err
+    assert _dpo(work, tmp_path / "x", "loss.types=[dpo_magic]") == 2
+    assert "unknown loss type" in capsys.readouterr().err
