@@ -131,10 +131,10 @@ def _writing_context() -> ocp.Context:
     return ctx
 
 
-def save_params(model_dir: Path, params: dict) -> None:
-    """Writes a whole param tree (numpy or jax arrays) at once."""
+def save_params(model_dir: Path, params: dict, overwrite: bool = False) -> None:
+    """Writes a whole param tree (numpy or jax arrays, possibly sharded over hosts: a collective) at once."""
     with _writing_context():
-        ocp.save(Path(model_dir) / PARAMS_DIR, params)
+        ocp.save(Path(model_dir) / PARAMS_DIR, params, overwrite=overwrite)
 
 
 def load_params(model_dir: str | Path, abstract: dict | None = None) -> dict:

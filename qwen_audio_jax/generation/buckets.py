@@ -75,29 +75,46 @@ class BucketedBatch:
     completion_mask: np.ndarray | None = None  # [B, T] int32 (scoring and training)
 
 
-def to_buckets(inputs: ModelInputs, buckets: Buckets, batch_size: int, pad_id: int) -> BucketedBatch:
-    """Pads a left-padded ModelInputs to (batch_size, length bucket) and its clips to (clip, frame) buckets."""
-    b, t = inputs.tokens.shape
+def bucket_sizes(inputs: ModelInputs | None, buckets: Buckets) -> tuple[int, int, int]:
+    """(length, clips, frames) buckets of a batch; (smallest length, 0, 0) for no batch at all."""
+    if inputs is None:
+        return buckets.lengths[0], 0, 0
+    t = buckets.prompt_length(inputs.tokens.shape[1])
+    if inputs.mel is None or not len(inputs.mel):
+        return t, 0, 0
+    return t, buckets.num_clips(len(inputs.mel)), buckets.mel_frames(int(inputs.mel_lengths.max()))
+
+
+def to_buckets(inputs: ModelInputs | None, buckets: Buckets, batch_size: int, pad_id: int,
+               sizes: tuple[int, int, int] | None = None, n_mels: int = 128) -> BucketedBatch:  # fmt: skip
+    """Pads a left-padded ModelInputs to (batch_size, length bucket) and its clips to (clip, frame) buckets.
+
+    sizes: explicit (length, clips, frames), at least the batch's own buckets (multi-host: the max over
+    processes, which must all build the same shapes). inputs None: an all-padding batch of those sizes.
+    """
+    tb, cb, a = sizes or bucket_sizes(inputs, buckets)
+    b, t = (0, 0) if inputs is None else inputs.tokens.shape
     if b > batch_size:
         raise ValueError(f"batch of {b} requests exceeds batch_size {batch_size}")
-    tb = buckets.prompt_length(t)
     tokens = np.full((batch_size, tb), pad_id, np.int32)
     mask = np.zeros((batch_size, tb), np.int32)
-    tokens[:b, tb - t :] = inputs.tokens  # left padding: real tokens stay right-aligned
-    mask[:b, tb - t :] = inputs.attention_mask
-    completion = None
-    if inputs.completion_mask is not None:
-        completion = np.zeros((batch_size, tb), np.int32)
-        completion[:b, tb - t :] = inputs.completion_mask
     active = np.zeros(batch_size, bool)
     active[:b] = True
+    completion = None
+    if b:
+        tokens[:b, tb - t :] = inputs.tokens  # left padding: real tokens stay right-aligned
+        mask[:b, tb - t :] = inputs.attention_mask
+        if inputs.completion_mask is not None:
+            completion = np.zeros((batch_size, tb), np.int32)
+            completion[:b, tb - t :] = inputs.completion_mask
     mel = lengths = None
-    if inputs.mel is not None and len(inputs.mel):
-        c, m, _ = inputs.mel.shape
-        cb = buckets.num_clips(c)
-        a = buckets.mel_frames(int(inputs.mel_lengths.max()))
-        mel = np.zeros((cb, m, a), np.float32)
-        mel[:c] = inputs.mel[:, :, :a]
+    if cb:
+        if inputs is not None and inputs.mel is not None:
+            n_mels = inputs.mel.shape[1]
+        mel = np.zeros((cb, n_mels, a), np.float32)
         lengths = np.zeros(cb, np.int32)
-        lengths[:c] = inputs.mel_lengths
+        if inputs is not None and inputs.mel is not None and len(inputs.mel):
+            c = len(inputs.mel)
+            mel[:c] = inputs.mel[:, :, :a]
+            lengths[:c] = inputs.mel_lengths
     return BucketedBatch(tokens, mask, mel, lengths, active, b, completion)

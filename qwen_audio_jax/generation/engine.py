@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import time
 from typing import Sequence
 
@@ -80,7 +81,7 @@ class Engine:
             self._decode = jax.jit(decode, donate_argnums=(1,))
         else:
             # A batch that does not divide the batch axes is padded (inactive rows), never refused.
-            divisor = shd.batch_divisor(mesh, rules)
+            divisor = math.lcm(shd.batch_divisor(mesh, rules), jax.process_count())
             self.batch_size = -(-batch_size // divisor) * divisor
             p_sh = shd.param_shardings(mesh, config, rules)
             self.params = jax.device_put(params, p_sh)  # a no-op for params restored into these shardings
@@ -114,11 +115,20 @@ class Engine:
     def generate(
         self, prepared: Sequence[PreparedRequest], options: GenerationOptions, key: jax.Array | None = None
     ) -> list[GenerationOutput]:
-        """Generates for up to `batch_size` requests (left-padded together). Returns one output per request."""
-        if not prepared:
+        """Generates for up to `batch_size` requests (left-padded together). Returns one output per request.
+
+        Multi-host (several processes sharing the mesh): every process must call this the same number of times,
+        with up to `batch_size // process_count` requests each (possibly none); each gets its own outputs.
+        """
+        multi = self.mesh is not None and jax.process_count() > 1
+        if not prepared and not multi:
             return []
         pad_id = self.config.pad_token_id
-        batch = to_buckets(collate(prepared, pad_id=pad_id, padding_side="left"), self.buckets, self.batch_size, pad_id)
+        inputs = collate(prepared, pad_id=pad_id, padding_side="left") if prepared else None
+        if multi:
+            batch = self._global_batch(inputs, pad_id)
+        else:
+            batch = to_buckets(inputs, self.buckets, self.batch_size, pad_id)
         stop = list(options.stop_ids or self.default_stop_ids())[:MAX_STOP_IDS]
         stop_criteria = steps.StopCriteria(
             stop_ids=jnp.asarray(stop + [stop[0]] * (MAX_STOP_IDS - len(stop)), jnp.int32),
@@ -149,10 +159,37 @@ class Engine:
         jax.block_until_ready(state.tokens)
         t1 = time.perf_counter()
         state = self._decode(self.params, state, sampling, stop_criteria, jnp.asarray(options.max_new_tokens, jnp.int32))
-        tokens, logprobs = jax.device_get((state.tokens, state.logprobs))
+        if jax.process_count() > 1 and self.mesh is not None:
+            from jax.experimental import multihost_utils
+
+            tokens, logprobs = (np.asarray(x) for x in multihost_utils.process_allgather((state.tokens, state.logprobs), tiled=True))
+            local = self.batch_size // jax.process_count()
+            start = jax.process_index() * local
+            tokens, logprobs = tokens[start : start + local], logprobs[start : start + local]
+        else:
+            tokens, logprobs = jax.device_get((state.tokens, state.logprobs))
         self.last_timings = {"prefill_s": t1 - t0, "decode_s": time.perf_counter() - t1,
                              "decode_steps": int(state.num_generated)}  # fmt: skip
         return [_unpack(tokens[i], logprobs[i], set(stop), options) for i in range(batch.num_real)]
+
+    def _global_batch(self, inputs, pad_id: int):
+        """Multi-host: agree on bucket sizes, then concatenate every process's rows (and clips) in process
+        order, so rows and clips stay aligned for the audio merge; the result is identical on all processes."""
+        from jax.experimental import multihost_utils
+
+        from qwen_audio_jax.generation.buckets import BucketedBatch, bucket_sizes
+
+        procs = jax.process_count()
+        local_size = self.batch_size // procs
+        sizes = np.asarray(multihost_utils.process_allgather(np.asarray(bucket_sizes(inputs, self.buckets))))
+        sizes = tuple(int(v) for v in sizes.reshape(procs, 3).max(0))
+        local = to_buckets(inputs, self.buckets, local_size, pad_id, sizes=sizes)
+
+        def gather(x):
+            return None if x is None else np.concatenate(list(np.asarray(multihost_utils.process_allgather(x, tiled=False))))
+
+        return BucketedBatch(gather(local.tokens), gather(local.attention_mask), gather(local.mel),
+                             gather(local.mel_lengths), gather(local.rows_active), local.num_real)  # fmt: skip
 
     def _put(self, x: np.ndarray) -> jax.Array:
         """Host batch -> device, split over the batch axes on a mesh."""

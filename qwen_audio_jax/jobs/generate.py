@@ -8,6 +8,8 @@ written as each batch completes.
 from __future__ import annotations
 
 import time
+
+import numpy as np
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -48,26 +50,57 @@ class GenerateJob:
         self.engine.buckets.prompt_length(prepared.num_tokens)  # raises PromptError if no bucket fits
         return prepared
 
-    def results(self, records: Iterable[tuple[str, dict | None, str | None]]) -> Iterator[dict]:
-        """(id, record, error) -> result dicts (order: errors at once, the rest as batches finish)."""
-        window: list[tuple[str, PreparedRequest]] = []
-        for rid, record, error in records:
-            if error is None:
-                try:
-                    window.append((rid, self.prepare(record)))
-                except QwenAudioError as e:
-                    error = str(e)
-            if error is not None:
-                yield _error_result(rid, error)
-            if len(window) >= self.batch_size * WINDOW_BATCHES:
-                yield from self._flush(window)
-                window = []
-        yield from self._flush(window)
+    @property
+    def _multi(self) -> bool:
+        import jax
 
-    def _flush(self, window: list[tuple[str, PreparedRequest]]) -> Iterator[dict]:
+        return self.engine.mesh is not None and jax.process_count() > 1
+
+    @property
+    def _local_batch(self) -> int:
+        import jax
+
+        return self.batch_size // jax.process_count() if self._multi else self.batch_size
+
+    def results(self, records: Iterable[tuple[str, dict | None, str | None]]) -> Iterator[dict]:
+        """(id, record, error) -> result dicts (order: errors at once, the rest as batches finish).
+
+        Multi-host: each process passes its own share of the records; windows are processed in lockstep (a
+        process with fewer batches joins with empty ones) because every batch is one collective program.
+        """
+        records = iter(records)
+        cap = self._local_batch * WINDOW_BATCHES
+        while True:
+            window: list[tuple[str, PreparedRequest]] = []
+            exhausted = False
+            while len(window) < cap:
+                item = next(records, None)
+                if item is None:
+                    exhausted = True
+                    break
+                rid, record, error = item
+                if error is None:
+                    try:
+                        window.append((rid, self.prepare(record)))
+                    except QwenAudioError as e:
+                        error = str(e)
+                if error is not None:
+                    yield _error_result(rid, error)
+            n_batches = -(-len(window) // self._local_batch)
+            if self._multi:
+                from jax.experimental import multihost_utils
+
+                agreed = np.asarray(multihost_utils.process_allgather(np.asarray([n_batches, int(exhausted)])))
+                n_batches, exhausted = int(agreed[..., 0].max()), bool(agreed[..., 1].min())
+            yield from self._flush(window, n_batches)
+            if exhausted:
+                return
+
+    def _flush(self, window: list[tuple[str, PreparedRequest]], n_batches: int) -> Iterator[dict]:
         window = sorted(window, key=lambda item: item[1].num_tokens)
-        for start in range(0, len(window), self.batch_size):
-            yield from self._generate_batch(window[start : start + self.batch_size])
+        size = self._local_batch
+        for i in range(n_batches):
+            yield from self._generate_batch(window[i * size : (i + 1) * size])
 
     def _generate_batch(self, batch: list[tuple[str, PreparedRequest]]) -> Iterator[dict]:
         import jax
@@ -77,7 +110,7 @@ class GenerateJob:
         try:
             outputs = self.engine.generate([p for _, p in batch], self.options, key=key)
         except Exception as e:  # noqa: BLE001 - one failing batch must not take the job down
-            if len(batch) > 1:  # isolate the culprit: retry one by one
+            if len(batch) > 1 and not self._multi:  # isolate the culprit: retry one by one
                 for item in batch:
                     yield from self._generate_batch([item])
                 return
@@ -108,12 +141,45 @@ class GenerateJob:
 
     def run_file(self, input_path: str | Path, output_path: str | Path, *, resume: bool = False,
                  overwrite: bool = False, progress: bool = True) -> dict:  # fmt: skip
-        """Streams results to `output_path`. Returns a summary {"requests", "errors", "skipped", "seconds"...}."""
-        total = count_lines(input_path)
+        """Streams results to `output_path`. Returns a summary {"requests", "errors", "skipped", "seconds"...}.
+
+        Multi-host: process p takes every P-th request, streams to `OUTPUT.part-p-of-P`, and process 0 merges
+        the parts into OUTPUT at the end (every request exactly once)."""
+        import jax
+
+        if self._multi:
+            return self._run_file_multihost(input_path, output_path, resume=resume, overwrite=overwrite,
+                                            progress=progress and jax.process_index() == 0)  # fmt: skip
+        return self._run_file(read_records(input_path), count_lines(input_path), output_path, resume=resume,
+                              overwrite=overwrite, progress=progress)  # fmt: skip
+
+    def _run_file_multihost(self, input_path, output_path, *, resume, overwrite, progress) -> dict:
+        import jax
+        from jax.experimental import multihost_utils
+
+        from qwen_audio_jax.jobs.jsonl import merge_parts
+
+        output_path = Path(output_path)
+        p, procs = jax.process_index(), jax.process_count()
+        part = output_path.with_name(f"{output_path.name}.part-{p}-of-{procs}")
+        done = ResultWriter.existing_ids(output_path) if resume else set()
+        if output_path.exists() and not (resume or overwrite):
+            ResultWriter(output_path)  # raises the usual "already exists" error on every process
+        mine = (r for i, r in enumerate(read_records(input_path)) if i % procs == p and r[0] not in done)
+        summary = self._run_file(mine, count_lines(input_path) // procs, part, resume=resume, overwrite=True,
+                                 progress=progress)  # fmt: skip
+        multihost_utils.sync_global_devices("generate parts written")
+        if p == 0:
+            merge_parts(output_path, [output_path.with_name(f"{output_path.name}.part-{i}-of-{procs}")
+                                      for i in range(procs)], keep_existing=resume)  # fmt: skip
+        multihost_utils.sync_global_devices("generate parts merged")
+        return summary
+
+    def _run_file(self, records, total: int, output_path, *, resume: bool, overwrite: bool, progress: bool) -> dict:
         start, n, errors = time.perf_counter(), 0, 0
         with ResultWriter(output_path, resume=resume, overwrite=overwrite) as writer:
             skipped = len(writer.done_ids)
-            todo = (r for r in read_records(input_path) if r[0] not in writer.done_ids)
+            todo = (r for r in records if r[0] not in writer.done_ids)
             bar = tqdm(total=total, initial=min(skipped, total), desc="generate", unit="req", disable=not progress)
             pending = 0
             for result in self.results(todo):

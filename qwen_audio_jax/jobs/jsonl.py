@@ -64,6 +64,22 @@ class ResultWriter:
         else:
             self._f = open(self.path, "w", encoding="utf-8")
 
+    @staticmethod
+    def existing_ids(path: str | Path) -> set[str]:
+        """Ids of the complete result lines of `path` (empty if it does not exist)."""
+        path = Path(path)
+        if not path.exists():
+            return set()
+        ids = set()
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(record, dict) and isinstance(record.get("id"), str):
+                ids.add(record["id"])
+        return ids
+
     def _repair_and_collect(self) -> None:
         data = self.path.read_bytes()
         keep = data[: data.rfind(b"\n") + 1]  # a torn last line (killed mid-write) is dropped and redone
@@ -98,3 +114,26 @@ class ResultWriter:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def merge_parts(output: str | Path, parts: list[Path], keep_existing: bool) -> None:
+    """Concatenates per-process result files into `output` (atomically) and removes them. Complete lines only;
+    with keep_existing, the lines already in `output` (a resumed run) come first."""
+    output = Path(output)
+    lines: list[str] = []
+    seen: set[str] = set()
+    sources = ([output] if keep_existing and output.exists() else []) + [p for p in parts if p.exists()]
+    for src in sources:
+        for line in src.read_text(encoding="utf-8").splitlines():
+            try:
+                rid = json.loads(line)["id"]
+            except (json.JSONDecodeError, KeyError, TypeError):
+                continue  # a torn line: its request is redone on resume
+            if rid not in seen:
+                seen.add(rid)
+                lines.append(line)
+    tmp = output.with_suffix(output.suffix + ".tmp")
+    tmp.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    os.replace(tmp, output)
+    for p in parts:
+        p.unlink(missing_ok=True)

@@ -46,14 +46,21 @@ class ExamplePreparer:
 
 def make_iterator(examples: Sequence, processor: Processor, cfg: PipelineConfig, total_steps: int, *,
                   with_rejected: bool, process_index: int = 0, process_count: int = 1):  # fmt: skip
-    """A grain iterator over micro-batches (lists of (index, prepared)) with get_state()/set_state()."""
+    """A grain iterator over this process's micro-batches (lists of (index, prepared)), with get_state() and
+    set_state().
+
+    The shuffled sequence is cut into GLOBAL batches of `batch_pairs * process_count` examples and each process
+    prepares its own contiguous slice, so the global batch (and every metric) is the same whatever the number
+    of processes; only audio loading is split.
+    """
     n = len(examples)
-    per_step = cfg.batch_pairs * cfg.grad_accum * process_count
-    epochs = math.ceil(total_steps * per_step / n) + 1
+    global_pairs = cfg.batch_pairs * process_count
+    epochs = math.ceil(total_steps * cfg.grad_accum * global_pairs / n) + 1
     ds = grain.MapDataset.range(n).shuffle(seed=cfg.seed).repeat(epochs)
-    ds = ds[process_index::process_count]
-    ds = ds.map(ExamplePreparer(examples, processor, with_rejected, cfg.completion_suffix))
-    ds = ds.batch(cfg.batch_pairs, drop_remainder=True, batch_fn=list)
+    ds = ds.batch(global_pairs, drop_remainder=True, batch_fn=list)
+    prepare = ExamplePreparer(examples, processor, with_rejected, cfg.completion_suffix)
+    mine = slice(process_index * cfg.batch_pairs, (process_index + 1) * cfg.batch_pairs)
+    ds = ds.map(lambda indices: [prepare(i) for i in indices[mine]])
     options = grain.ReadOptions(num_threads=cfg.num_threads, prefetch_buffer_size=2 * cfg.grad_accum)
     return ds.to_iter_dataset(options).__iter__()
 

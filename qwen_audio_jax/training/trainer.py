@@ -119,7 +119,7 @@ class Trainer:
         if self.mesh is None:
             return jax.jit(step, donate_argnums=(0,))
         rep = shd.replicated(self.mesh)
-        rows, pairs = self._pair_sharding(3), self._pair_sharding(1)
+        rows, pairs = self._pair_sharding(2), self._pair_sharding(1)
         batch_sh = TrainBatch(tokens=rows, mask=rows, completion_mask=rows, pair_active=pairs, mel=rep,
                               mel_lengths=rep, ref_logps=self._pair_sharding(2))  # fmt: skip
         ref_sh = p_sh if self.ref_params is not None else None
@@ -149,37 +149,19 @@ class Trainer:
         spec[pair_axis] = (axes_[0] if len(axes_) == 1 else axes_) if axes_ else None
         return jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec(*spec))
 
+    # Batch arrays: [A, K, B, ...] (pair axis 2), pair_active [A, B], clips [A, C, ...] (clip axis 1).
+    _PAIR_AXIS = {"tokens": 2, "mask": 2, "completion_mask": 2, "ref_logps": 2, "pair_active": 1}
+
     def _put(self, name: str, x: np.ndarray):
         if self.mesh is None:
             return jnp.asarray(x)
-        if name in ("mel", "mel_lengths"):
-            sharding = shd.replicated(self.mesh)
-            if jax.process_count() > 1:  # clips are per process: gather them (each process holds its own rows)
-                from jax.experimental import multihost_utils
-
-                x = np.concatenate(list(multihost_utils.process_allgather(x, tiled=False)), axis=1)
-            return jax.device_put(x, sharding)
-        sharding = self._pair_sharding({"pair_active": 1, "ref_logps": 2}.get(name, 2))
+        axis = self._PAIR_AXIS.get(name, 1)
         if jax.process_count() > 1:
-            return jax.make_array_from_process_local_data(sharding, x)
+            # Every process contributes its slice of pairs (and their clips); concatenating in process order
+            # keeps rows and clips aligned, as the audio merge needs, whatever the mesh's device order.
+            x = gather_processes(x, axis)
+        sharding = shd.replicated(self.mesh) if name not in self._PAIR_AXIS else self._pair_sharding(axis)
         return jax.device_put(x, sharding)
-
-    def precompute_reference(self) -> Path:
-        """One reference pass over the validated data -> reference_logps.json (see training/reference.py)."""
-        from qwen_audio_jax.training import reference as ref
-
-        if self.sft:
-            raise ConfigError("SFT needs no reference log-probs.")
-        self._setup()
-        ref_dir = ref.reference_model_dir(self.cfg)
-        with shd.activated(self.mesh, self.rules):
-            params = self._load_params(ref_dir, self._param_shardings())
-            table = ref.compute_reference_table(self.model, params, self.examples, self.processor,
-                                                self.config.pad_token_id, self.cfg.train.batch_size,
-                                                self.suffix, progress=self.progress)  # fmt: skip
-        path = ref.save_reference_table(self.out, table, self.fingerprint, ref.model_identity(ref_dir))
-        self.log(f"reference log-probs of {len(table)} pairs -> {path}")
-        return path
 
     # ---- the loop -------------------------------------------------------------------------------------------
     def run(self) -> dict:
@@ -244,6 +226,14 @@ class Trainer:
         return {"final_model": str(final), "last_metrics": last, "data": self.report.to_dict()}
 
 
+def gather_processes(x: np.ndarray, axis: int) -> np.ndarray:
+    """Host arrays of every process, concatenated along `axis` in process order (identical on all)."""
+    from jax.experimental import multihost_utils
+
+    parts = np.asarray(multihost_utils.process_allgather(x, tiled=False))
+    return np.concatenate(list(parts), axis=axis)
+
+
 def _pad_pairs(arrays: dict, pairs: int, pad_id: int) -> dict:
     """Adds inactive empty pairs (all padding, mask 0, no audio slots) so the batch divides the mesh's batch
     axes. Empty rows matter: a copied row's <|AUDIO|> slots would shift every later row's clips."""
@@ -271,7 +261,7 @@ def save_final_model(params, config, base_model_dir, dst: Path) -> None:
     # Multi-host: Orbax writes the params collectively (each host its shards); process 0 writes the rest.
     from jax.experimental import multihost_utils
 
-    md.save_params(dst, params)
+    md.save_params(dst, params, overwrite=True)
     if jax.process_index() == 0:
         md.write_config(dst, config, "float32")
         md.copy_aux_files(Path(base_model_dir), dst)
