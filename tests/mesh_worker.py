@@ -45,8 +45,31 @@ def main(specs: list[str]) -> dict:
         scores = [r["logprob"] for r in ScoreJob(model, batch_size=4).run_all(score_requests)]
         return engine, tokens, odd, scores
 
+    from pathlib import Path
+
+    from qwen_audio_jax.demo import build_tiny_model_dir
+    from qwen_audio_jax.training.run_config import load_run_config
+    from qwen_audio_jax.training.trainer import Trainer
+    from tests._paths import REPO
+    from tests._synthetic_prefs import write_preference_set
+
+    work = Path(tempfile.mkdtemp())
+    build_tiny_model_dir(work / "model")
+    write_preference_set(work, 12, seed=7)
+
+    def train(mesh_spec):
+        """Two DPO steps (batch of 6 pairs: padded on meshes whose batch axes do not divide it)."""
+        out = work / f"run-{mesh_spec or 'none'}"
+        overrides = [f"model={work / 'model'}", f"data.train={work / 'prefs.jsonl'}", f"output_dir={out}",
+                     "train.steps=2", "train.batch_size=6", "train.num_threads=1", "checkpoint.every=100"]  # fmt: skip
+        if mesh_spec:
+            overrides.append(f"mesh={mesh_spec}")
+        Trainer(load_run_config(str(REPO / "configs" / "dpo_tiny.yaml"), overrides), progress=False).run()
+        return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+
     _, ref_tokens, ref_odd, ref_scores = run(None)
-    out = {"reference": {"tokens": ref_tokens, "odd_batch": ref_odd, "scores": ref_scores}, "meshes": {}}
+    out = {"reference": {"tokens": ref_tokens, "odd_batch": ref_odd, "scores": ref_scores, "dpo": train(None)},
+           "meshes": {}}  # fmt: skip
     names = traverse_util.flatten_dict(logical_axes(config), sep="/")
     for spec in specs:
         mesh = make_mesh(spec)
@@ -55,7 +78,7 @@ def main(specs: list[str]) -> dict:
         actual = {k: str(v.sharding.spec) for k, v in flat.items()}
         expected = {k: str(spec_for(tuple(names[k]), v.shape, mesh, ax.INFERENCE_RULES)) for k, v in flat.items()}
         out["meshes"][spec] = {
-            "tokens": tokens, "odd_batch": odd, "scores": scores, "batch_size": engine.batch_size,
+            "tokens": tokens, "odd_batch": odd, "scores": scores, "batch_size": engine.batch_size, "dpo": train(spec),
             "actual": actual, "expected": expected,
             # weight matrices (2+ dims besides the stacked layer axis) that ended up on every device whole
             "replicated_matrices": sorted(

@@ -48,6 +48,16 @@ TP_REPLICATED = ["audio_tower/conv1/kernel", "audio_tower/conv2/kernel", "audio_
 
 
 @pytest.mark.parametrize("spec", MESHES)
+def test_dpo_steps_equal_single_device(result, spec):
+    """Two DPO steps (the second after a sharded update) give the single-device loss and metrics within 1e-5."""
+    got, ref = result["meshes"][spec]["dpo"], result["reference"]["dpo"]
+    assert [m["step"] for m in got] == [1, 2]
+    for a, b in zip(got, ref):
+        for k in ("loss", "rewards/margins", "logps/chosen", "logps/rejected", "grad_norm"):
+            assert a[k] == pytest.approx(b[k], rel=1e-5, abs=1e-5), (spec, a["step"], k)
+
+
+@pytest.mark.parametrize("spec", MESHES)
 def test_param_shardings_follow_the_rules(result, spec):
     got = result["meshes"][spec]
     assert got["actual"] == got["expected"]
