@@ -23,6 +23,8 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="compute dtype (default: bfloat16 on accelerators, float32 on CPU)")
     p.add_argument("--compilation-cache", default=None, metavar="DIR",
                    help="persistent XLA cache dir (default ~/.cache/qwen-audio-jax/xla; '' disables)")
+    p.add_argument("--distributed", action="store_true",
+                   help="call jax.distributed.initialize() first (multi-host: run the same command on every host)")
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -52,8 +54,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def _load(args):
+    import jax
     import jax.numpy as jnp
 
+    if args.distributed:
+        jax.distributed.initialize()
     from qwen_audio_jax import api
     from qwen_audio_jax.runtime import DEFAULT_CACHE_DIR, setup_compilation_cache
 
