@@ -163,6 +163,23 @@ class Trainer:
         sharding = shd.replicated(self.mesh) if name not in self._PAIR_AXIS else self._pair_sharding(axis)
         return jax.device_put(x, sharding)
 
+    def precompute_reference(self) -> Path:
+        """One reference pass over the validated data -> reference_logps.json (see training/reference.py)."""
+        from qwen_audio_jax.training import reference as ref
+
+        if self.sft:
+            raise ConfigError("SFT needs no reference log-probs.")
+        self._setup()
+        ref_dir = ref.reference_model_dir(self.cfg)
+        with shd.activated(self.mesh, self.rules):
+            params = self._load_params(ref_dir, self._param_shardings())
+            table = ref.compute_reference_table(self.model, params, self.examples, self.processor,
+                                                self.config.pad_token_id, self.cfg.train.batch_size,
+                                                self.suffix, progress=self.progress)  # fmt: skip
+        path = ref.save_reference_table(self.out, table, self.fingerprint, ref.model_identity(ref_dir))
+        self.log(f"reference log-probs of {len(table)} pairs -> {path}")
+        return path
+
     # ---- the loop -------------------------------------------------------------------------------------------
     def run(self) -> dict:
         cfg = self.cfg
