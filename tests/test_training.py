@@ -127,6 +127,21 @@ def test_non_finite_loss_stops_with_last_good_checkpoint(work, tmp_path, capsys)
     assert all(np.isfinite(m["loss"]) for m in metrics) and metrics[-1]["step"] == good
 
 
+def test_train_step_compiles_once_per_bucket_and_exports(work, tmp_path):
+    """Bounded recompilation: one train-step program per batch-shape bucket seen; the final model dir goes back
+    to Hugging Face format."""
+    from qwen_audio_jax.training.run_config import load_run_config
+    from qwen_audio_jax.training.trainer import Trainer
+
+    cfg = load_run_config(CONFIG, [f"model={work / 'model'}", f"data.train={work / 'train' / 'prefs.jsonl'}",
+                                   f"output_dir={tmp_path / 'run'}", "train.steps=12", "train.batch_size=4"])  # fmt: skip
+    trainer = Trainer(cfg, progress=False)
+    trainer.run()
+    assert 1 <= trainer.compiled_programs() == len(trainer.batch_shapes) < 12
+    assert main(["export-hf", str(tmp_path / "run" / "model"), str(tmp_path / "hf"), "--no-progress"]) == 0
+    assert (tmp_path / "hf" / "model.safetensors").exists() and (tmp_path / "hf" / "config.json").exists()
+
+
 def test_precomputed_reference_equals_model_reference(work, tmp_path):
     a, b = tmp_path / "model-ref", tmp_path / "pre-ref"
     assert _dpo(work, a, "train.steps=3") == 0

@@ -82,15 +82,20 @@ def write_config(model_dir: Path, config: ModelConfig, param_dtype: str) -> None
     (Path(model_dir) / "config.json").write_text(json.dumps(doc, indent=2) + "\n")
 
 
-def read_model_dir_config(model_dir: str | Path) -> tuple[ModelConfig, str]:
-    """(ModelConfig, stored param dtype name); a clear error for a Hugging Face dir or a non-model dir."""
-    path = Path(model_dir) / "config.json"
+def read_config_json(directory: str | Path, expected: str) -> tuple[Path, dict]:
+    """(path, parsed config.json of `directory`); `expected` finishes the error for a missing file."""
+    path = Path(directory) / "config.json"
     if not path.is_file():
-        raise CheckpointError(f"{model_dir}: no config.json; pass a directory written by `qwen-audio-jax convert`.")
+        raise CheckpointError(f"{directory}: no config.json; pass {expected}.")
     try:
-        doc = json.loads(path.read_text())
+        return path, json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{path}: not valid JSON ({e}).") from e
+
+
+def read_model_dir_config(model_dir: str | Path) -> tuple[ModelConfig, str]:
+    """(ModelConfig, stored param dtype name); a clear error for a Hugging Face dir or a non-model dir."""
+    path, doc = read_config_json(model_dir, "a directory written by `qwen-audio-jax convert`")
     if doc.get("format") != FORMAT:
         if "model_type" in doc:
             raise CheckpointError(

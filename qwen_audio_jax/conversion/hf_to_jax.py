@@ -8,7 +8,6 @@ is written to Orbax before the next is built, so peak memory is about one group.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Callable, Iterator
@@ -29,13 +28,7 @@ _FLOAT_KINDS = ("f", "V")  # ml_dtypes.bfloat16 reports kind "V"
 
 
 def read_hf_config(src: Path) -> ModelConfig:
-    path = Path(src) / "config.json"
-    if not path.is_file():
-        raise CheckpointError(f"{src}: no config.json; pass a Hugging Face Qwen2-Audio checkpoint directory.")
-    try:
-        doc = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path}: not valid JSON ({e}).") from e
+    path, doc = md.read_config_json(src, "a Hugging Face Qwen2-Audio checkpoint directory")
     if doc.get("format") == md.FORMAT:
         raise ConfigError(f"{src} is already a qwen-audio-jax model dir (use export-hf to go back to HF).")
     return ModelConfig.from_hf_config(doc, source=str(path))

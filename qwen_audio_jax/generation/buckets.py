@@ -31,24 +31,13 @@ class Buckets:
             raise ValueError("mel frame buckets must be multiples of 4, at most 3000, and include 3000")
 
     def prompt_length(self, n: int) -> int:
-        for b in self.lengths:
-            if b >= n:
-                return b
-        raise PromptError(f"a prompt of {n} tokens is longer than the largest bucket ({self.lengths[-1]}).")
+        return _smallest(self.lengths, n, f"a prompt of {n} tokens")
 
     def completion_length(self, n: int) -> int:
-        for b in self.completions:
-            if b >= n:
-                return b
-        raise PromptError(f"a completion of {n} tokens is longer than the largest bucket ({self.completions[-1]}).")
+        return _smallest(self.completions, n, f"a completion of {n} tokens")
 
     def num_clips(self, n: int) -> int:
-        if n == 0:
-            return 0
-        for b in self.clips:
-            if b >= n:
-                return b
-        raise PromptError(f"{n} audio clips in one batch exceed the largest clip bucket ({self.clips[-1]}).")
+        return 0 if n == 0 else _smallest(self.clips, n, f"{n} audio clips in one batch")
 
     def mel_frames(self, longest: int) -> int:
         """Smallest frame bucket that is exact for a clip of `longest` valid frames (>= longest + 2)."""
@@ -60,6 +49,13 @@ class Buckets:
     def max_programs(self) -> tuple[int, int]:
         """(prefill, decode) program counts the grid allows for one batch size and max_new_tokens."""
         return len(self.lengths) * (1 + len(self.clips) * len(self.frames)), len(self.lengths)
+
+
+def _smallest(options: tuple[int, ...], n: int, what: str) -> int:
+    for b in options:
+        if b >= n:
+            return b
+    raise PromptError(f"{what} exceed(s) the largest bucket ({options[-1]}).")
 
 
 @dataclasses.dataclass

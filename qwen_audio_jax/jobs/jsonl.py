@@ -68,30 +68,15 @@ class ResultWriter:
     def existing_ids(path: str | Path) -> set[str]:
         """Ids of the complete result lines of `path` (empty if it does not exist)."""
         path = Path(path)
-        if not path.exists():
-            return set()
-        ids = set()
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(record, dict) and isinstance(record.get("id"), str):
-                ids.add(record["id"])
-        return ids
+        return {rid for _, rid in _result_lines(path.read_text(encoding="utf-8"))} if path.exists() else set()
 
     def _repair_and_collect(self) -> None:
         data = self.path.read_bytes()
         keep = data[: data.rfind(b"\n") + 1]  # a torn last line (killed mid-write) is dropped and redone
         lines = []
-        for line in keep.decode("utf-8").splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(record, dict) and isinstance(record.get("id"), str):
-                self.done_ids.add(record["id"])
-                lines.append(line)
+        for line, rid in _result_lines(keep.decode("utf-8")):
+            self.done_ids.add(rid)
+            lines.append(line)
         text = "".join(line + "\n" for line in lines)
         if text.encode("utf-8") != data:
             tmp = self.path.with_suffix(self.path.suffix + ".tmp")
@@ -124,11 +109,7 @@ def merge_parts(output: str | Path, parts: list[Path], keep_existing: bool) -> N
     seen: set[str] = set()
     sources = ([output] if keep_existing and output.exists() else []) + [p for p in parts if p.exists()]
     for src in sources:
-        for line in src.read_text(encoding="utf-8").splitlines():
-            try:
-                rid = json.loads(line)["id"]
-            except (json.JSONDecodeError, KeyError, TypeError):
-                continue  # a torn line: its request is redone on resume
+        for line, rid in _result_lines(src.read_text(encoding="utf-8")):  # torn lines are redone on resume
             if rid not in seen:
                 seen.add(rid)
                 lines.append(line)
@@ -137,3 +118,14 @@ def merge_parts(output: str | Path, parts: list[Path], keep_existing: bool) -> N
     os.replace(tmp, output)
     for p in parts:
         p.unlink(missing_ok=True)
+
+
+def _result_lines(text: str) -> Iterator[tuple[str, str]]:
+    """(line, id) of every complete result line (a JSON object with a string id); others are skipped."""
+    for line in text.splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and isinstance(record.get("id"), str):
+            yield line, record["id"]

@@ -49,6 +49,7 @@ class Trainer:
         self.progress = progress and jax.process_index() == 0
         self.out = Path(cfg.output_dir)
         self.sft = not cfg.loss.needs_reference
+        self.batch_shapes: set[tuple[int, int, int, int]] = set()  # (length, clips, frames, completion) buckets seen
         if not cfg.model:
             raise ConfigError("set `model:` (a model dir written by `qwen-audio-jax convert`).")
         if not cfg.data.train:
@@ -105,7 +106,14 @@ class Trainer:
         params = self._load_params(self.cfg.model, p_sh)
         opt_state = jax.jit(self.tx.init)(params)
         rng = jax.random.PRNGKey(self.cfg.train.seed)
-        return TrainState(step=jnp.asarray(0, jnp.int32), params=params, opt_state=opt_state, rng=rng)
+        state = TrainState(step=jnp.asarray(0, jnp.int32), params=params, opt_state=opt_state, rng=rng)
+        if self.mesh is None:  # commit every leaf like the step's outputs, so step 2 reuses step 1's program
+            state = jax.device_put(state, jax.devices()[0])
+        return state
+
+    def compiled_programs(self) -> int:
+        """Train-step programs compiled so far (one per batch-shape bucket seen)."""
+        return sum(f._cache_size() for f in self._steps.values())
 
     def _step_fn(self, completion: int):
         """The jitted step for one completion-length bucket (a static shape of the lm_head pass)."""
@@ -137,6 +145,7 @@ class Trainer:
             local = np.asarray([shape.length, shape.clips, shape.frames, shape.completion])
             sizes = np.asarray(multihost_utils.process_allgather(local)).reshape(-1, 4).max(0)
             shape.length, shape.clips, shape.frames, shape.completion = (int(v) for v in sizes)
+        self.batch_shapes.add((shape.length, shape.clips, shape.frames, shape.completion))
         arrays = collate_step(micro, shape, self.config.pad_token_id, self.processor.n_mels, self.ref_table,
                               with_rejected=not self.sft)  # fmt: skip
         arrays = _pad_pairs(arrays, self.local_padded, self.config.pad_token_id)
