@@ -11,7 +11,7 @@ from qwen_audio_jax.audio.features import log_mel_numpy, mel_length
 from qwen_audio_jax.config import tiny
 from qwen_audio_jax.generation.buckets import Buckets
 from qwen_audio_jax.generation.engine import Engine, GenerationOptions
-from qwen_audio_jax.generation.sampling import SamplingParams, select_next
+from qwen_audio_jax.generation.sampling import SamplingParams, argmax_first, select_next
 from qwen_audio_jax.model.audio_encoder import conv_output_lengths
 from qwen_audio_jax.model.params import build_model, init_params
 from qwen_audio_jax.text.processor import Processor
@@ -54,6 +54,23 @@ def test_sampled_frequencies_match_the_distribution(temperature, top_k, top_p):
     keep = p > 0
     _, pvalue = stats.chisquare(counts[keep], p[keep] / p[keep].sum() * counts.sum())
     assert pvalue > FALSE_ALARM, (counts, p)
+
+
+@pytest.mark.parametrize("vocab", [1, 127, 128, 1000, 156032])
+def test_argmax_first_equals_jnp_argmax(vocab):
+    """Greedy decoding's two-pass argmax: same index as jnp.argmax, ties (first wins), -inf rows and NaN included."""
+    rng = np.random.default_rng(vocab)
+    x = rng.normal(size=(7, vocab)).astype(np.float32)
+    x[1] = np.round(x[1])  # many ties; the first maximal index must win
+    x[2] = -np.inf
+    x[3, rng.integers(vocab, size=3)] = np.nan
+    x[4, -1] = 100.0  # the maximum in the last (padded) block
+    x[5] = 0.0
+    x[5, vocab // 2] = 1.0
+    x[6, :] = rng.integers(0, 2, size=vocab)  # ties spanning blocks
+    got = np.asarray(jax.jit(argmax_first)(jnp.asarray(x)))
+    np.testing.assert_array_equal(got, np.asarray(jnp.argmax(jnp.asarray(x), axis=-1)))
+    assert got[4] == vocab - 1 and got[5] == vocab // 2
 
 
 def test_sampling_is_seeded():

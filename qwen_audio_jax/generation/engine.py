@@ -24,8 +24,9 @@ from qwen_audio_jax.sharding import mesh as shd
 from qwen_audio_jax.model.params import build_model
 from qwen_audio_jax.text.processor import PreparedRequest, collate
 
-MAX_STOP_IDS = 8
-PREFILL_STATIC = (9, 10)  # cache_len, max_new_tokens (positions after `model` is bound)  # stop ids are padded to this many so their number never changes the compiled program
+MAX_STOP_IDS = 8  # stop ids are padded to this many so their number never changes the compiled program
+PREFILL_STATIC = (9, 10, 11)  # cache_len, max_new_tokens, with_logprobs (positions after `model` is bound)
+DECODE_STATIC = (5,)  # with_logprobs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,7 +79,7 @@ class Engine:
             self.batch_size = batch_size
             self.params = jax.device_put(params)
             self._prefill = jax.jit(prefill, static_argnums=PREFILL_STATIC)
-            self._decode = jax.jit(decode, donate_argnums=(1,))
+            self._decode = jax.jit(decode, static_argnums=DECODE_STATIC, donate_argnums=(1,))
         else:
             # A batch that does not divide the batch axes is padded (inactive rows), never refused.
             divisor = math.lcm(shd.batch_divisor(mesh, rules), jax.process_count())
@@ -101,7 +102,7 @@ class Engine:
                 in_shardings=(p_sh, b2, b2, None, None, b1, rep, rep, rep), out_shardings=state,
             )  # fmt: skip
             self._decode = jax.jit(
-                decode, in_shardings=(p_sh, state, rep, rep, rep),
+                decode, in_shardings=(p_sh, state, rep, rep, rep), static_argnums=DECODE_STATIC,
                 out_shardings=state, donate_argnums=(1,),
             )  # fmt: skip
         self.last_timings: dict[str, float] = {}  # prefill_s / decode_s of the last batch (device time included)
@@ -155,10 +156,12 @@ class Engine:
             stop_criteria,
             batch.tokens.shape[1] + options.max_new_tokens,  # cache_len (static)
             options.max_new_tokens,  # (static)
+            options.return_logprobs,  # (static)
         )
         jax.block_until_ready(state.tokens)
         t1 = time.perf_counter()
-        state = self._decode(self.params, state, sampling, stop_criteria, jnp.asarray(options.max_new_tokens, jnp.int32))
+        until = jnp.asarray(options.max_new_tokens, jnp.int32)
+        state = self._decode(self.params, state, sampling, stop_criteria, until, options.return_logprobs)
         if jax.process_count() > 1 and self.mesh is not None:
             from jax.experimental import multihost_utils
 

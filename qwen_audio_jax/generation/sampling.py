@@ -35,6 +35,25 @@ class SamplingParams:
         )
 
 
+def argmax_first(logits_BV, chunk: int = 128):
+    """jnp.argmax over the last axis (first maximal index; NaN counts as maximal) in two cheap passes.
+
+    XLA:CPU lowers a [B, 156032] argmax to a slow variadic (value, index) reduction (about 3 ms per decode step
+    for B = 8, measured). Instead: the max of each `chunk`-wide block (a plain reduction), the argmax over the
+    few block maxima, then the argmax inside the winning block: 0.2 ms, same result, ties included (the first
+    block holding the maximum contains its first occurrence; with NaN, the first block holding a NaN).
+    """
+    b, v = logits_BV.shape
+    blocks = -(-v // chunk)
+    if blocks * chunk != v:
+        logits_BV = jnp.pad(logits_BV, ((0, 0), (0, blocks * chunk - v)), constant_values=NEG_INF)
+    x_BCK = logits_BV.reshape(b, blocks, chunk)
+    nan_BC = jnp.any(jnp.isnan(x_BCK), axis=-1)  # XLA:CPU's max does not reliably propagate NaN
+    block = jnp.where(jnp.any(nan_BC, axis=-1), jnp.argmax(nan_BC, axis=-1), jnp.argmax(jnp.max(x_BCK, axis=-1), axis=-1))
+    inside = jnp.argmax(jnp.take_along_axis(x_BCK, block[:, None, None], axis=1)[:, 0], axis=-1)
+    return (block * chunk + inside).astype(jnp.int32)
+
+
 def apply_repetition_penalty(logits_BV, seen_BV, penalty):
     """transformers' RepetitionPenaltyLogitsProcessor: seen tokens' logits < 0 are multiplied by the penalty,
     others divided by it. `seen_BV` marks every token of the prompt and of the generated text."""
@@ -84,7 +103,7 @@ def select_next(logits_BV, key, params: SamplingParams, seen_BV, num_generated, 
     # A fused elementwise pass; a lax.cond here would copy its [B, V] operands on every step.
     logits_BV = apply_repetition_penalty(logits_BV, seen_BV, params.repetition_penalty)
     logits_BV = suppress_stop_tokens(logits_BV, stop_ids_S, num_generated < params.min_new_tokens)
-    greedy = jnp.argmax(logits_BV, axis=-1).astype(jnp.int32)
+    greedy = argmax_first(logits_BV)
 
     def draw(x):
         return jax.random.categorical(key, warp(x, params), axis=-1).astype(jnp.int32)

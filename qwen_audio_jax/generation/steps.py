@@ -25,7 +25,7 @@ class DecodeState:
     next_position: jax.Array  # [B] int32: RoPE position of `last_token`
     last_token: jax.Array  # [B] int32: the most recent generated id, not yet fed to the decoder
     tokens: jax.Array  # [B, N] int32: generated ids, pad after a row is done
-    logprobs: jax.Array  # [B, N] fp32: model log-prob of each generated id (unprocessed logits)
+    logprobs: jax.Array  # [B, N] fp32: model log-prob of each generated id (unprocessed logits); 0 if not asked
     num_generated: jax.Array  # int32
     done: jax.Array  # [B] bool
     seen: jax.Array  # [B, V] bool: ids in the prompt or generated so far (repetition penalty)
@@ -42,19 +42,26 @@ def _apply(model, params, method, *args):
     return model.apply({"params": params}, *args, method=method)
 
 
-def _select_and_record(s: DecodeState, logits_BV, sampling: SamplingParams, stop: StopCriteria) -> DecodeState:
-    """Picks the next token from `logits_BV` and records it (tokens, log-prob, done, seen)."""
+def _select_and_record(
+    s: DecodeState, logits_BV, sampling: SamplingParams, stop: StopCriteria, with_logprobs: bool
+) -> DecodeState:
+    """Picks the next token from `logits_BV` and records it (tokens, log-prob if asked, done, seen).
+
+    `with_logprobs` is static: the logsumexp is two more passes over [B, V] per step, skipped when unused."""
     b, max_new = s.tokens.shape
     key, sub = jax.random.split(s.key)
     tok = select_next(logits_BV, sub, sampling, s.seen, s.num_generated, stop.stop_ids)
     tok = jnp.where(s.done, stop.pad_id, tok)
-    picked = jnp.take_along_axis(logits_BV, tok[:, None], axis=-1)[:, 0]
-    logp = picked - jax.nn.logsumexp(logits_BV, axis=-1)  # log_softmax at one index, without the [B, V] array
+    logprobs = s.logprobs
+    if with_logprobs:
+        picked = jnp.take_along_axis(logits_BV, tok[:, None], axis=-1)[:, 0]
+        logp = picked - jax.nn.logsumexp(logits_BV, axis=-1)  # log_softmax at one index, without the [B, V] array
+        logprobs = logprobs.at[:, s.num_generated].set(jnp.where(s.done, 0.0, logp))
     hit_stop = jnp.any(tok[:, None] == stop.stop_ids[None, :], axis=-1)
     return s.replace(
         last_token=tok,
         tokens=s.tokens.at[:, s.num_generated].set(tok),
-        logprobs=s.logprobs.at[:, s.num_generated].set(jnp.where(s.done, 0.0, logp)),
+        logprobs=logprobs,
         num_generated=s.num_generated + 1,
         done=s.done | hit_stop | (s.num_generated + 1 >= max_new),
         seen=s.seen.at[jnp.arange(b), tok].set(True),
@@ -75,6 +82,7 @@ def prefill(
     stop: StopCriteria,
     cache_len: int,
     max_new_tokens: int,
+    with_logprobs: bool = True,
 ) -> DecodeState:
     """Prompt (and audio) -> DecodeState with the cache filled for slots [0, T) and the first token chosen."""
     b, t = tokens_BT.shape
@@ -101,7 +109,7 @@ def prefill(
         seen=seen,
         key=key,
     )
-    return _select_and_record(state, logits, sampling, stop)
+    return _select_and_record(state, logits, sampling, stop, with_logprobs)
 
 
 def decode_loop(
@@ -111,6 +119,7 @@ def decode_loop(
     sampling: SamplingParams,
     stop: StopCriteria,
     until: jax.Array,
+    with_logprobs: bool = True,
 ) -> DecodeState:
     """Generates until every row is done or `until` tokens (<= N) exist. Donate `state`.
 
@@ -131,6 +140,6 @@ def decode_loop(
         logits = _apply(model, params, "logits", hidden[:, -1])
         s = s.replace(cache=cache, cache_mask=cache_mask, write_index=s.write_index + 1,
                       next_position=s.next_position + 1)  # fmt: skip
-        return _select_and_record(s, logits, sampling, stop)
+        return _select_and_record(s, logits, sampling, stop, with_logprobs)
 
     return jax.lax.while_loop(cond, body, state)
