@@ -55,23 +55,30 @@ def work(tmp_path_factory):
 def multihost_run(work):
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
     port = _free_port()
+    # Output goes to files, not pipes: a worker filling an unread 64 KiB pipe would block and look hung.
+    logs = [(open(work / f"worker{pid}.out", "w+"), open(work / f"worker{pid}.err", "w+")) for pid in range(2)]
     procs = [subprocess.Popen([sys.executable, "-m", "tests.multihost_worker", str(pid), str(port), str(work)],
-                              cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for pid in range(2)]  # fmt: skip
-    deadline = time.time() + TIMEOUT_S
-    try:
-        while any(p.poll() is None for p in procs):
-            if time.time() > deadline:
-                raise AssertionError(f"multi-host workers hung for {TIMEOUT_S} s")
-            if any(p.poll() not in (None, 0) for p in procs):  # one crashed: the other would wait forever
-                break
-            time.sleep(0.2)
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    outputs = [p.communicate() for p in procs]
+                              cwd=REPO, env=env, stdout=out, stderr=err, text=True)
+             for pid, (out, err) in enumerate(logs)]  # fmt: skip
+    deadline, hung = time.time() + TIMEOUT_S, False
+    while any(p.poll() is None for p in procs):
+        if time.time() > deadline:
+            hung = True
+            break
+        if any(p.poll() not in (None, 0) for p in procs):  # one crashed: the other would wait forever
+            break
+        time.sleep(0.2)
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+        p.wait()
+    outputs = []
+    for out, err in logs:
+        out.seek(0), err.seek(0)
+        outputs.append((out.read(), err.read()))
+        out.close(), err.close()
     for pid, (p, (out, err)) in enumerate(zip(procs, outputs)):
+        assert not hung, f"multi-host workers hung for {TIMEOUT_S} s; worker {pid} stderr:\n{err[-4000:]}"
         assert p.returncode == 0 and f"WORKER {pid} OK" in out, f"worker {pid} failed:\n{err[-4000:]}"
     return work
 
