@@ -165,3 +165,19 @@ def test_score_matches_transformers(tiny_model_dir, tiny_hf_dir, clips, tmp_path
     for i, c in enumerate(requests[2]["completions"]):
         want, n = reference({k: v for k, v in requests[2].items() if k != "completions"}, c)
         assert abs(got["mc"]["logprob"][i] - want) <= 1e-4 and got["mc"]["num_tokens"][i] == n
+
+
+def test_compilation_cache_dir_precedence(monkeypatch, tmp_path):
+    """`--compilation-cache` beats $QWEN_AUDIO_JAX_COMPILATION_CACHE beats the default; '' turns it off."""
+    from qwen_audio_jax.runtime import CACHE_ENV, DEFAULT_CACHE_DIR, resolve_cache_dir
+
+    monkeypatch.delenv(CACHE_ENV, raising=False)
+    assert resolve_cache_dir(None) == DEFAULT_CACHE_DIR
+    assert resolve_cache_dir(str(tmp_path / "a")) == tmp_path / "a"
+    assert resolve_cache_dir("") is None
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "env"))
+    assert resolve_cache_dir(None) == tmp_path / "env"
+    assert resolve_cache_dir(str(tmp_path / "a")) == tmp_path / "a"
+    assert resolve_cache_dir("") is None
+    monkeypatch.setenv(CACHE_ENV, "")
+    assert resolve_cache_dir(None) is None

@@ -39,7 +39,7 @@ def _records(path: Path) -> list[dict]:
 
 
 def _dpo(work, out, *overrides):
-    return main(["dpo", "--config", CONFIG, "--no-progress", "--compilation-cache", "", f"model={work / 'model'}",
+    return main(["dpo", "--config", CONFIG, "--no-progress", f"model={work / 'model'}",
                  f"data.train={work / 'train' / 'prefs.jsonl'}", f"output_dir={out}", *overrides])  # fmt: skip
 
 
@@ -72,8 +72,8 @@ def test_dpo_learns_on_heldout_pairs(work):
 
 def test_sft_learns_exact_answers(work):
     out = work / "sft-run"
-    assert main(["dpo", "--config", str(REPO / "configs" / "sft_tiny.yaml"), "--no-progress", "--compilation-cache",
-                 "", f"model={work / 'model'}", f"data.train={work / 'sft_train' / 'sft.jsonl'}",
+    assert main(["dpo", "--config", str(REPO / "configs" / "sft_tiny.yaml"), "--no-progress",
+                 f"model={work / 'model'}", f"data.train={work / 'sft_train' / 'sft.jsonl'}",
                  f"output_dir={out}"]) == 0  # fmt: skip
     model = api.load(out / "model")
     heldout = _records(work / "sft_heldout" / "sft.jsonl")
@@ -91,7 +91,7 @@ def test_sft_learns_exact_answers(work):
 
 def test_resume_after_sigkill_is_bit_identical(work, tmp_path):
     args = [sys.executable, "-m", "qwen_audio_jax.cli.main", "dpo", "--config", CONFIG, "--no-progress",
-            "--compilation-cache", "", f"model={work / 'model'}", f"data.train={work / 'train' / 'prefs.jsonl'}",
+            f"model={work / 'model'}", f"data.train={work / 'train' / 'prefs.jsonl'}",
             "train.steps=12", "checkpoint.every=3", "checkpoint.keep=5"]  # fmt: skip
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     full, part = tmp_path / "full", tmp_path / "part"
@@ -145,7 +145,7 @@ def test_train_step_compiles_once_per_bucket_and_exports(work, tmp_path):
 def test_precomputed_reference_equals_model_reference(work, tmp_path):
     a, b = tmp_path / "model-ref", tmp_path / "pre-ref"
     assert _dpo(work, a, "train.steps=3") == 0
-    assert main(["dpo", "--config", CONFIG, "--precompute-ref", "--no-progress", "--compilation-cache", "",
+    assert main(["dpo", "--config", CONFIG, "--precompute-ref", "--no-progress",
                  f"model={work / 'model'}", f"data.train={work / 'train' / 'prefs.jsonl'}", f"output_dir={b}"]) == 0
     assert (b / "reference_logps.json").exists()
     assert _dpo(work, b, "train.steps=3", "reference.mode=precomputed") == 0

@@ -22,7 +22,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default=None,
                    help="compute dtype (default: bfloat16 on accelerators, float32 on CPU)")
     p.add_argument("--compilation-cache", default=None, metavar="DIR",
-                   help="persistent XLA cache dir (default ~/.cache/qwen-audio-jax/xla; '' disables)")
+                   help="persistent XLA cache dir (default $QWEN_AUDIO_JAX_COMPILATION_CACHE or "
+                   "~/.cache/qwen-audio-jax/xla; '' disables)")
     p.add_argument("--distributed", action="store_true",
                    help="call jax.distributed.initialize() first (multi-host: run the same command on every host)")
     p.add_argument("--no-progress", action="store_true")
@@ -60,9 +61,9 @@ def _load(args):
     if args.distributed:
         jax.distributed.initialize()
     from qwen_audio_jax import api
-    from qwen_audio_jax.runtime import DEFAULT_CACHE_DIR, setup_compilation_cache
+    from qwen_audio_jax.runtime import setup_compilation_cache
 
-    setup_compilation_cache(DEFAULT_CACHE_DIR if args.compilation_cache is None else args.compilation_cache)
+    setup_compilation_cache(args.compilation_cache)
     dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, None: None}[args.dtype]
     mesh = None
     if args.mesh:

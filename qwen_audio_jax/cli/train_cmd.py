@@ -22,7 +22,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    "reference.mode=precomputed")  # fmt: skip
     p.add_argument("--distributed", action="store_true",
                    help="call jax.distributed.initialize() first (multi-host; reads the usual env/cluster settings)")
-    p.add_argument("--compilation-cache", default=None, metavar="DIR")
+    p.add_argument("--compilation-cache", default=None, metavar="DIR",
+                   help="persistent XLA cache dir (default $QWEN_AUDIO_JAX_COMPILATION_CACHE or "
+                   "~/.cache/qwen-audio-jax/xla; '' disables)")  # fmt: skip
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_dpo)
 
@@ -32,11 +34,11 @@ def _dpo(args) -> int:
         import jax
 
         jax.distributed.initialize()
-    from qwen_audio_jax.runtime import DEFAULT_CACHE_DIR, setup_compilation_cache
+    from qwen_audio_jax.runtime import setup_compilation_cache
     from qwen_audio_jax.training.run_config import load_run_config
     from qwen_audio_jax.training.trainer import Trainer
 
-    setup_compilation_cache(DEFAULT_CACHE_DIR if args.compilation_cache is None else args.compilation_cache)
+    setup_compilation_cache(args.compilation_cache)
     overrides = list(args.overrides)
     if args.loss:
         types = args.loss.split("+")
