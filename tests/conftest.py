@@ -8,7 +8,7 @@ os.environ.setdefault("JAX_ENABLE_X64", "0")
 
 # One persistent compilation cache for the whole session: the xdist workers and every subprocess (CLI runs,
 # mesh and multi-host workers) inherit it, so the tiny models' programs compile once per test run instead of
-# once per test. Fresh per run (no stale entries); `--compilation-cache` tests pass their own dir.
+# once per test. Fresh per run (no stale entries); a test that needs its own setting passes `--compilation-cache`.
 from qwen_audio_jax.runtime import CACHE_ENV, setup_compilation_cache  # noqa: E402
 
 _OWN_CACHE = CACHE_ENV not in os.environ

@@ -96,6 +96,7 @@ def test_resume_after_sigkill(tiny_model_dir, clips, tmp_path):  # noqa: F811
     requests = [_chat(f"r{i}", good[i % 4], f"Question number {i}?") for i in range(24)]
     inp = tmp_path / "in.jsonl"
     _write(inp, requests)
+    # No compilation cache here: every run starts cold, which keeps the kill landing mid-run.
     base = [sys.executable, "-m", "qwen_audio_jax.cli.main", "generate", "--model", str(tiny_model_dir),
             "--input", str(inp), "--max-new-tokens", "24", "--batch-size", "2", "--no-progress",
             "--compilation-cache", ""]  # fmt: skip
