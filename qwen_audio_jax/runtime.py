@@ -7,6 +7,7 @@ from pathlib import Path
 
 DEFAULT_CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "qwen-audio-jax" / "xla"
 CACHE_ENV = "QWEN_AUDIO_JAX_COMPILATION_CACHE"
+CACHE_FLAG_HELP = f"persistent XLA cache dir (default ${CACHE_ENV} or ~/.cache/qwen-audio-jax/xla; '' disables)"
 
 
 def resolve_cache_dir(flag: str | Path | None) -> Path | None:

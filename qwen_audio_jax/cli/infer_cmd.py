@@ -6,6 +6,8 @@ import argparse
 import json
 import sys
 
+from qwen_audio_jax.runtime import CACHE_FLAG_HELP
+
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="model dir written by `qwen-audio-jax convert` (or training)")
@@ -22,8 +24,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default=None,
                    help="compute dtype (default: bfloat16 on accelerators, float32 on CPU)")
     p.add_argument("--compilation-cache", default=None, metavar="DIR",
-                   help="persistent XLA cache dir (default $QWEN_AUDIO_JAX_COMPILATION_CACHE or "
-                   "~/.cache/qwen-audio-jax/xla; '' disables)")
+                   help=CACHE_FLAG_HELP)
     p.add_argument("--distributed", action="store_true",
                    help="call jax.distributed.initialize() first (multi-host: run the same command on every host)")
     p.add_argument("--no-progress", action="store_true")

@@ -6,6 +6,8 @@ import argparse
 import json
 import sys
 
+from qwen_audio_jax.runtime import CACHE_FLAG_HELP
+
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -23,8 +25,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--distributed", action="store_true",
                    help="call jax.distributed.initialize() first (multi-host; reads the usual env/cluster settings)")
     p.add_argument("--compilation-cache", default=None, metavar="DIR",
-                   help="persistent XLA cache dir (default $QWEN_AUDIO_JAX_COMPILATION_CACHE or "
-                   "~/.cache/qwen-audio-jax/xla; '' disables)")  # fmt: skip
+                   help=CACHE_FLAG_HELP)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_dpo)
 
