@@ -1,10 +1,16 @@
-"""Model configuration: frozen dataclasses, presets, and the mapping to and from Hugging Face `config.json`.
+"""Model configuration: frozen dataclasses, presets, and our own `config.json` serialisation.
 
-The Qwen2-Audio `config.json` on the hub is sparse (REFERENCE 1.2): missing text fields fall back to
-`Qwen2Config` defaults, and one of those defaults (rms_norm_eps 1e-6) is overridden by the checkpoint. We
-therefore parse with the defaults spelled out here and refuse any attribute whose value changes the
-computation in a way this port does not implement (rope scaling, sliding windows, tied embeddings...), rather
-than silently computing something else.
+One model code serves both generations of the family; a config says which one it is (`model_type`) and
+carries the switches where they differ (docs/reference.md, "Qwen-Audio v1"):
+
+| | Qwen2-Audio | Qwen-Audio v1 |
+|---|---|---|
+| mel bins, clip length rule | 128, ceil(samples / 160) | 80, floor(samples / 160) |
+| audio encoder | masked keys only (a fixed 30 s input in the reference) | runs over each clip's own length: later frames zeroed |
+| audio delimiters | `<|audio_bos|>` / `<|audio_eos|>` embedding rows | learned `audio_bos_eos_token` vectors |
+| RoPE | plain | dynamic NTK + logn attention past `ntk_context` tokens |
+
+The Hugging Face `config.json` forms of both are read and written in `conversion/hf_config.py`.
 """
 
 from __future__ import annotations
@@ -17,42 +23,8 @@ from typing import Any
 from qwen_audio_jax.errors import ConfigError
 
 QWEN2_AUDIO = "qwen2_audio"
-
-# Qwen2Config defaults (transformers configuration_qwen2.py); used where the hub config.json is silent.
-_QWEN2_TEXT_DEFAULTS = dict(
-    vocab_size=151936,
-    hidden_size=4096,
-    intermediate_size=22016,
-    num_hidden_layers=32,
-    num_attention_heads=32,
-    num_key_value_heads=None,  # None means "= num_attention_heads"
-    hidden_act="silu",
-    max_position_embeddings=32768,
-    rms_norm_eps=1e-6,
-    rope_theta=10000.0,
-    rope_scaling=None,
-    tie_word_embeddings=False,
-    use_sliding_window=False,
-    attention_dropout=0.0,
-    bos_token_id=None,
-    eos_token_id=None,
-    pad_token_id=None,
-)
-
-# Qwen2AudioEncoderConfig defaults (transformers configuration_qwen2_audio.py).
-_AUDIO_DEFAULTS = dict(
-    num_mel_bins=128,
-    encoder_layers=32,
-    encoder_attention_heads=20,
-    encoder_ffn_dim=5120,
-    d_model=1280,
-    activation_function="gelu",
-    scale_embedding=False,
-    max_source_positions=1500,
-    dropout=0.0,
-    attention_dropout=0.0,
-    activation_dropout=0.0,
-)
+QWEN_AUDIO_V1 = "qwen_audio_v1"
+MODEL_TYPES = (QWEN2_AUDIO, QWEN_AUDIO_V1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,6 +38,9 @@ class AudioEncoderConfig:
     ffn_dim: int = 5120
     max_source_positions: int = 1500  # positions after conv2; mel frames = 2x this
     layer_norm_eps: float = 1e-5
+    # Qwen-Audio v1 encodes each clip over its own length: mel frames past 2 x its conv2 length are zeroed
+    # (what the conv stem's zero padding gives a clip encoded alone) and so are the padded positions after it.
+    per_clip_length: bool = False
 
     @property
     def head_dim(self) -> int:
@@ -78,7 +53,7 @@ class AudioEncoderConfig:
 
 @dataclasses.dataclass(frozen=True)
 class DecoderConfig:
-    """Qwen2 decoder-only language model."""
+    """Decoder-only language model (Qwen2, and Qwen-7B mapped onto the same layout)."""
 
     vocab_size: int = 156032
     hidden_size: int = 4096
@@ -90,6 +65,11 @@ class DecoderConfig:
     rms_norm_eps: float = 1e-5
     rope_theta: float = 10000.0
     max_position_embeddings: int = 8192
+    # Qwen-Audio v1 (Qwen-7B) inference: dynamic NTK RoPE scaling and logn attention scaling, both inert up to
+    # `ntk_context` tokens (Qwen-7B's `seq_length`, 2048).
+    dynamic_ntk: bool = False
+    logn_attention: bool = False
+    ntk_context: int = 2048
 
     def __post_init__(self):
         if self.num_heads % self.num_kv_heads:
@@ -106,10 +86,30 @@ class ModelConfig:
     audio: AudioEncoderConfig = AudioEncoderConfig()
     decoder: DecoderConfig = DecoderConfig()
     model_type: str = QWEN2_AUDIO
-    audio_token_id: int = 151646  # <|AUDIO|>: one slot per projected audio frame
+    audio_token_id: int = 151646  # <|AUDIO|> (v1: [[[AUDIO:modality]]] 151851): one slot per audio frame
     bos_token_id: int = 151643
     eos_token_id: int = 151645  # <|im_end|>
     pad_token_id: int = 151643  # <|endoftext|>, what the reference eval code pads with
+    # v1 only: the ids whose positions take the learned audio_bos_eos_token vectors (<audio>, </audio>).
+    audio_start_id: int | None = None
+    audio_end_id: int | None = None
+    # Ids that end generation by default (an empty tuple means (eos, pad)); `--stop-id` adds to them.
+    stop_token_ids: tuple[int, ...] = ()
+
+    def __post_init__(self):
+        if self.model_type not in MODEL_TYPES:
+            raise ConfigError(f"model_type {self.model_type!r} is not one of {', '.join(MODEL_TYPES)}.")
+        if self.is_v1 and (self.audio_start_id is None or self.audio_end_id is None):
+            raise ConfigError("a Qwen-Audio v1 config needs audio_start_id and audio_end_id (<audio>, </audio>).")
+
+    @property
+    def is_v1(self) -> bool:
+        return self.model_type == QWEN_AUDIO_V1
+
+    @property
+    def stop_ids(self) -> tuple[int, ...]:
+        """The ids that end generation: the one place they are derived (CLI flags only add to them)."""
+        return tuple(dict.fromkeys(self.stop_token_ids or (self.eos_token_id, self.pad_token_id)))
 
     # ---- serialisation of our own config.json -------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -121,6 +121,8 @@ class ModelConfig:
         try:
             audio = AudioEncoderConfig(**d.pop("audio"))
             decoder = DecoderConfig(**d.pop("decoder"))
+            if "stop_token_ids" in d:
+                d["stop_token_ids"] = tuple(d["stop_token_ids"])
             return cls(audio=audio, decoder=decoder, **d)
         except (KeyError, TypeError) as e:
             raise ConfigError(f"not a qwen-audio-jax model config ({e}); re-run `qwen-audio-jax convert`.") from e
@@ -135,139 +137,33 @@ class ModelConfig:
         except (OSError, json.JSONDecodeError) as e:
             raise ConfigError(f"cannot read model config {path}: {e}") from e
 
-    # ---- Hugging Face config.json --------------------------------------------------------------------------
-    @classmethod
-    def from_hf_config(cls, hf: dict[str, Any], source: str = "config.json") -> "ModelConfig":
-        """Parses a Qwen2-Audio `config.json` dict; refuses what this port would compute differently."""
-        model_type = hf.get("model_type")
-        if model_type == "qwen" or "audio" in hf and "n_mels" in hf.get("audio", {}):
-            raise ConfigError(
-                f"{source}: Qwen-Audio v1 (model_type 'qwen') checkpoints are not supported by the converter yet; "
-                "use a Qwen2-Audio checkpoint."
-            )
-        if model_type != QWEN2_AUDIO:
-            raise ConfigError(
-                f"{source}: model_type is {model_type!r}, expected 'qwen2_audio' (a Qwen2-Audio checkpoint)."
-            )
-        text = {**_QWEN2_TEXT_DEFAULTS, **hf.get("text_config", {})}
-        audio = {**_AUDIO_DEFAULTS, **hf.get("audio_config", {})}
-        _refuse_unsupported(text, audio, source)
-        heads = text["num_attention_heads"]
-        kv_heads = text["num_key_value_heads"] or heads
-        head_dim = text.get("head_dim") or text["hidden_size"] // heads
-        decoder = DecoderConfig(
-            vocab_size=text["vocab_size"],
-            hidden_size=text["hidden_size"],
-            intermediate_size=text["intermediate_size"],
-            num_layers=text["num_hidden_layers"],
-            num_heads=heads,
-            num_kv_heads=kv_heads,
-            head_dim=head_dim,
-            rms_norm_eps=float(text["rms_norm_eps"]),
-            rope_theta=float(text["rope_theta"]),
-            max_position_embeddings=text["max_position_embeddings"],
-        )
-        enc = AudioEncoderConfig(
-            num_mel_bins=audio["num_mel_bins"],
-            d_model=audio["d_model"],
-            num_layers=audio["encoder_layers"],
-            num_heads=audio["encoder_attention_heads"],
-            ffn_dim=audio["encoder_ffn_dim"],
-            max_source_positions=audio["max_source_positions"],
-        )
-        eos = text["eos_token_id"]
-        if isinstance(eos, list):
-            eos = eos[0]
-        bos = text["bos_token_id"]
-        return cls(
-            audio=enc,
-            decoder=decoder,
-            audio_token_id=hf.get("audio_token_index", hf.get("audio_token_id", 151646)),
-            bos_token_id=151643 if bos is None else bos,
-            eos_token_id=151645 if eos is None else eos,
-            pad_token_id=text["pad_token_id"] if text["pad_token_id"] is not None else 151643,
-        )
-
-    def to_hf_config(self) -> dict[str, Any]:
-        """The Qwen2-Audio `config.json` dict that transformers loads into an identical model."""
-        a, t = self.audio, self.decoder
-        return {
-            "architectures": ["Qwen2AudioForConditionalGeneration"],
-            "model_type": QWEN2_AUDIO,
-            "audio_token_index": self.audio_token_id,
-            "ignore_index": -100,
-            "audio_config": {
-                "model_type": "qwen2_audio_encoder",
-                "num_mel_bins": a.num_mel_bins,
-                "encoder_layers": a.num_layers,
-                "encoder_attention_heads": a.num_heads,
-                "encoder_ffn_dim": a.ffn_dim,
-                "d_model": a.d_model,
-                "activation_function": "gelu",
-                "scale_embedding": False,
-                "max_source_positions": a.max_source_positions,
-            },
-            "text_config": {
-                "model_type": "qwen2",
-                "vocab_size": t.vocab_size,
-                "hidden_size": t.hidden_size,
-                "intermediate_size": t.intermediate_size,
-                "num_hidden_layers": t.num_layers,
-                "num_attention_heads": t.num_heads,
-                "num_key_value_heads": t.num_kv_heads,
-                "head_dim": t.head_dim,
-                "hidden_act": "silu",
-                "max_position_embeddings": t.max_position_embeddings,
-                "rms_norm_eps": t.rms_norm_eps,
-                "rope_theta": t.rope_theta,
-                "rope_scaling": None,
-                "tie_word_embeddings": False,
-                "use_sliding_window": False,
-                "use_mrope": False,
-                "bos_token_id": self.bos_token_id,
-                "eos_token_id": self.eos_token_id,
-                # pad_token_id is deliberately absent (as in the hub config): Qwen2Model would turn it into the
-                # embedding's padding_idx, which freezes that row's gradient in PyTorch fine-tuning.
-                "torch_dtype": "bfloat16",
-            },
-            "tie_word_embeddings": False,
-            "vocab_size": t.vocab_size,
-        }
-
-
-def _refuse_unsupported(text: dict, audio: dict, source: str) -> None:
-    """Raises ConfigError for any attribute that would make the reference compute something we do not."""
-    problems = []
-    if text.get("rope_scaling"):
-        problems.append(f"text_config.rope_scaling={text['rope_scaling']!r} (only plain RoPE is implemented)")
-    if text.get("use_sliding_window"):
-        problems.append("text_config.use_sliding_window=true (sliding-window attention is not implemented)")
-    if text.get("tie_word_embeddings"):
-        problems.append("text_config.tie_word_embeddings=true (this port keeps an untied lm_head)")
-    if text.get("use_mrope"):
-        problems.append("text_config.use_mrope=true (only 1-D RoPE positions are implemented)")
-    if text.get("hidden_act", "silu") != "silu":
-        problems.append(f"text_config.hidden_act={text['hidden_act']!r} (only silu)")
-    layer_types = text.get("layer_types")
-    if layer_types and any(t != "full_attention" for t in layer_types):
-        problems.append("text_config.layer_types contains non-full attention layers")
-    if audio.get("activation_function", "gelu") != "gelu":
-        problems.append(f"audio_config.activation_function={audio['activation_function']!r} (only exact gelu)")
-    if audio.get("scale_embedding"):
-        problems.append("audio_config.scale_embedding=true (not implemented)")
-    if audio["d_model"] % audio["encoder_attention_heads"]:
-        problems.append("audio_config.d_model is not a multiple of encoder_attention_heads")
-    if problems:
-        raise ConfigError(f"{source}: unsupported setting(s): " + "; ".join(problems) + ".")
-
 
 def qwen2_audio_7b() -> ModelConfig:
-    """Qwen2-Audio-7B and -7B-Instruct (REFERENCE 1.2): 8,397,094,912 parameters."""
+    """Qwen2-Audio-7B and -7B-Instruct: 8,397,094,912 parameters (docs/reference.md, "Checkpoint sizes")."""
     return ModelConfig()
 
 
+def qwen_audio_7b() -> ModelConfig:
+    """Qwen-Audio and Qwen-Audio-Chat (v1): Qwen-7B + a Whisper-large-v2 style 80-mel encoder, 8,396,222,464
+    parameters."""
+    return ModelConfig(
+        audio=AudioEncoderConfig(num_mel_bins=80, per_clip_length=True),
+        decoder=DecoderConfig(
+            vocab_size=155947, intermediate_size=11008, rms_norm_eps=1e-5, dynamic_ntk=True, logn_attention=True,
+        ),
+        model_type=QWEN_AUDIO_V1,
+        audio_token_id=151851,
+        bos_token_id=151643,
+        eos_token_id=151643,
+        pad_token_id=151643,
+        audio_start_id=155163,
+        audio_end_id=155164,
+        stop_token_ids=(151643, 151645, 151644),  # <|endoftext|>, and the Chat stop words <|im_end|>, <|im_start|>
+    )
+
+
 def tiny(vocab_size: int = 151936 + 160, num_kv_heads: int = 2) -> ModelConfig:
-    """A tiny random-weight config for tests and the demo: real ids, small widths, GQA by default."""
+    """A tiny random-weight config for tests: real ids, small widths, GQA by default."""
     return ModelConfig(
         audio=AudioEncoderConfig(
             num_mel_bins=128, d_model=64, num_layers=2, num_heads=4, ffn_dim=128, max_source_positions=1500
@@ -287,7 +183,7 @@ def tiny(vocab_size: int = 151936 + 160, num_kv_heads: int = 2) -> ModelConfig:
     )
 
 
-PRESETS = {"qwen2_audio_7b": qwen2_audio_7b, "tiny": tiny}
+PRESETS = {"qwen2_audio_7b": qwen2_audio_7b, "qwen_audio_7b": qwen_audio_7b, "tiny": tiny}
 
 
 def preset(name: str) -> ModelConfig:

@@ -31,14 +31,15 @@ def build_tiny_model_dir(path: Path, seed: int = 0) -> Path:
     import jax
 
     from qwen_audio_jax.bundled import write_tokenizer_dir
-    from qwen_audio_jax.checkpoint import model_dir as md
+    from qwen_audio_jax.checkpoint.model_dir import save_params, write_config
+    from qwen_audio_jax.checkpoint.safe_write import atomic_directory
     from qwen_audio_jax.config import tiny
     from qwen_audio_jax.model.params import init_params
 
     config = tiny()
-    with md.atomic_directory(path, overwrite=True) as tmp:
-        md.save_params(tmp, jax.device_get(init_params(config, jax.random.PRNGKey(seed))))
-        md.write_config(tmp, config, "float32")
+    with atomic_directory(path, "model", overwrite=True) as tmp:
+        save_params(tmp, jax.device_get(init_params(config, jax.random.PRNGKey(seed))))
+        write_config(tmp, config, "float32")
         write_tokenizer_dir(tmp)
         (tmp / "preprocessor_config.json").write_text(json.dumps(PREPROCESSOR, indent=2))
     return path
@@ -89,7 +90,8 @@ def run_demo(workdir: str | Path | None = None, keep: bool = False, max_new_toke
     from qwen_audio_jax import api
     from qwen_audio_jax.conversion.hf_to_jax import convert
     from qwen_audio_jax.conversion.jax_to_hf import export_hf
-    from qwen_audio_jax.generation.engine import GenerationOptions
+    from qwen_audio_jax.generation.options import GenerationOptions
+    from qwen_audio_jax.jobs.driver import run_file, run_list
     from qwen_audio_jax.jobs.generate import GenerateJob
     from qwen_audio_jax.jobs.score import ScoreJob
 
@@ -117,7 +119,7 @@ def run_demo(workdir: str | Path | None = None, keep: bool = False, max_new_toke
         (work / "requests.jsonl").write_text("".join(json.dumps(r) + "\n" for r in requests))
         t = time.perf_counter()
         job = GenerateJob(model, GenerationOptions(max_new_tokens=max_new_tokens), batch_size=4)
-        summary = job.run_file(work / "requests.jsonl", work / "results.jsonl", overwrite=True, progress=False)
+        summary = run_file(job, work / "requests.jsonl", work / "results.jsonl", overwrite=True, progress=False)
         timings["generate_s"] = time.perf_counter() - t
         log(f"[4/5] qwen-audio-jax generate: {summary['requests']} requests, {summary['errors']} error(s), "
             f"{summary['tokens']} tokens in {timings['generate_s']:.1f} s (incl. compilation) -> results.jsonl")  # fmt: skip
@@ -126,7 +128,7 @@ def run_demo(workdir: str | Path | None = None, keep: bool = False, max_new_toke
             shown = f"error: {r['error']}" if r["error"] else f"{r['finish_reason']:6s} {r['text'][:50]!r}"
             log(f"      {r['id']:13s} {shown}")
 
-        scores = ScoreJob(model, batch_size=4).run_all([
+        scores = run_list(ScoreJob(model, batch_size=4), [
             {"id": "mc", "messages": requests[0]["messages"], "completions": ["A speech.", "A dog barking."]}
         ])  # fmt: skip
         log(f"[5/5] qwen-audio-jax score: log p(completion) = {[round(x, 2) for x in scores[0]['logprob']]}")

@@ -27,3 +27,7 @@ class PromptError(QwenAudioError):
 
 class DataError(QwenAudioError):
     """A dataset file or record that cannot be used."""
+
+
+class OutputError(QwenAudioError):
+    """An output path that would destroy an input or something this tool did not write, or cannot be written."""

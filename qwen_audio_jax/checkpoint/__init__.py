@@ -1,0 +1,1 @@
+"""Our model directory format and safe, atomic writing of every output."""

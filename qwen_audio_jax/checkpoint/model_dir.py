@@ -2,22 +2,22 @@
 
     MODEL/
       config.json        {"format": "qwen-audio-jax", "format_version": 1, "param_dtype": ..., "model": {...}}
-      params/            Orbax PyTree checkpoint, param paths mirroring the HF names (DESIGN decision 1)
-      tokenizer.json | vocab.json + merges.txt, tokenizer_config.json, ... (copied from the HF checkpoint)
+      params/            Orbax PyTree checkpoint, param paths mirroring the HF names (docs/decisions.md,
+                         "Functional Flax")
+      hf_config.json     the source checkpoint's own config.json (export-hf writes it back unchanged)
+      tokenizer.json | vocab.json + merges.txt | qwen.tiktoken, tokenizer_config.json, ... (from the source)
       preprocessor_config.json, chat_template.json, generation_config.json (when the source has them)
+      .written-by-qwen-audio-jax   the marker that lets --overwrite replace it (checkpoint/safe_write.py)
 
-Directories are written atomically: into a temp sibling, renamed into place only when complete, so a failed
-or interrupted write never leaves a partial DST.
+Directories are written atomically (`safe_write.atomic_directory`), so a failed or interrupted write never
+leaves a partial DST. Paths may be relative: they are made absolute before Orbax sees them.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import shutil
-import tempfile
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 from flax import traverse_util
@@ -29,7 +29,9 @@ from qwen_audio_jax.errors import CheckpointError, ConfigError
 FORMAT = "qwen-audio-jax"
 FORMAT_VERSION = 1
 PARAMS_DIR = "params"
-# Non-weight files a checkpoint carries that inference needs (tokenizer, chat template, feature extractor).
+SOURCE_CONFIG = "hf_config.json"
+# Non-weight files a checkpoint carries that inference needs (tokenizer, chat template, feature extractor),
+# and Qwen-Audio v1's remote code, so an export loads with trust_remote_code as the original does.
 AUX_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",
@@ -43,29 +45,13 @@ AUX_FILES = (
     "generation_config.json",
     "qwen.tiktoken",
     "mel_filters.npz",
+    "configuration_qwen.py",
+    "modeling_qwen.py",
+    "tokenization_qwen.py",
+    "qwen_generation_utils.py",
+    "audio.py",
+    "cpp_kernels.py",
 )
-
-
-@contextlib.contextmanager
-def atomic_directory(dst: str | Path, overwrite: bool = False) -> Iterator[Path]:
-    """Yields a fresh temp dir beside `dst`; on success it replaces `dst`, on any error it is deleted."""
-    dst = Path(dst)
-    if dst.exists() and not overwrite:
-        raise CheckpointError(f"{dst} already exists; choose another destination or pass --overwrite.")
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.tmp-", dir=dst.parent))
-    try:
-        yield tmp
-        if dst.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{dst.name}.old-", dir=dst.parent))
-            dst.rename(old / dst.name)
-            tmp.rename(dst)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(dst)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def copy_aux_files(src: Path, dst: Path) -> list[str]:
@@ -77,9 +63,23 @@ def copy_aux_files(src: Path, dst: Path) -> list[str]:
     return copied
 
 
-def write_config(model_dir: Path, config: ModelConfig, param_dtype: str) -> None:
+def write_config(model_dir: Path, config: ModelConfig, param_dtype: str, source_config: dict | None = None) -> None:
+    """Our config.json (param_dtype: the stored dtype name, or "mixed"), plus the source's own HF config."""
     doc = {"format": FORMAT, "format_version": FORMAT_VERSION, "param_dtype": param_dtype, "model": config.to_dict()}
     (Path(model_dir) / "config.json").write_text(json.dumps(doc, indent=2) + "\n")
+    if source_config is not None:
+        (Path(model_dir) / SOURCE_CONFIG).write_text(json.dumps(source_config, indent=2) + "\n")
+
+
+def read_source_config(model_dir: str | Path) -> dict | None:
+    """The HF config.json the model was converted from (None for models built here)."""
+    path = Path(model_dir) / SOURCE_CONFIG
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: unreadable ({e}); the model dir is damaged.") from e
 
 
 def read_config_json(directory: str | Path, expected: str) -> tuple[Path, dict]:
@@ -111,7 +111,7 @@ class ParamWriter:
     """Streams param groups into an Orbax checkpoint (partial saves), so peak memory is one group."""
 
     def __init__(self, model_dir: Path):
-        self.path = Path(model_dir) / PARAMS_DIR
+        self.path = Path(model_dir).absolute() / PARAMS_DIR
         self._n = 0
 
     def add(self, path: str, value: np.ndarray) -> None:
@@ -139,13 +139,13 @@ def _writing_context() -> ocp.Context:
 def save_params(model_dir: Path, params: dict, overwrite: bool = False) -> None:
     """Writes a whole param tree (numpy or jax arrays, possibly sharded over hosts: a collective) at once."""
     with _writing_context():
-        ocp.save(Path(model_dir) / PARAMS_DIR, params, overwrite=overwrite)
+        ocp.save(Path(model_dir).absolute() / PARAMS_DIR, params, overwrite=overwrite)
 
 
 def load_params(model_dir: str | Path, abstract: dict | None = None) -> dict:
     """Restores params. `abstract`: a tree of jax.ShapeDtypeStruct (dtype and sharding of each leaf); each host
     then reads only its shards, straight into the target sharding (DESIGN decision 9). Without it: host numpy."""
-    path = Path(model_dir) / PARAMS_DIR
+    path = Path(model_dir).absolute() / PARAMS_DIR
     if not path.is_dir():
         raise CheckpointError(f"{model_dir}: no {PARAMS_DIR}/ directory; the model dir is incomplete.")
     try:
@@ -160,17 +160,15 @@ def load_param(model_dir: str | Path, path: str, shape: tuple[int, ...], dtype: 
     ctx = ocp.Context()
     ctx.pytree.loading.partial_load = True
     with ctx:
-        tree = ocp.load(Path(model_dir) / PARAMS_DIR, target)
+        tree = ocp.load(Path(model_dir).absolute() / PARAMS_DIR, target)
     return traverse_util.flatten_dict(tree, sep="/")[path]
 
 
 def param_metadata(model_dir: str | Path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
     """{"a/b/c": (shape, dtype)} of the stored params, without reading them."""
-    meta = ocp.metadata(Path(model_dir) / PARAMS_DIR).metadata
+    try:
+        meta = ocp.metadata(Path(model_dir).absolute() / PARAMS_DIR).metadata
+    except (ValueError, KeyError, FileNotFoundError) as e:
+        raise CheckpointError(f"{model_dir}: cannot read the params' metadata ({e}); the model dir is incomplete.") from e
     flat = traverse_util.flatten_dict(meta, sep="/")
     return {k: (tuple(v.shape), np.dtype(v.dtype)) for k, v in flat.items()}
-
-
-def tree_paths(tree: dict) -> dict[str, object]:
-    return traverse_util.flatten_dict(tree, sep="/")
-

@@ -8,14 +8,17 @@ import argparse
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "convert",
-        help="Hugging Face Qwen2-Audio checkpoint -> qwen-audio-jax model dir (Orbax)",
+        help="Hugging Face Qwen2-Audio / Qwen-Audio checkpoint -> qwen-audio-jax model dir (Orbax)",
         description="Converts an HF checkpoint directory (config.json + safetensors) into a model dir: "
-        "config.json, Orbax params, tokenizer and preprocessor files. Reads one tensor at a time; no torch.",
+        "config.json, Orbax params, tokenizer and preprocessor files. Reads one tensor at a time; no torch. "
+        "Lossless by default: every tensor keeps its source dtype.",
     )
     p.add_argument("src", help="HF checkpoint directory (e.g. a local copy of Qwen/Qwen2-Audio-7B-Instruct)")
     p.add_argument("dst", help="output model directory (must not exist unless --overwrite)")
-    p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"], help="stored param dtype")
-    p.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
+    p.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float32"],
+                   help="stored param dtype (default auto: each tensor's source dtype)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace DST if it is a model dir written by qwen-audio-jax")
     p.add_argument("--allow-pickle", action="store_true",
                    help="also accept pickled pytorch_model*.bin (loaded with torch, weights_only=True)")
     p.add_argument("--no-progress", action="store_true")
@@ -24,12 +27,14 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "export-hf",
         help="qwen-audio-jax model dir -> Hugging Face directory (sharded safetensors)",
-        description="Writes an HF directory that transformers' Qwen2AudioForConditionalGeneration loads.",
+        description="Writes an HF directory in the model's own format: transformers' "
+        "Qwen2AudioForConditionalGeneration for Qwen2-Audio, Qwen-Audio's QWenLMHeadModel for v1.",
     )
     p.add_argument("src", help="model directory written by `convert` or by training")
     p.add_argument("dst", help="output HF directory")
     p.add_argument("--max-shard-size", default="5GB", help="largest safetensors shard (e.g. 5GB, 500MB)")
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace DST if it is a directory written by qwen-audio-jax")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_export)
 
@@ -43,8 +48,9 @@ def _convert(args) -> int:
 
 
 def _export(args) -> int:
-    from qwen_audio_jax.conversion.jax_to_hf import export_hf
+    from qwen_audio_jax.conversion.jax_to_hf import export_hf, parse_size
 
+    parse_size(args.max_shard_size)  # a bad size is refused before anything is read
     export_hf(args.src, args.dst, max_shard_size=args.max_shard_size, overwrite=args.overwrite,
               progress=not args.no_progress)  # fmt: skip
     return 0

@@ -1,14 +1,16 @@
-"""`demo`: the whole path (build, export-hf, convert, generate, score) on a bundled tiny model, no download."""
+"""`demo`: the embedded default model answering about bundled clips or the user's own audio (no download)."""
 
 from __future__ import annotations
 
 import argparse
 
+from qwen_audio_jax.cli.args import positive_int
+
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="run the whole path on a bundled tiny model and generated audio (no download)")
+    p = sub.add_parser("demo", help="run the whole path on a bundled model and audio (no download)")
     p.add_argument("--workdir", default=None, help="keep the demo's files here (default: a temp dir, removed)")
-    p.add_argument("--max-new-tokens", type=int, default=16)
+    p.add_argument("--max-new-tokens", type=positive_int, default=16)
     p.set_defaults(func=_demo)
 
 

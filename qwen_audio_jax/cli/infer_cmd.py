@@ -1,53 +1,63 @@
-"""`generate` and `score`: batch inference over request JSONL files."""
+"""`generate` and `score`: batch inference over request JSONL files (one driver: jobs/driver.py)."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+import time
+from pathlib import Path
 
-from qwen_audio_jax.runtime import CACHE_FLAG_HELP
+from qwen_audio_jax.cli.args import (
+    add_runtime_flags,
+    compute_dtype,
+    nonneg_float,
+    nonneg_int,
+    positive_float,
+    positive_int,
+    probability,
+    seed_int,
+    start_runtime,
+)
 
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="model dir written by `qwen-audio-jax convert` (or training)")
     p.add_argument("--input", required=True, help="request JSONL (one JSON object per line, each with an \"id\")")
     p.add_argument("--output", required=True, help="result JSONL (one line per request)")
-    p.add_argument("--batch-size", type=int, default=8, help="rounded up to a multiple of the mesh's batch axes")
-    p.add_argument("--mesh", default=None, metavar="SPEC",
-                   help="device mesh, e.g. data=8 or data=2,fsdp=2,tensor=2 (-1 = the remaining devices); "
-                   "default: one device")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted run: keep finished lines, skip their ids")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    p.add_argument("--batch-size", type=positive_int, default=8,
+                   help="decode slots (generate) or rows per step (score); rounded up to the mesh's batch axes")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run: keep finished lines, skip their ids")
+    p.add_argument("--retry-errors", action="store_true",
+                   help="with --resume: also run again the requests whose result is an error")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing results file")
     p.add_argument("--long-audio", choices=["truncate", "chunk"], default="truncate",
                    help="clips over 30 s: keep the first 30 s (reference) or split into 30 s clips")
-    p.add_argument("--dtype", choices=["float32", "bfloat16"], default=None,
-                   help="compute dtype (default: bfloat16 on accelerators, float32 on CPU)")
-    p.add_argument("--compilation-cache", default=None, metavar="DIR",
-                   help=CACHE_FLAG_HELP)
-    p.add_argument("--distributed", action="store_true",
-                   help="call jax.distributed.initialize() first (multi-host: run the same command on every host)")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--workers", type=positive_int, default=None,
+                   help="threads preparing requests (audio, features, tokens) ahead of the device")
+    p.add_argument("--chat", dest="chat", action="store_true", default=None,
+                   help="task presets use chat turns (default: when the checkpoint is a chat model)")
+    p.add_argument("--no-chat", dest="chat", action="store_false")
+    add_runtime_flags(p)
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("generate", help="batch inference: request JSONL -> result JSONL",
-                       description="Generates a reply for every request line; a bad request gets an error line "
-                       "and the rest of the batch completes.")  # fmt: skip
+                       description="Generates a reply for every request line with continuous batching; a bad "
+                       "request gets an error line and every other request is answered.")  # fmt: skip
     _common(p)
-    p.add_argument("--max-new-tokens", type=int, default=256)
-    p.add_argument("--min-new-tokens", type=int, default=0)
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
-    p.add_argument("--top-k", type=int, default=0, help="0 = off")
-    p.add_argument("--top-p", type=float, default=1.0, help="1.0 = off")
-    p.add_argument("--repetition-penalty", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--stop-id", type=int, action="append", default=None,
-                   help="extra stop token id (repeatable); the model's eos and <|endoftext|> always stop")
+    p.add_argument("--max-new-tokens", type=positive_int, default=256,
+                   help="token budget per request (a request line's own max_new_tokens wins)")
+    p.add_argument("--min-new-tokens", type=nonneg_int, default=0)
+    p.add_argument("--temperature", type=nonneg_float, default=0.0, help="0 = greedy (default)")
+    p.add_argument("--top-k", type=nonneg_int, default=0, help="0 = off")
+    p.add_argument("--top-p", type=probability, default=1.0, help="1.0 = off")
+    p.add_argument("--repetition-penalty", type=positive_float, default=1.0, help="1.0 = off")
+    p.add_argument("--seed", type=seed_int, default=0)
+    p.add_argument("--stop-id", type=nonneg_int, action="append", default=None,
+                   help="extra stop token id (repeatable); the model's own stop ids always stop")
     p.add_argument("--logprobs", action="store_true", help="add per-token log-probs to each result")
-    p.add_argument("--chat", dest="chat", action="store_true", default=None,
-                   help="task presets use chat turns (default: when the checkpoint has a chat template)")
-    p.add_argument("--no-chat", dest="chat", action="store_false")
     p.set_defaults(func=_generate)
 
     p = sub.add_parser("score", help="summed log-prob of given completions (DPO reference, multiple choice)")
@@ -55,51 +65,60 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_score)
 
 
-def _load(args):
-    import jax
-    import jax.numpy as jnp
+def load_model(args):
+    """The model of `--model` on `--mesh`, after the runtime is up; returns (model, seconds taken)."""
+    t0 = time.perf_counter()
+    start_runtime(args)
+    from qwen_audio_jax.api import load
 
-    if args.distributed:
-        jax.distributed.initialize()
-    from qwen_audio_jax import api
-    from qwen_audio_jax.runtime import setup_compilation_cache
+    model = load(args.model, dtype=compute_dtype(args), mesh=args.mesh, long_audio=args.long_audio,
+                 attention=args.attention)  # fmt: skip
+    return model, time.perf_counter() - t0
 
-    setup_compilation_cache(args.compilation_cache)
-    dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, None: None}[args.dtype]
-    mesh = None
-    if args.mesh:
-        from qwen_audio_jax.sharding.mesh import make_mesh
 
-        mesh = make_mesh(args.mesh)
-    return api.load(args.model, dtype=dtype, mesh=mesh, long_audio=args.long_audio)
+def _finish(args, summary: dict, load_s: float) -> int:
+    print(json.dumps({"output": args.output, "load_s": round(load_s, 3), **summary}), file=sys.stderr)
+    return 0
 
 
 def _generate(args) -> int:
-    from qwen_audio_jax.generation.engine import GenerationOptions
+    from qwen_audio_jax.generation.options import GenerationOptions
+    from qwen_audio_jax.jobs.driver import run_file
     from qwen_audio_jax.jobs.generate import GenerateJob
 
-    model = _load(args)
-    stop = None
-    if args.stop_id:
-        stop = tuple(dict.fromkeys([model.config.eos_token_id, model.config.pad_token_id, *args.stop_id]))
     options = GenerationOptions(
         max_new_tokens=args.max_new_tokens, min_new_tokens=args.min_new_tokens, temperature=args.temperature,
-        top_k=args.top_k, top_p=args.top_p, repetition_penalty=args.repetition_penalty, stop_ids=stop,
-        seed=args.seed, return_logprobs=args.logprobs,
+        top_k=args.top_k, top_p=args.top_p, repetition_penalty=args.repetition_penalty,
+        stop_ids=tuple(args.stop_id or ()), seed=args.seed, return_logprobs=args.logprobs,
     )  # fmt: skip
-    job = GenerateJob(model, options, batch_size=args.batch_size, chat=args.chat)
-    summary = job.run_file(args.input, args.output, resume=args.resume, overwrite=args.overwrite,
-                           progress=not args.no_progress)  # fmt: skip
-    print(json.dumps({"output": args.output, **summary}), file=sys.stderr)
-    return 0
+    _check_paths(args)
+    model, load_s = load_model(args)
+    job = GenerateJob(model, options, batch_size=args.batch_size, chat=args.chat,
+                      base_dir=Path(args.input).absolute().parent)  # fmt: skip
+    summary = run_file(job, args.input, args.output, resume=args.resume, overwrite=args.overwrite,
+                       retry_errors=args.retry_errors, progress=not args.no_progress, workers=args.workers)  # fmt: skip
+    return _finish(args, summary, load_s)
 
 
 def _score(args) -> int:
+    from qwen_audio_jax.jobs.driver import run_file
     from qwen_audio_jax.jobs.score import ScoreJob
 
-    model = _load(args)
-    summary = ScoreJob(model, batch_size=args.batch_size).run_file(
-        args.input, args.output, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress
-    )
-    print(json.dumps({"output": args.output, **summary}), file=sys.stderr)
-    return 0
+    _check_paths(args)
+    model, load_s = load_model(args)
+    job = ScoreJob(model, batch_size=args.batch_size, base_dir=Path(args.input).absolute().parent)
+    summary = run_file(job, args.input, args.output, resume=args.resume, overwrite=args.overwrite,
+                       retry_errors=args.retry_errors, progress=not args.no_progress, workers=args.workers)  # fmt: skip
+    return _finish(args, summary, load_s)
+
+
+def _check_paths(args) -> None:
+    """Input and output are checked before the model loads, so a wrong path costs nothing."""
+    from qwen_audio_jax.checkpoint.safe_write import check_result_file
+    from qwen_audio_jax.errors import ConfigError
+    from qwen_audio_jax.jobs.records import open_input
+
+    if args.retry_errors and not args.resume:
+        raise ConfigError("--retry-errors only makes sense with --resume.")
+    open_input(args.input)
+    check_result_file(args.output, input_path=args.input, resume=args.resume, overwrite=args.overwrite)

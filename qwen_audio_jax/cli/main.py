@@ -1,38 +1,61 @@
 """`qwen-audio-jax` command line: one subcommand per job, each a thin layer over a Python entry point.
 
-A user error (any QwenAudioError) prints one line, `error: ...`, and exits with status 2; a traceback means a
-bug in this package.
+The error contract: a user error (any QwenAudioError, or a bad flag) prints one line, `error: ...`, and exits
+with status 2; anything else is a bug in this package and prints one line naming the file where the full
+traceback was written (exit 1). `--help` and usage errors never import jax, so they answer at once.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+import tempfile
+import time
+import traceback
 
 from qwen_audio_jax.errors import QwenAudioError
 
-# subcommand -> module defining `add_parser(subparsers)`; imported lazily so `--help` stays fast.
-SUBCOMMANDS = {
-    "convert": "qwen_audio_jax.cli.convert_cmd",
-    "export-hf": "qwen_audio_jax.cli.convert_cmd",
-    "generate": "qwen_audio_jax.cli.infer_cmd",
-    "score": "qwen_audio_jax.cli.infer_cmd",
-    "demo": "qwen_audio_jax.cli.demo_cmd",
-    "dpo": "qwen_audio_jax.cli.train_cmd",
-    "plan": "qwen_audio_jax.cli.plan_cmd",
-}
+# module defining `add_parsers(subparsers)` for each group of subcommands
+COMMAND_MODULES = (
+    "qwen_audio_jax.cli.convert_cmd",  # convert, export-hf
+    "qwen_audio_jax.cli.infer_cmd",  # generate, score
+    "qwen_audio_jax.cli.eval_cmd",  # eval
+    "qwen_audio_jax.cli.train_cmd",  # train, sft, dpo
+    "qwen_audio_jax.cli.plan_cmd",  # plan
+    "qwen_audio_jax.cli.demo_cmd",  # demo
+)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line and status 2, as for every other user error
+        self.exit(2, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="qwen-audio-jax",
-        description="Qwen2-Audio in JAX: convert checkpoints, batch inference, scoring, DPO/SFT training.",
+        description="Qwen2-Audio and Qwen-Audio in JAX: convert checkpoints, batch inference, scoring, "
+        "evaluation, SFT/DPO training.",
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in dict.fromkeys(SUBCOMMANDS.values()):
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
+    for module in COMMAND_MODULES:
         importlib.import_module(module).add_parsers(sub)
     return parser
+
+
+def _report_bug(exc: BaseException) -> int:
+    path = os.path.join(tempfile.gettempdir(), f"qwen-audio-jax-traceback-{int(time.time())}-{os.getpid()}.txt")
+    try:
+        with open(path, "w") as f:
+            traceback.print_exception(exc, file=f)
+        where = f"the full traceback is in {path}"
+    except OSError:
+        where = "the traceback could not be written"
+    first = str(exc).splitlines()[0] if str(exc) else ""
+    print(f"internal error: {type(exc).__name__}: {first} (a bug in qwen-audio-jax; {where})", file=sys.stderr)
+    return 1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as e:  # noqa: BLE001 - the contract: never a traceback on the terminal
+        return _report_bug(e)
 
 
 if __name__ == "__main__":

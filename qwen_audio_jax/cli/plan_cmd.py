@@ -13,6 +13,7 @@ import math
 import re
 from pathlib import Path
 
+from qwen_audio_jax.cli.args import positive_int, probability
 from qwen_audio_jax.errors import ConfigError
 
 
@@ -27,12 +28,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="preset name (qwen2_audio_7b, tiny) or a model dir written by `qwen-audio-jax convert`")
     p.add_argument("--mesh", default="data=1", metavar="SPEC",
                    help="mesh with explicit sizes, e.g. data=2,fsdp=4,tensor=1 (default: one device)")
-    p.add_argument("--batch", type=int, required=True,
+    p.add_argument("--batch", type=positive_int, required=True,
                    help="sequences in memory at once (one micro-batch; DPO: chosen + rejected), padded up to the "
                    "batch axes")
-    p.add_argument("--max-len", type=int, required=True,
+    p.add_argument("--max-len", type=positive_int, required=True,
                    help="tokens per sequence: the KV cache length for inference (prompt + new tokens)")
-    p.add_argument("--prompt-len", type=int, default=None, help="inference prefill length (default: --max-len)")
+    p.add_argument("--prompt-len", type=positive_int, default=None, help="inference prefill length (default: --max-len)")
     p.add_argument("--train", action="store_true", help="plan a training step (AdamW) instead of inference")
     p.add_argument("--param-dtype", choices=["bfloat16", "float32"], default=None,
                    help="stored params (default: the compute dtype for inference, float32 for training)")
@@ -41,7 +42,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="training: no gradients or optimizer state for audio_tower/* (default: frozen)")
     p.add_argument("--freeze-projector", action=argparse.BooleanOptionalAction, default=False,
                    help="training: no gradients or optimizer state for the projector (default: trained)")
-    p.add_argument("--grad-accum", type=int, default=1,
+    p.add_argument("--grad-accum", type=positive_int, default=1,
                    help="training: micro-batches per step; --batch is one micro-batch (adds a gradient accumulator)")
     p.add_argument("--reference", choices=["none", "precomputed", "model"], default="none",
                    help="training (DPO): 'model' keeps a frozen fp32 reference copy in memory")
@@ -52,7 +53,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                      help="say whether the plan fits this accelerator (" +
                      ", ".join(f"{k} {v} GiB" for k, v in DEVICE_MEMORY_GIB.items()) + ")")  # fmt: skip
     dev.add_argument("--device-memory", default=None, metavar="SIZE", help="memory per device, e.g. 16GiB or 80GB")
-    p.add_argument("--margin", type=float, default=DEFAULT_MARGIN,
+    p.add_argument("--margin", type=probability, default=DEFAULT_MARGIN,
                    help=f"usable fraction of device memory (default {DEFAULT_MARGIN}: XLA scratch, fragmentation)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     p.set_defaults(func=_plan)
@@ -61,8 +62,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 def mesh_shape_from_spec(spec: str) -> dict[str, int]:
     """'data=2,fsdp=4' -> {"data": 2, "fsdp": 4, "tensor": 1}. Sizes must be explicit (no -1: there are no
     devices to count); the package's own parser then validates it."""
-    from qwen_audio_jax.sharding.axes import MESH_AXES
     from qwen_audio_jax.sharding.mesh import parse_mesh_spec
+    from qwen_audio_jax.sharding.rules import MESH_AXES
 
     sizes = {}
     for part in (spec or "").split(","):
@@ -100,10 +101,9 @@ def load_config(model: str):
 
 
 def _plan(args) -> int:
-    from qwen_audio_jax.sharding import planner
+    """Prints the plan; exits 3 when a device size is given and the plan does not fit it."""
+    from qwen_audio_jax.sharding import plan_format, planner
 
-    if not 0 < args.margin <= 1:
-        raise ConfigError(f"--margin {args.margin} must be in (0, 1].")
     config, name = load_config(args.model)
     mesh = mesh_shape_from_spec(args.mesh)
     device, memory = args.device, None
@@ -111,14 +111,17 @@ def _plan(args) -> int:
         memory = planner.device_bytes(device)
     elif args.device_memory is not None:
         memory = parse_bytes(args.device_memory)
-    result = planner.plan(
-        config, mesh, args.batch, args.max_len, args.train, prompt_len=args.prompt_len,
+    request = planner.PlanRequest(
+        mesh=mesh, batch=args.batch, max_len=args.max_len, train=args.train, prompt_len=args.prompt_len,
         param_dtype=args.param_dtype, compute_dtype=args.compute_dtype,
         freeze_audio_encoder=args.freeze_audio_encoder, freeze_projector=args.freeze_projector,
         grad_accum=args.grad_accum, reference=args.reference, remat=args.remat, model_name=name,
     )  # fmt: skip
+    result = planner.plan(config, request)
     if args.json:
-        print(json.dumps(planner.to_dict(result, device, memory, args.margin)))
+        print(json.dumps(plan_format.to_dict(result, device, memory, args.margin)))
     else:
-        print(planner.format_plan(result, device, memory, args.margin))
+        print(plan_format.format_plan(result, device, memory, args.margin))
+    if memory is not None and not planner.fits(result, memory, args.margin):
+        return 3  # distinct from 2 (bad input): the plan is valid, it just does not fit
     return 0

@@ -1,4 +1,5 @@
-"""`dpo`: DPO (or SFT with `--loss sft`) training from a YAML run config with dotted overrides."""
+"""`train`, `sft` and `dpo`: training from a YAML run config with dotted overrides (one training command; the
+names say which loss: `sft` forces the SFT loss, `dpo` a preference loss, `train` takes the config's)."""
 
 from __future__ import annotations
 
@@ -6,51 +7,62 @@ import argparse
 import json
 import sys
 
-from qwen_audio_jax.runtime import CACHE_FLAG_HELP
+from qwen_audio_jax.cli.args import add_runtime_flags
+
+_HELP = {
+    "train": "training with the run config's loss (SFT or DPO; resumable, sharded)",
+    "sft": "supervised fine-tuning (chosen completions only; resumable, sharded)",
+    "dpo": "DPO preference training (resumable, sharded; also --precompute-ref)",
+}
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "dpo", help="DPO / SFT training (resumable, sharded)",
-        description="Trains from a run config (see configs/). Re-running the same command resumes from the "
-        "latest checkpoint in output_dir. Overrides: key.sub=value, e.g. train.steps=200 loss.beta=0.2.",
-    )  # fmt: skip
-    p.add_argument("--config", default=None, help="run config YAML (configs/dpo_*.yaml)")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. optim.learning_rate=5e-6")
-    p.add_argument("--loss", default=None, help="shorthand for loss.types (e.g. sft, sigmoid, ipo, sigmoid+sft)")
-    p.add_argument("--mesh", default=None, help="device mesh, e.g. fsdp=8 (overrides mesh:)")
-    p.add_argument("--precompute-ref", action="store_true",
-                   help="compute the reference log-probs once (reference_logps.json) and exit; then train with "
-                   "reference.mode=precomputed")  # fmt: skip
-    p.add_argument("--distributed", action="store_true",
-                   help="call jax.distributed.initialize() first (multi-host; reads the usual env/cluster settings)")
-    p.add_argument("--compilation-cache", default=None, metavar="DIR",
-                   help=CACHE_FLAG_HELP)
-    p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(func=_dpo)
+    for name, help_text in _HELP.items():
+        p = sub.add_parser(
+            name, help=help_text,
+            description="Trains from a run config (see configs/). Re-running the same command resumes from the "
+            "latest checkpoint in output_dir. Overrides: key.sub=value, e.g. train.steps=200 loss.beta=0.2.",
+        )  # fmt: skip
+        p.add_argument("--config", default=None, help="run config YAML (configs/*.yaml)")
+        p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                       help="dotted overrides, e.g. optim.learning_rate=5e-6")  # fmt: skip
+        if name != "sft":
+            p.add_argument("--loss", default=None,
+                           help="shorthand for loss.types (e.g. sigmoid, ipo, sigmoid+sft)")  # fmt: skip
+        if name == "dpo":
+            p.add_argument("--precompute-ref", action="store_true",
+                           help="compute the reference log-probs once (reference_logps.json) and exit; then train "
+                           "with reference.mode=precomputed")  # fmt: skip
+        add_runtime_flags(p, mesh_help="device mesh, e.g. fsdp=8 (overrides the config's mesh:)")
+        p.set_defaults(func=_train, command_name=name)
 
 
-def _dpo(args) -> int:
-    if args.distributed:
-        import jax
-
-        jax.distributed.initialize()
-    from qwen_audio_jax.runtime import setup_compilation_cache
+def _train(args) -> int:
+    from qwen_audio_jax.cli.args import start_runtime
+    from qwen_audio_jax.errors import ConfigError
+    from qwen_audio_jax.training.loop import precompute_reference, train
+    from qwen_audio_jax.training.run import TrainingRun
     from qwen_audio_jax.training.run_config import load_run_config
-    from qwen_audio_jax.training.trainer import Trainer
 
-    setup_compilation_cache(args.compilation_cache)
     overrides = list(args.overrides)
-    if args.loss:
-        types = args.loss.split("+")
+    loss = "sft" if args.command_name == "sft" else getattr(args, "loss", None)
+    if loss:
+        types = loss.split("+")
         overrides += [f"loss.types={json.dumps(types)}", f"loss.weights={json.dumps([1.0] * len(types))}"]
     if args.mesh:
         overrides.append(f"mesh={args.mesh}")
+    if args.dtype:
+        overrides.append(f"train.compute_dtype={args.dtype}")
     cfg = load_run_config(args.config, overrides)
-    trainer = Trainer(cfg, progress=not args.no_progress)
-    if args.precompute_ref:
-        trainer.precompute_reference()
+    if args.command_name == "dpo" and not cfg.loss.is_preference:
+        print("note: this config trains SFT only; `qwen-audio-jax sft` is the command for that.", file=sys.stderr)
+    if args.command_name == "sft" and cfg.loss.is_preference:
+        raise ConfigError("`sft` trains the SFT loss only; use `qwen-audio-jax dpo` for preference losses.")
+    start_runtime(args)
+    run = TrainingRun.build(cfg)
+    if getattr(args, "precompute_ref", False):
+        precompute_reference(run, progress=not args.no_progress)
         return 0
-    summary = trainer.run()
+    summary = train(run, progress=not args.no_progress)
     print(json.dumps({"final_model": summary["final_model"], **summary["last_metrics"]}), file=sys.stderr)
     return 0

@@ -19,8 +19,9 @@ from qwen_audio_jax.errors import CheckpointError
 class HFCheckpoint:
     """names() / info(name) -> (dtype, shape) / read(name) -> np.ndarray, over on-disk (v4) tensor names."""
 
-    def __init__(self, directory: str | Path, allow_pickle: bool = False):
+    def __init__(self, directory: str | Path, allow_pickle: bool = False, v1: bool = False):
         self.directory = Path(directory)
+        self.v1 = v1  # Qwen-Audio v1 names are used as they are (no transformers v5 renames)
         if not self.directory.is_dir():
             raise CheckpointError(f"{self.directory}: not a directory; pass the Hugging Face checkpoint folder.")
         self._where: dict[str, tuple[object, str]] = {}  # canonical name -> (file object, name in file)
@@ -57,13 +58,13 @@ class HFCheckpoint:
                 raise CheckpointError(f"{self.directory / shard}: tensor {name!r} listed in the index is not in it.")
         for f in files.values():
             self._add_file(f)
-        extra = set(self._where) - {canonical_hf_name(n) for n in weight_map}
+        extra = set(self._where) - {canonical_hf_name(n, self.v1) for n in weight_map}
         if extra:
             raise CheckpointError(f"{index}: tensors {sorted(extra)[:3]} are in the shards but not in the index.")
 
     def _add_file(self, f: SafetensorsFile) -> None:
         for name in f.names():
-            key = canonical_hf_name(name)
+            key = canonical_hf_name(name, self.v1)
             if key in self._where:
                 raise CheckpointError(f"{f.path}: tensor {name!r} appears in more than one shard.")
             self._where[key] = (f, name)
@@ -114,8 +115,9 @@ class _InMemoryFile:
 class StateDictSource(HFCheckpoint):
     """An in-memory {HF name: array} (e.g. a live torch model's state dict) as a conversion source."""
 
-    def __init__(self, tensors: dict, label: str = "<state dict>"):
+    def __init__(self, tensors: dict, label: str = "<state dict>", v1: bool = False):
         self.directory = Path(label)
+        self.v1 = v1
         self._where = {}
         arrays = {k: v if isinstance(v, np.ndarray) else _torch_to_numpy(v) for k, v in tensors.items()}
         self._add_file(_InMemoryFile(label, arrays))

@@ -1,13 +1,16 @@
-"""Our model directory -> a Hugging Face Qwen2-Audio directory (sharded safetensors + index + config +
-tokenizer files) that `Qwen2AudioForConditionalGeneration.from_pretrained` loads with identical logits.
+"""Our model directory -> a Hugging Face directory in the model generation's own format: Qwen2-Audio
+(`Qwen2AudioForConditionalGeneration.from_pretrained` loads it with identical logits) or Qwen-Audio v1
+(`QWenLMHeadModel` names, config and tokenizer files, loaded with trust_remote_code as the original).
 
 Streams one param group at a time (Orbax partial load), unstacks layers, and fills shards of at most
-`max_shard_bytes`, so exporting a fine-tuned 7B model needs about one group of host memory, not the model.
+`max_shard_bytes`, so exporting a fine-tuned 7B model needs about one group of host memory, not the model
+(v1's fused c_attn needs its three q/k/v groups at once).
 """
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Callable
 
@@ -15,24 +18,36 @@ import ml_dtypes
 import numpy as np
 from tqdm import tqdm
 
-from qwen_audio_jax.checkpoint import model_dir as md
-from qwen_audio_jax.conversion.name_map import qwen2_audio_rules, to_hf
+from qwen_audio_jax.checkpoint.model_dir import (
+    copy_aux_files,
+    load_param,
+    param_metadata,
+    read_model_dir_config,
+    read_source_config,
+)
+from qwen_audio_jax.checkpoint.safe_write import atomic_directory
+from qwen_audio_jax.conversion.hf_config import from_hf_config, to_hf_config
+from qwen_audio_jax.conversion.name_map import rules_for, to_hf
 from qwen_audio_jax.conversion.safetensors_io import write_safetensors
-from qwen_audio_jax.errors import CheckpointError
+from qwen_audio_jax.errors import CheckpointError, ConfigError
 
 DEFAULT_MAX_SHARD_BYTES = 5 * 1024**3
+_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+          "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}  # fmt: skip
 
 
 def parse_size(text: str | int) -> int:
-    """'5GB' / '500MB' / '2GiB' / 1000 -> bytes."""
-    if isinstance(text, int):
-        return text
-    units = {"KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "B": 1}
-    t = text.strip().upper()
-    for unit in sorted(units, key=len, reverse=True):
-        if t.endswith(unit):
-            return int(float(t[: -len(unit)]) * units[unit])
-    return int(t)
+    """'5GB' / '500MB' / '2GiB' / '1000' / 1000 -> bytes (a positive whole number of bytes, else ConfigError)."""
+    if isinstance(text, int) and not isinstance(text, bool):
+        n = text
+    else:
+        m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([KMGT]?I?B?)\s*", str(text), re.IGNORECASE)
+        if not m or m.group(2).upper() not in _UNITS:
+            raise ConfigError(f"--max-shard-size {text!r} is not a size; use e.g. 5GB, 500MB or 2GiB.")
+        n = int(float(m.group(1)) * _UNITS[m.group(2).upper()])
+    if n < 1:
+        raise ConfigError(f"--max-shard-size {text!r} must be at least 1 byte; use e.g. 5GB.")
+    return n
 
 
 class _ShardWriter:
@@ -80,31 +95,59 @@ def export_hf(
     log: Callable[[str], None] = print,
 ) -> Path:
     """Writes `dst` (atomically) from our model dir `src`. Tensors keep the stored dtype (bf16 stays bf16)."""
-    src, dst = Path(src), Path(dst)
-    config, _ = md.read_model_dir_config(src)
-    stored = md.param_metadata(src)
-    rules = qwen2_audio_rules(config)
+    src, dst = Path(src).absolute(), Path(dst).absolute()
+    max_bytes = parse_size(max_shard_size)
+    config, _ = read_model_dir_config(src)
+    stored = param_metadata(src)
+    rules = rules_for(config)
     missing = [r.target for r in rules if r.target not in stored]
     if missing:
-        raise CheckpointError(f"{src}: params {missing[:3]} are missing; the model dir is incomplete or not Qwen2-Audio.")
-    with md.atomic_directory(dst, overwrite=overwrite) as tmp:
-        shards = _ShardWriter(tmp, parse_size(max_shard_size))
-        for rule in tqdm(rules, desc="export-hf", unit="param", disable=not progress):
-            shape, dtype = stored[rule.target]
-            x = md.load_param(src, rule.target, shape, dtype)
-            if rule.num_layers is None:
-                shards.add(rule.source, to_hf(rule.transform, x))
+        raise CheckpointError(f"{src}: params {missing[:3]} are missing; the model dir is incomplete.")
+    groups: dict[str, list] = {}  # HF source name (template) -> its rules, in part order
+    for rule in rules:
+        groups.setdefault(rule.source, []).append(rule)
+    with atomic_directory(dst, "hf-export", sources=(src,), overwrite=overwrite, warn=log) as tmp:
+        shards = _ShardWriter(tmp, max_bytes)
+        for parts in tqdm(groups.values(), desc="export-hf", unit="param", disable=not progress):
+            arrays = [load_param(src, r.target, *stored[r.target]) for r in parts]
+            first = parts[0]
+            if first.num_layers is None:
+                shards.add(first.source, _join(parts, arrays))
             else:
-                for name, layer in zip(rule.source_names(), x):
-                    shards.add(name, to_hf(rule.transform, layer))
-            del x
+                for i, name in enumerate(first.source_names()):
+                    shards.add(name, _join(parts, [a[i] for a in arrays]))
+            del arrays
         weight_map = shards.finish()
         if len(set(weight_map.values())) > 1:
             index = {"metadata": {"total_size": shards.total}, "weight_map": weight_map}
             (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
-        hf_config = config.to_hf_config()
-        hf_config["torch_dtype"] = "bfloat16" if any(d == ml_dtypes.bfloat16 for _, d in stored.values()) else "float32"
-        (tmp / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
-        copied = md.copy_aux_files(src, tmp)
-    log(f"exported {src} -> {dst}: {len(weight_map)} tensors, {shards.total / 1e9:.2f} GB, copied {', '.join(copied) or 'nothing else'}")
+        (tmp / "config.json").write_text(json.dumps(_hf_config(src, config, stored), indent=2) + "\n")
+        copied = copy_aux_files(src, tmp)
+    log(f"exported {src} -> {dst}: {len(weight_map)} tensors, {shards.total / 1e9:.2f} GB, copied "
+        f"{', '.join(copied) or 'nothing else'}")  # fmt: skip
     return dst
+
+
+def _join(parts, arrays) -> np.ndarray:
+    """One HF tensor from its parts (a single rule, or v1's q/k/v row blocks of c_attn)."""
+    pieces = [to_hf(rule, x) for rule, x in zip(parts, arrays)]
+    return pieces[0] if len(pieces) == 1 else np.concatenate(pieces, axis=0)
+
+
+def _hf_config(src: Path, config, stored) -> dict:
+    """The source's own config.json when it describes this model (unchanged, so the export is the original
+    checkpoint's format to the byte), else one built from our config."""
+    source = read_source_config(src)
+    if source is not None:
+        try:
+            if from_hf_config(source) == config:
+                return source
+        except ConfigError:
+            pass
+    hf = to_hf_config(config)
+    dtype = "bfloat16" if any(d == ml_dtypes.bfloat16 for _, d in stored.values()) else "float32"
+    if config.is_v1:
+        hf["bf16"], hf["fp32"] = dtype == "bfloat16", dtype == "float32"
+    else:
+        hf["torch_dtype"] = dtype
+    return hf

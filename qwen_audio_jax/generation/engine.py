@@ -1,47 +1,51 @@
-"""Host side of batch generation: bucket a batch, run the jitted `prefill` and `decode_loop`, unpack results."""
+"""Continuous batching: B decode slots, each its own request at its own depth (docs/architecture.md, "Engine").
+
+    engine = Engine(config, params, batch_size=8)
+    for tag, output in engine.run(source):        # source: what is ready to prefill (jobs/pipeline.py)
+        ...
+
+The host loop: take ready requests for the free slots -> `prefill` them at bucketed shapes -> `insert` them
+into the slots (the other slots keep their caches) -> `decode` many steps in one device call, which returns as
+soon as a slot finishes while requests wait (or after `chunk` steps) -> emit each finished request at once and
+free its slot. A request's output depends only on itself: its tokens, its own budget and sampling settings
+(traced per-slot values), its own random stream.
+
+Multi-host: process p owns slots [p*B/P, (p+1)*B/P) and its own requests; before each device call the
+processes agree (one small all-gather) on the shapes, so every process runs the same programs in lockstep.
+"""
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import math
 import time
-from typing import Sequence
+from typing import Iterable, Iterator, Protocol
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding
 
+from qwen_audio_jax.batching.buckets import Buckets, to_buckets
 from qwen_audio_jax.config import ModelConfig
 from qwen_audio_jax.generation import steps
-from qwen_audio_jax.generation.buckets import Buckets, to_buckets
+from qwen_audio_jax.generation.options import GenerationOptions, RequestOptions
 from qwen_audio_jax.generation.sampling import SamplingParams
-from qwen_audio_jax.model.decoder import KVCache
-from qwen_audio_jax.model.layers import Dtype
-from qwen_audio_jax.sharding import axes as ax
-from qwen_audio_jax.sharding import mesh as shd
-from qwen_audio_jax.model.params import build_model
+from qwen_audio_jax.model import axes, rope
+from qwen_audio_jax.model.params import build_module
+from qwen_audio_jax.sharding.placement import Placement, agree_max, gather_processes
 from qwen_audio_jax.text.processor import PreparedRequest, collate
 
 MAX_STOP_IDS = 8  # stop ids are padded to this many so their number never changes the compiled program
-PREFILL_STATIC = (9, 10, 11)  # cache_len, max_new_tokens, with_logprobs (positions after `model` is bound)
-DECODE_STATIC = (5,)  # with_logprobs
+DECODE_CHUNK = 32  # decode steps per device call at most (the host's progress granularity)
 
 
 @dataclasses.dataclass(frozen=True)
-class GenerationOptions:
-    """What to generate. Sampling values are traced: changing them never recompiles."""
-
-    max_new_tokens: int = 128
-    min_new_tokens: int = 0
-    temperature: float = 0.0  # 0 = greedy (transformers' do_sample=False)
-    top_k: int = 0  # 0 = off
-    top_p: float = 1.0  # 1.0 = off
-    repetition_penalty: float = 1.0  # 1.0 = off
-    stop_ids: tuple[int, ...] | None = None  # None: the model's eos and <|endoftext|>
-    seed: int = 0
-    return_logprobs: bool = False
+class EngineRequest:
+    tag: object  # the caller's handle (a request id), returned with the output
+    prepared: PreparedRequest
+    options: RequestOptions
 
 
 @dataclasses.dataclass
@@ -51,168 +55,265 @@ class GenerationOutput:
     logprobs: list[float] | None = None  # model log-prob of each generated id (unprocessed logits)
 
 
-class Engine:
-    """Jitted generation over batches of PreparedRequests (one batch per `generate` call).
+class RequestSource(Protocol):
+    """What the engine pulls from: requests that are prepared (audio decoded, features, tokens)."""
 
-    Compiles one prefill program per (length, clips, frames) bucket and one decode program per length bucket;
-    `compiled_programs()` reports the counts.
-    """
+    def take(self, n: int, block: bool) -> list[EngineRequest]:
+        """Up to n ready requests; with block, wait until at least one is ready or the source is exhausted."""
+
+    @property
+    def exhausted(self) -> bool:
+        """True once take() will never return anything again."""
+
+
+class ListSource:
+    """An in-memory source (tests, the Python API)."""
+
+    def __init__(self, requests: Iterable[EngineRequest]):
+        self._queue = collections.deque(requests)
+
+    def take(self, n: int, block: bool) -> list[EngineRequest]:
+        return [self._queue.popleft() for _ in range(min(n, len(self._queue)))]
+
+    @property
+    def exhausted(self) -> bool:
+        return not self._queue
+
+
+@dataclasses.dataclass
+class EngineStats:
+    prefill_s: float = 0.0  # device time of prefill + insert (waited for)
+    decode_s: float = 0.0
+    input_wait_s: float = 0.0  # time the device sat idle waiting for prepared requests
+    first_result_s: float | None = None  # from the first `run` call to the first finished request
+    prefills: int = 0
+    decode_calls: int = 0
+    tokens: int = 0
+    results: int = 0
+
+
+@dataclasses.dataclass
+class _Running:
+    request: EngineRequest
+    tokens: list[int]
+    logprobs: list[float]
+
+
+class Engine:
+    """Jitted continuous-batching generation over `batch_size` slots on a placement (default: one device)."""
 
     def __init__(
         self,
         config: ModelConfig,
         params,
         *,
-        dtype: Dtype = jnp.float32,
+        dtype=jnp.float32,
         batch_size: int = 8,
+        placement: Placement | None = None,
         buckets: Buckets = Buckets(),
-        mesh: Mesh | None = None,
-        rules: shd.Rules = ax.INFERENCE_RULES,
+        attention: str = "auto",
+        return_logprobs: bool = False,
+        stop_ids: tuple[int, ...] = (),
+        chunk: int = DECODE_CHUNK,
     ):
-        self.config = config
-        self.model = build_model(config, dtype=dtype)
-        self.buckets = buckets
-        self.mesh, self.rules = mesh, rules
-        prefill = functools.partial(steps.prefill, self.model)
-        decode = functools.partial(steps.decode_loop, self.model)
-        if mesh is None:
-            self.batch_size = batch_size
-            self.params = jax.device_put(params)
-            self._prefill = jax.jit(prefill, static_argnums=PREFILL_STATIC)
-            self._decode = jax.jit(decode, static_argnums=DECODE_STATIC, donate_argnums=(1,))
-        else:
-            # A batch that does not divide the batch axes is padded (inactive rows), never refused.
-            divisor = math.lcm(shd.batch_divisor(mesh, rules), jax.process_count())
-            self.batch_size = -(-batch_size // divisor) * divisor
-            p_sh = shd.param_shardings(mesh, config, rules)
-            self.params = jax.device_put(params, p_sh)  # a no-op for params restored into these shardings
-            rep, b1, b2 = shd.replicated(mesh), shd.batch_sharding(mesh, 1, rules), shd.batch_sharding(mesh, 2, rules)
-            cache_spec = shd.spec_for(
-                (ax.LAYERS, ax.BATCH, ax.ACT_HEADS, ax.CACHE_LENGTH, None),
-                (config.decoder.num_layers, self.batch_size, config.decoder.num_kv_heads, 1, config.decoder.head_dim),
-                mesh, rules,
-            )  # fmt: skip
-            cache = NamedSharding(mesh, cache_spec)
-            state = steps.DecodeState(
-                cache=KVCache(cache, cache), cache_mask=b2, write_index=rep, next_position=b1, last_token=b1,
-                tokens=b2, logprobs=b2, num_generated=rep, done=b1, seen=b2, key=rep,
-            )  # fmt: skip
-            self._prefill = jax.jit(
-                prefill, static_argnums=PREFILL_STATIC,
-                in_shardings=(p_sh, b2, b2, None, None, b1, rep, rep, rep), out_shardings=state,
-            )  # fmt: skip
-            self._decode = jax.jit(
-                decode, in_shardings=(p_sh, state, rep, rep, rep), static_argnums=DECODE_STATIC,
-                out_shardings=state, donate_argnums=(1,),
-            )  # fmt: skip
-        self.last_timings: dict[str, float] = {}  # prefill_s / decode_s of the last batch (device time included)
-
-    def default_stop_ids(self) -> tuple[int, ...]:
-        return tuple(dict.fromkeys((self.config.eos_token_id, self.config.pad_token_id)))
-
-    def compiled_programs(self) -> tuple[int, int]:
-        return self._prefill._cache_size(), self._decode._cache_size()
-
-    def generate(
-        self, prepared: Sequence[PreparedRequest], options: GenerationOptions, key: jax.Array | None = None
-    ) -> list[GenerationOutput]:
-        """Generates for up to `batch_size` requests (left-padded together). Returns one output per request.
-
-        Multi-host (several processes sharing the mesh): every process must call this the same number of times,
-        with up to `batch_size // process_count` requests each (possibly none); each gets its own outputs.
-        """
-        multi = self.mesh is not None and jax.process_count() > 1
-        if not prepared and not multi:
-            return []
-        pad_id = self.config.pad_token_id
-        inputs = collate(prepared, pad_id=pad_id, padding_side="left") if prepared else None
-        if multi:
-            batch = self._global_batch(inputs, pad_id)
-        else:
-            batch = to_buckets(inputs, self.buckets, self.batch_size, pad_id)
-        stop = list(options.stop_ids or self.default_stop_ids())[:MAX_STOP_IDS]
-        stop_criteria = steps.StopCriteria(
-            stop_ids=jnp.asarray(stop + [stop[0]] * (MAX_STOP_IDS - len(stop)), jnp.int32),
-            pad_id=jnp.asarray(pad_id, jnp.int32),
+        self.config, self.buckets, self.chunk = config, buckets, chunk
+        self.placement = placement or Placement.create(None)
+        self.batch_size = self.placement.round_batch(batch_size)
+        self.return_logprobs = return_logprobs
+        self.module = build_module(config, dtype=dtype, attention=attention)
+        self.dtype = dtype
+        self.params = jax.device_put(params, self.placement.param_shardings(config))  # a no-op if already there
+        self.stop_ids = tuple(dict.fromkeys(config.stop_ids + tuple(stop_ids)))[:MAX_STOP_IDS]
+        padded = list(self.stop_ids) + [self.stop_ids[0]] * (MAX_STOP_IDS - len(self.stop_ids))
+        self._stop = steps.StopCriteria(jnp.asarray(padded, jnp.int32), jnp.asarray(config.pad_token_id, jnp.int32))
+        # Explicit output shardings keep the slot state in one layout across insert, decode and grow, so each
+        # program is reused and every donation lands.
+        state_sh = self._state_shardings()
+        rows2, rep = self.placement.batch_sharding(2), self.placement.replicated()
+        self._prefill = jax.jit(
+            functools.partial(steps.prefill, self.module.clone(return_kv=True)), static_argnames=("with_logprobs",)
         )
-        sampling = SamplingParams.create(
-            options.temperature, options.top_k, options.top_p, options.repetition_penalty, options.min_new_tokens
-        )
-        key = jax.random.PRNGKey(options.seed) if key is None else key
-        with shd.activated(self.mesh, self.rules):
-            return self._run(batch, sampling, stop_criteria, key, options, stop)
+        self._insert = jax.jit(steps.insert, donate_argnums=(0,), out_shardings=state_sh)
+        self._decode = jax.jit(
+            functools.partial(steps.decode, self.module), static_argnames=("chunk", "with_logprobs"),
+            donate_argnums=(1,), out_shardings=(state_sh, rows2, rows2, rep),
+        )  # fmt: skip
+        self._grow = jax.jit(steps.grow, static_argnums=(1,), out_shardings=state_sh)  # new shapes: no donation
+        self._init = jax.jit(
+            functools.partial(steps.empty_state, config.decoder, self.batch_size, dtype=dtype),
+            static_argnums=(0,), out_shardings=state_sh,
+        )  # fmt: skip
+        self._state: steps.SlotState | None = None
+        self.stats = EngineStats()
+        self._started: float | None = None
 
-    def _run(self, batch, sampling, stop_criteria, key, options, stop) -> list[GenerationOutput]:
-        t0 = time.perf_counter()
-        state = self._prefill(
-            self.params,
-            self._put(batch.tokens),
-            self._put(batch.attention_mask),
-            self._put_clips(batch.mel),
-            self._put_clips(batch.mel_lengths),
-            self._put(batch.rows_active),
-            key,
-            sampling,
-            stop_criteria,
-            batch.tokens.shape[1] + options.max_new_tokens,  # cache_len (static)
-            options.max_new_tokens,  # (static)
-            options.return_logprobs,  # (static)
-        )
-        jax.block_until_ready(state.tokens)
-        t1 = time.perf_counter()
-        until = jnp.asarray(options.max_new_tokens, jnp.int32)
-        state = self._decode(self.params, state, sampling, stop_criteria, until, options.return_logprobs)
-        if jax.process_count() > 1 and self.mesh is not None:
-            from jax.experimental import multihost_utils
+    # ---- public ----------------------------------------------------------------------------------------------
+    def compiled_programs(self) -> dict[str, int]:
+        return {name: fn._cache_size() for name, fn in
+                (("prefill", self._prefill), ("insert", self._insert), ("decode", self._decode),
+                 ("grow", self._grow), ("init", self._init))}  # fmt: skip
 
-            tokens, logprobs = (np.asarray(x) for x in multihost_utils.process_allgather((state.tokens, state.logprobs), tiled=True))
-            local = self.batch_size // jax.process_count()
-            start = jax.process_index() * local
-            tokens, logprobs = tokens[start : start + local], logprobs[start : start + local]
-        else:
-            tokens, logprobs = jax.device_get((state.tokens, state.logprobs))
-        self.last_timings = {"prefill_s": t1 - t0, "decode_s": time.perf_counter() - t1,
-                             "decode_steps": int(state.num_generated)}  # fmt: skip
-        return [_unpack(tokens[i], logprobs[i], set(stop), options) for i in range(batch.num_real)]
+    def program_bound(self, frames: int | None = None) -> int:
+        """The most programs a job can compile: prefill over rows x lengths x (no audio + clips x frames),
+        insert over rows x lengths x cache lengths, decode and grow over cache lengths, one state init."""
+        b = self.buckets
+        rows = b.row_options(self._row_divisor, self.batch_size)
+        frames = len(b.frames) if frames is None else frames
+        n_len = len(b.lengths)
+        return rows * n_len * (1 + len(b.clips) * frames) + rows * n_len * n_len + 3 * n_len
 
-    def _global_batch(self, inputs, pad_id: int):
-        """Multi-host: agree on bucket sizes, then concatenate every process's rows (and clips) in process
-        order, so rows and clips stay aligned for the audio merge; the result is identical on all processes."""
-        from jax.experimental import multihost_utils
+    @property
+    def _row_divisor(self) -> int:
+        """Prefill rows come in multiples of this: they split over the batch axes and over processes."""
+        return math.lcm(self.placement.batch_divisor, jax.process_count())
 
-        from qwen_audio_jax.generation.buckets import BucketedBatch, bucket_sizes
+    def cache_length(self) -> int:
+        return 0 if self._state is None else int(self._state.cache.k.shape[3])
 
+    def generate(self, prepared: list[PreparedRequest], options: GenerationOptions) -> list[GenerationOutput]:
+        """Convenience: generate for a list (outputs in input order), every request with the job's options."""
+        reqs = [EngineRequest(i, p, options.for_request(None, str(i))) for i, p in enumerate(prepared)]
+        out = dict(self.run(ListSource(reqs)))
+        return [out[i] for i in range(len(prepared))]
+
+    def run(self, source: RequestSource) -> Iterator[tuple[object, GenerationOutput]]:
+        """Generates until the source is exhausted and every slot is done; yields (tag, output) as each request
+        finishes. Multi-host: every process calls this with its own source."""
+        procs, me = jax.process_count(), jax.process_index()
+        local = self.batch_size // procs
+        free = collections.deque(range(me * local, (me + 1) * local))
+        running: dict[int, _Running] = {}
+        self._started = self._started or time.perf_counter()
+        with self.placement.activate():
+            while True:
+                t0 = time.perf_counter()
+                block = not running and not source.exhausted  # the device is idle until input arrives
+                new = source.take(len(free), block=block) if free else []
+                if block:
+                    self.stats.input_wait_s += time.perf_counter() - t0
+                agreed = agree_max(self._local_sizes(new, running, source))
+                n_new, any_running, more = agreed[0], agreed[5], agreed[6]
+                if not (n_new or any_running or more):
+                    return
+                if n_new:
+                    yield from self._admit(new, free, running, agreed)
+                if n_new or any_running:  # decided on agreed values: every process calls decode together
+                    yield from self._decode_chunk(free, running, stop_on_free=bool(more))
+
+    # ---- host loop pieces ------------------------------------------------------------------------------------
+    def _local_sizes(self, new: list[EngineRequest], running: dict, source) -> tuple[int, ...]:
+        """This process's needs: (new rows, length bucket, clips, frame bucket, cache length, running, more)."""
+        t_len = clips = frames = 0
+        cache_len = self.cache_length()
+        for r in new:
+            n = r.prepared.num_tokens
+            t_len = max(t_len, self.buckets.prompt_length(n))
+            cache_len = max(cache_len, n + r.options.max_new_tokens)
+        if new:
+            batch_clips = sum(len(r.prepared.mels) for r in new)
+            clips = self.buckets.num_clips(batch_clips)
+            lengths = [length for r in new for length in r.prepared.mel_lengths]
+            frames = self.buckets.mel_frames(max(lengths)) if lengths else 0
+            cache_len = max(cache_len, t_len)
+        cache_len = self.buckets.prompt_length(cache_len) if cache_len else 0
+        return len(new), t_len, clips, frames, cache_len, int(bool(running)), int(not source.exhausted)
+
+    def _ensure_state(self, cache_len: int) -> None:
+        if self._state is None:
+            self._state = self._init(cache_len)
+        elif cache_len > self.cache_length():
+            self._state = self._grow(self._state, cache_len)
+
+    def _state_shardings(self) -> steps.SlotState:
+        """Slots split over the batch axes; the cache by its logical axes (the cache length is never split,
+        so one sharding serves every cache length)."""
+        d = self.config.decoder
+        shape = (d.num_layers, self.batch_size, d.num_kv_heads, 1, d.head_dim)
+        cache = self.placement.logical_sharding(axes.CACHE_AXES, shape)
+        rows = self.placement.batch_sharding(1)
+        rows2 = self.placement.batch_sharding(2)
+        sampling = SamplingParams(rows, rows, rows, rows, rows)
+        return steps.SlotState(cache=steps.KVCache(cache, cache), lengths=rows, rope_index=rows, last_token=rows,
+                               num_generated=rows, max_new=rows, done=rows, seen=rows2, keys=rows2,
+                               sampling=sampling)  # fmt: skip
+
+    def _admit(self, new: list[EngineRequest], free: collections.deque, running: dict, agreed) -> Iterator:
+        """Prefill + insert the new requests into free slots (shapes agreed over processes)."""
+        n_new, t_len, clips, frames, cache_len = agreed[:5]
         procs = jax.process_count()
-        local_size = self.batch_size // procs
-        sizes = np.asarray(multihost_utils.process_allgather(np.asarray(bucket_sizes(inputs, self.buckets))))
-        sizes = tuple(int(v) for v in sizes.reshape(procs, 3).max(0))
-        local = to_buckets(inputs, self.buckets, local_size, pad_id, sizes=sizes)
+        rows = self.buckets.rows(n_new * procs, self._row_divisor, self.batch_size)
+        local_rows = rows // procs
+        self._ensure_state(cache_len)
+        slots = [free.popleft() for _ in new]
+        arrays = self._prefill_arrays(new, slots, local_rows, t_len, clips, frames)
+        arrays = {k: (None if v is None else gather_processes(v)) for k, v in arrays.items()}
+        t0 = time.perf_counter()
+        put = self.placement.put
+        pre = self._prefill(
+            self.params, put(arrays["tokens"]), put(arrays["lengths"]), put(arrays["mel"]),
+            put(arrays["mel_lengths"]), put(arrays["rope_index"]), put(arrays["keys"]),
+            jax.tree_util.tree_map(put, arrays["sampling"]), put(arrays["max_new"]), self._stop,
+            with_logprobs=self.return_logprobs,
+        )  # fmt: skip
+        self._state = self._insert(self._state, pre, put(arrays["slots"]))
+        first, first_lp, done = self.placement.to_host((pre.first_token, pre.first_logprob, pre.done))
+        self.stats.prefill_s += time.perf_counter() - t0
+        self.stats.prefills += 1
+        offset = jax.process_index() * local_rows  # this process's rows in the gathered batch
+        for i, (req, slot) in enumerate(zip(new, slots)):
+            running[slot] = _Running(req, [int(first[offset + i])], [float(first_lp[offset + i])])
+            self.stats.tokens += 1
+            if done[offset + i]:
+                yield self._finish(slot, free, running)
 
-        def gather(x):
-            return None if x is None else np.concatenate(list(np.asarray(multihost_utils.process_allgather(x, tiled=False))))
+    def _prefill_arrays(self, new, slots, rows: int, t_len: int, clips: int, frames: int) -> dict:
+        """Host arrays of this process's `rows` prefill rows (right-padded; padding rows target slot B)."""
+        pad = self.config.pad_token_id
+        n_mels = self.config.audio.num_mel_bins
+        inputs = collate([r.prepared for r in new], pad_id=pad, padding_side="right") if new else None
+        batch = to_buckets(inputs, self.buckets, rows, pad, sizes=(t_len, clips, frames), n_mels=n_mels,
+                           padding_side="right")  # fmt: skip
+        lengths = np.zeros(rows, np.int32)
+        lengths[: len(new)] = [r.prepared.num_tokens for r in new]
+        keys = np.zeros((rows, 2), np.uint32)
+        for i, r in enumerate(new):  # raw uint32[2] keys: each request's own stream (its seed and id)
+            keys[i] = np.asarray(jax.random.fold_in(jax.random.PRNGKey(r.options.seed), r.options.stream))
+        settings = [r.options.sampling_row for r in new] + [(0.0, 0, 1.0, 1.0, 0)] * (rows - len(new))
+        max_new = np.ones(rows, np.int32)
+        max_new[: len(new)] = [r.options.max_new_tokens for r in new]
+        slot_ids = np.full(rows, self.batch_size, np.int32)  # out of range: the insert drops padding rows
+        slot_ids[: len(new)] = slots
+        rope_index = np.zeros(rows, np.int32)
+        rope_index[: len(new)] = [rope.ntk_index(r.prepared.num_tokens, self.config.decoder) for r in new]
+        return {"tokens": batch.tokens, "lengths": lengths, "mel": batch.mel, "mel_lengths": batch.mel_lengths,
+                "rope_index": rope_index, "keys": keys, "sampling": SamplingParams.rows(settings),
+                "max_new": max_new, "slots": slot_ids}  # fmt: skip
 
-        return BucketedBatch(gather(local.tokens), gather(local.attention_mask), gather(local.mel),
-                             gather(local.mel_lengths), gather(local.rows_active), local.num_real)  # fmt: skip
+    def _decode_chunk(self, free: collections.deque, running: dict, stop_on_free: bool) -> Iterator:
+        t0 = time.perf_counter()
+        self._state, tokens, logprobs, n = self._decode(
+            self.params, self._state, self._stop, jnp.asarray(stop_on_free), chunk=self.chunk,
+            with_logprobs=self.return_logprobs,
+        )  # fmt: skip
+        tokens, logprobs, done, n = self.placement.to_host((tokens, logprobs, self._state.done, n))
+        self.stats.decode_s += time.perf_counter() - t0
+        self.stats.decode_calls += 1
+        for slot, run in list(running.items()):
+            got = tokens[slot, : int(n)]
+            keep = got != steps.NO_TOKEN
+            run.tokens += got[keep].tolist()
+            run.logprobs += logprobs[slot, : int(n)][keep].tolist()
+            self.stats.tokens += int(keep.sum())
+            if done[slot]:
+                yield self._finish(slot, free, running)
 
-    def _put(self, x: np.ndarray) -> jax.Array:
-        """Host batch -> device, split over the batch axes on a mesh."""
-        if self.mesh is None:
-            return jnp.asarray(x)
-        return jax.device_put(x, shd.batch_sharding(self.mesh, x.ndim, self.rules))
+    def _finish(self, slot: int, free: collections.deque, running: dict) -> tuple[object, GenerationOutput]:
+        run = running.pop(slot)
+        free.append(slot)
+        self.stats.results += 1
+        if self.stats.first_result_s is None:
+            self.stats.first_result_s = time.perf_counter() - self._started
+        ids = run.tokens[: run.request.options.max_new_tokens]
+        reason = "stop" if ids and ids[-1] in self.stop_ids else "length"
+        return run.request.tag, GenerationOutput(ids, reason, run.logprobs[: len(ids)] if self.return_logprobs else None)
 
-    def _put_clips(self, x: np.ndarray | None) -> jax.Array | None:
-        """Clips are not aligned with rows; split them over the batch axes when they divide, else replicate."""
-        if x is None or self.mesh is None:
-            return None if x is None else jnp.asarray(x)
-        if len(x) % shd.batch_divisor(self.mesh, self.rules) == 0:
-            return jax.device_put(x, shd.batch_sharding(self.mesh, x.ndim, self.rules))
-        return jax.device_put(x, shd.replicated(self.mesh))
-
-
-def _unpack(tokens: np.ndarray, logprobs: np.ndarray, stop: set[int], options: GenerationOptions) -> GenerationOutput:
-    ids = tokens.tolist()
-    end = next((i + 1 for i, t in enumerate(ids) if t in stop), None)
-    reason = "stop" if end is not None else "length"
-    ids = ids[: end or options.max_new_tokens]
-    lp = logprobs[: len(ids)].tolist() if options.return_logprobs else None
-    return GenerationOutput(ids, reason, lp)

@@ -1,147 +1,144 @@
 """The `score` job: summed log-prob (and token count) of given completions under the model.
 
-Request lines: {"id", "messages" | "prompt" (+ "audio"), "completion": str} or "completions": [str, ...]
+Request lines: {"id", "messages" | "prompt" (+ "audio") | "task", "completion": str} or "completions": [str, ...]
 (multiple-choice scoring). Results: {"id", "logprob", "num_tokens", "error"}, with lists for "completions".
 The completion is tokenized after the rendered prompt (after "<|im_start|>assistant\\n" for chats), exactly the
-tokens a DPO reference pass scores.
+tokens a DPO reference pass scores. Multi-host: the processes score in lockstep (agreed shapes; a process with
+nothing left contributes padding rows) until all are done.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-import time
-from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterator
 
 import jax
-import jax.numpy as jnp
-from tqdm import tqdm
 
-from qwen_audio_jax.errors import PromptError, QwenAudioError
-from qwen_audio_jax.generation.buckets import Buckets, to_buckets
-from qwen_audio_jax.jobs.jsonl import ResultWriter, count_lines, read_records
-from qwen_audio_jax.model.logprobs import CompletionLogprobs, completion_logprobs
-from qwen_audio_jax.model.params import build_model
-from qwen_audio_jax.sharding import mesh as shd
+from qwen_audio_jax.batching.buckets import Buckets, bucket_sizes, to_buckets
+from qwen_audio_jax.errors import PromptError
+from qwen_audio_jax.jobs.generate import REQUEST_KEYS, normalise_request, resolve_audio
+from qwen_audio_jax.jobs.pipeline import PreparedStream
+from qwen_audio_jax.jobs.records import Record
+from qwen_audio_jax.model.logprobs import completion_logprobs
+from qwen_audio_jax.model.params import build_module
+from qwen_audio_jax.sharding.placement import agree_max, gather_processes
 from qwen_audio_jax.text.processor import PreparedRequest, collate
+
+SCORE_KEYS = (REQUEST_KEYS - {"max_new_tokens", "min_new_tokens", "temperature", "top_k", "top_p",
+                              "repetition_penalty", "seed"}) | {"completion", "completions"}  # fmt: skip
+
+
+@dataclasses.dataclass
+class _Scoring:
+    id: str
+    single: bool
+    items: list[PreparedRequest]
+    scores: list = dataclasses.field(default_factory=list)
 
 
 class ScoreJob:
-    def __init__(self, model, *, batch_size: int = 8, buckets: Buckets = Buckets()):
-        self.model = model
-        self.buckets = buckets
-        module = build_model(model.config, dtype=model.dtype)
-        self._module = module
-        mesh, rules = model.mesh, model.rules
-        divisor = 1 if mesh is None else shd.batch_divisor(mesh, rules)
-        self.batch_size = -(-batch_size // divisor) * divisor
-        self._fns: dict[int, object] = {}  # one jitted scorer per completion-length bucket
+    name = "score"
 
-    def _score(self, completion: int):
+    def __init__(self, model, *, batch_size: int = 8, buckets: Buckets = Buckets(), base_dir=None):
+        self.model, self.buckets, self.base_dir = model, buckets, base_dir
+        self.placement = model.placement
+        self.batch_size = self.placement.round_batch(batch_size)
+        self.module = build_module(model.config, dtype=model.dtype, attention=model.attention)
+        self._fns: dict[int, object] = {}  # one jitted scorer per completion-length bucket
+        self._tokens = 0
+
+    def _scorer(self, completion: int):
         if completion not in self._fns:
-            score = functools.partial(completion_logprobs, self._module, max_completion=completion)
-            mesh, rules = self.model.mesh, self.model.rules
-            if mesh is None:
-                self._fns[completion] = jax.jit(score)
-            else:
-                b1, b2 = shd.batch_sharding(mesh, 1, rules), shd.batch_sharding(mesh, 2, rules)
-                out = CompletionLogprobs(sum_logprobs=b1, num_tokens=b1, mean_logits=b1, token_logprobs=b2)
-                p_sh = shd.param_shardings(mesh, self.model.config, rules)
-                self._fns[completion] = jax.jit(score, in_shardings=(p_sh, b2, b2, b2, None, None), out_shardings=out)
+            self._fns[completion] = jax.jit(functools.partial(completion_logprobs, self.module,
+                                                              max_completion=completion))  # fmt: skip
         return self._fns[completion]
 
     def compiled_programs(self) -> int:
         return sum(f._cache_size() for f in self._fns.values())
 
-    def _prepare(self, record: dict) -> list[PreparedRequest]:
-        if "completion" in record:
-            completions, single = [record["completion"]], True
-        elif "completions" in record and isinstance(record["completions"], list) and record["completions"]:
-            completions, single = record["completions"], False
+    # ---- one request ------------------------------------------------------------------------------------------
+    def prepare(self, record: Record) -> _Scoring:
+        r = record.request
+        if "completion" in r and "completions" in r:
+            raise PromptError('a score request takes "completion" or "completions", not both.')
+        if "completion" in r:
+            completions, single = [r["completion"]], True
+        elif isinstance(r.get("completions"), list) and r["completions"]:
+            completions, single = r["completions"], False
         else:
             raise PromptError('a score request needs "completion" (a string) or "completions" (a list of strings).')
         if not all(isinstance(c, str) and c for c in completions):
             raise PromptError("every completion must be a non-empty string.")
-        base = {k: v for k, v in record.items() if k not in ("completion", "completions")}
-        items = [self.model.processor.prepare({**base, "completion": c}) for c in completions]
+        base = {k: v for k, v in r.items() if k not in ("completion", "completions")}
+        base = normalise_request(base, chat=self.model.processor.is_chat, v1=self.model.config.is_v1,
+                                 job=self.name, allowed=SCORE_KEYS)  # fmt: skip
+        items = self.model.processor.prepare_completions(resolve_audio(base, self.base_dir), completions)
         limit = self.model.config.decoder.max_position_embeddings
         for item in items:
             if item.num_tokens > limit:
                 raise PromptError(f"prompt + completion has {item.num_tokens} tokens, over the model's {limit}.")
             self.buckets.prompt_length(item.num_tokens)
-        return items if not single else items[:1]
+        return _Scoring(record.id, single, items)
 
-    def score_prepared(self, items: list[PreparedRequest]) -> list[tuple[float, int]]:
-        """(summed log-prob, token count) per prepared request with a completion."""
-        out = []
-        for start in range(0, len(items), self.batch_size):
-            chunk = items[start : start + self.batch_size]
-            pad = self.model.config.pad_token_id
-            batch = to_buckets(collate(chunk, pad_id=pad, padding_side="left"), self.buckets, self.batch_size, pad)
-            completion = self.buckets.completion_length(int(batch.completion_mask.sum(-1).max()))
-            with shd.activated(self.model.mesh, self.model.rules):
-                res = self._score(completion)(
-                    self.model.params, *(self._put(x) for x in (batch.tokens, batch.attention_mask,
-                                                                batch.completion_mask)),
-                    *(self._put_replicated(x) for x in (batch.mel, batch.mel_lengths)),
-                )  # fmt: skip
-            sums, counts = jax.device_get((res.sum_logprobs, res.num_tokens))
-            out += [(float(sums[i]), int(counts[i])) for i in range(batch.num_real)]
-        return out
+    def error_result(self, request_id: str, message: str) -> dict:
+        return {"id": request_id, "logprob": None, "num_tokens": None, "error": message}
 
-    def _put(self, x):
-        if self.model.mesh is None:
-            return jnp.asarray(x)
-        return jax.device_put(x, shd.batch_sharding(self.model.mesh, x.ndim, self.model.rules))
+    def stats(self) -> dict:
+        return {"tokens": self._tokens}
 
-    def _put_replicated(self, x):
-        if x is None or self.model.mesh is None:
-            return None if x is None else jnp.asarray(x)
-        return jax.device_put(x, shd.replicated(self.model.mesh))
+    # ---- batches ------------------------------------------------------------------------------------------------
+    def run(self, stream: PreparedStream) -> Iterator[dict]:
+        local = self.batch_size // jax.process_count()
+        queue: list[tuple[_Scoring, int]] = []  # (request, index of its completion) rows waiting to be scored
+        open_requests: list[_Scoring] = []
+        while True:
+            while len(queue) < local and not stream.exhausted:
+                got = stream.take(local - len(queue), block=not queue)
+                for req in got:
+                    open_requests.append(req)
+                    queue += [(req, i) for i in range(len(req.items))]
+                if not got and queue:
+                    break
+            rows, queue = queue[:local], queue[local:]
+            more = not stream.exhausted or bool(queue)
+            if not self._score_rows(rows, more):
+                return
+            for req in [r for r in open_requests if len(r.scores) == len(r.items)]:
+                open_requests.remove(req)
+                yield self._result(req)
 
-    def results(self, records: Iterable[tuple[str, dict | None, str | None]]) -> Iterator[dict]:
-        pending: list[tuple[str, bool, list[PreparedRequest]]] = []
-        for rid, record, error in records:
-            if error is None:
-                try:
-                    pending.append((rid, "completion" in record, self._prepare(record)))
-                except QwenAudioError as e:
-                    error = str(e)
-            if error is not None:
-                yield {"id": rid, "logprob": None, "num_tokens": None, "error": error}
-            if sum(len(p[2]) for p in pending) >= self.batch_size:
-                yield from self._flush(pending)
-                pending = []
-        yield from self._flush(pending)
+    def _score_rows(self, rows: list[tuple[_Scoring, int]], more: bool) -> bool:
+        """Scores up to one local batch of rows (every process together). False when all processes are done."""
+        cfg = self.model.config
+        items = [req.items[i] for req, i in rows]
+        inputs = collate(items, pad_id=cfg.pad_token_id, padding_side="left") if items else None
+        t, c, a = bucket_sizes(inputs, self.buckets)
+        longest = int(inputs.completion_mask.sum(-1).max()) if items else 1
+        agreed = agree_max((len(items), t, c, a, self.buckets.completion_length(longest), int(more)))
+        n_rows, t, c, a, completion, _ = agreed
+        if not n_rows:
+            return bool(agreed[5])
+        local = self.batch_size // jax.process_count()
+        batch = to_buckets(inputs, self.buckets, local, cfg.pad_token_id, sizes=(t, c, a),
+                           n_mels=cfg.audio.num_mel_bins)  # fmt: skip
+        # An all-padding batch (a process with nothing left) has no completion tokens anywhere.
+        completion_mask = batch.completion_mask if batch.completion_mask is not None else batch.attention_mask * 0
+        arrays = [None if x is None else gather_processes(x) for x in
+                  (batch.tokens, batch.attention_mask, completion_mask, batch.mel, batch.mel_lengths)]
+        put = self.placement.put
+        with self.placement.activate():
+            res = self._scorer(completion)(self.model.params, *(put(x) for x in arrays[:3]),
+                                           *(self.placement.put_replicated(x) for x in arrays[3:]))  # fmt: skip
+        sums, counts = self.placement.to_host((res.sum_logprobs, res.num_tokens))
+        offset = jax.process_index() * local
+        for k, (req, _) in enumerate(rows):
+            req.scores.append((float(sums[offset + k]), int(counts[offset + k])))
+            self._tokens += int(counts[offset + k])
+        return True
 
-    def _flush(self, pending) -> Iterator[dict]:
-        flat = [item for _, _, items in pending for item in items]
-        scores = iter(self.score_prepared(flat)) if flat else iter(())
-        for rid, single, items in pending:
-            got = [next(scores) for _ in items]
-            if single:
-                yield {"id": rid, "logprob": got[0][0], "num_tokens": got[0][1], "error": None}
-            else:
-                yield {"id": rid, "logprob": [g[0] for g in got], "num_tokens": [g[1] for g in got], "error": None}
-
-    def run_all(self, requests: list[dict]) -> list[dict]:
-        records = [(str(r.get("id", n)), r, None) for n, r in enumerate(requests)]
-        by_id = {res["id"]: res for res in self.results(records)}
-        return [by_id[rid] for rid, _, _ in records]
-
-    def run_file(self, input_path: str | Path, output_path: str | Path, *, resume: bool = False,
-                 overwrite: bool = False, progress: bool = True) -> dict:  # fmt: skip
-        total = count_lines(input_path)
-        start, n, errors = time.perf_counter(), 0, 0
-        with ResultWriter(output_path, resume=resume, overwrite=overwrite) as writer:
-            skipped = len(writer.done_ids)
-            bar = tqdm(total=total, initial=min(skipped, total), desc="score", unit="req", disable=not progress)
-            for result in self.results(r for r in read_records(input_path) if r[0] not in writer.done_ids):
-                writer.write(result)
-                n += 1
-                errors += result["error"] is not None
-                bar.update()
-                if n % self.batch_size == 0:
-                    writer.sync()
-            bar.close()
-        return {"requests": n, "errors": errors, "skipped": skipped, "seconds": round(time.perf_counter() - start, 2)}
+    def _result(self, req: _Scoring) -> dict:
+        if req.single:
+            return {"id": req.id, "logprob": req.scores[0][0], "num_tokens": req.scores[0][1], "error": None}
+        return {"id": req.id, "logprob": [s[0] for s in req.scores], "num_tokens": [s[1] for s in req.scores],
+                "error": None}  # fmt: skip

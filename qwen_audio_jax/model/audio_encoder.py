@@ -1,12 +1,18 @@
-"""Qwen2-Audio audio encoder (Whisper-large-v3 style) and the projector into the decoder's width.
+"""The audio encoder (Whisper style) and the projector into the decoder's width, for both generations.
 
     mel_CMA --conv1,gelu--> --conv2(stride 2),gelu--> + embed_positions --> L x pre-LN layer
             --AvgPool(2,2)--> LayerNorm --> projector (Linear)  ==>  feats_CPD, P = A // 4
 
-The reference always encodes A = 3000 frames with the keys past each clip's length masked. Because only keys
-are masked, the valid outputs do not depend on frames beyond `mel_length + 1` (the conv stem's receptive field
-reaches one frame past the last valid conv2 input), so callers may truncate the mel to any bucket
-A >= mel_length + 2 (A a multiple of 4) and get the same valid rows (DESIGN decision 6; proven in the tests).
+Qwen2-Audio's reference always encodes A = 3000 frames with the keys past each clip's length masked. Because
+only keys are masked, the valid outputs do not depend on frames beyond `mel_length + 1` (the conv stem's
+receptive field reaches one frame past the last valid conv2 input), so callers may truncate the mel to any
+bucket A >= mel_length + 2 (A a multiple of 4) and get the same valid rows (docs/decisions.md, "Audio encoder
+cost"; proven in tests/test_generation.py).
+
+Qwen-Audio v1 (`per_clip_length`) encodes a clip over its own length only: conv1 sees zeros past 2 x its conv2
+length (the conv's own zero padding when the clip is encoded alone) and the padded positions are zeroed. Doing
+that per clip makes every clip's output what it is alone, whatever it is batched with (docs/reference.md,
+"Qwen-Audio v1 encoder").
 """
 
 from __future__ import annotations
@@ -15,28 +21,19 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from qwen_audio_jax.audio.lengths import encoder_lengths
 from qwen_audio_jax.config import AudioEncoderConfig
-from qwen_audio_jax.model.layers import Dtype, LayerNorm, attention, dense, param_with_axes
+from qwen_audio_jax.model import axes
+from qwen_audio_jax.model.attention import attend
+from qwen_audio_jax.model.layers import Dtype, LayerNorm, dense, param_with_axes
 from qwen_audio_jax.model.remat import remat_layer
-from qwen_audio_jax.sharding import axes as ax
-
-
-def conv_output_lengths(mel_lengths_C: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """(after conv2, after avg-pool) lengths, exactly as `_get_feat_extract_output_lengths` (REFERENCE 1.4)."""
-    after_conv = (mel_lengths_C - 1) // 2 + 1
-    after_pool = (after_conv - 2) // 2 + 1
-    return after_conv, after_pool
-
-
-def num_audio_tokens(mel_length: int) -> int:
-    """N = ((L-1)//2 + 1 - 2)//2 + 1 audio tokens for a clip of L mel frames (python ints)."""
-    return ((mel_length - 1) // 2 + 1 - 2) // 2 + 1
 
 
 class AudioAttention(nn.Module):
     config: AudioEncoderConfig
     dtype: Dtype
     param_dtype: Dtype
+    attention: str = "xla"
 
     @nn.compact
     def __call__(self, x_CTD, key_mask_CT):
@@ -45,14 +42,14 @@ class AudioAttention(nn.Module):
         n, h = cfg.num_heads, cfg.head_dim
         c, t, _ = x_CTD.shape
         # The reference scales q before the matmul (q_proj(x) * h**-0.5) and then uses scaling 1.0.
-        q = dense(cfg.d_model, (ax.AUDIO_EMBED, ax.AUDIO_HEADS), use_bias=True, name="q_proj", **kw)(x_CTD)
+        q = dense(cfg.d_model, (axes.AUDIO_EMBED, axes.AUDIO_HEADS), use_bias=True, name="q_proj", **kw)(x_CTD)
         q = q * (h**-0.5)
-        k = dense(cfg.d_model, (ax.AUDIO_EMBED, ax.AUDIO_HEADS), use_bias=False, name="k_proj", **kw)(x_CTD)
-        v = dense(cfg.d_model, (ax.AUDIO_EMBED, ax.AUDIO_HEADS), use_bias=True, name="v_proj", **kw)(x_CTD)
+        k = dense(cfg.d_model, (axes.AUDIO_EMBED, axes.AUDIO_HEADS), use_bias=False, name="k_proj", **kw)(x_CTD)
+        v = dense(cfg.d_model, (axes.AUDIO_EMBED, axes.AUDIO_HEADS), use_bias=True, name="v_proj", **kw)(x_CTD)
         mask_CTS = jnp.broadcast_to(key_mask_CT[:, None, :], (c, t, t))  # keys only; queries are never masked
         k_CNTH, v_CNTH = (x.reshape(c, t, n, h).swapaxes(1, 2) for x in (k, v))
-        out = attention(q.reshape(c, t, n, h), k_CNTH, v_CNTH, mask_CTS, scale=1.0)
-        return dense(cfg.d_model, (ax.AUDIO_HEADS, ax.AUDIO_EMBED), use_bias=True, name="out_proj", **kw)(
+        out = attend(q.reshape(c, t, n, h), k_CNTH, v_CNTH, mask_CTS, 1.0, self.attention)
+        return dense(cfg.d_model, (axes.AUDIO_HEADS, axes.AUDIO_EMBED), use_bias=True, name="out_proj", **kw)(
             out.reshape(c, t, n * h)
         )
 
@@ -63,6 +60,7 @@ class AudioEncoderLayer(nn.Module):
     config: AudioEncoderConfig
     dtype: Dtype
     param_dtype: Dtype
+    attention: str = "xla"
 
     @nn.compact
     def __call__(self, x_CTD, key_mask_CT):
@@ -70,11 +68,11 @@ class AudioEncoderLayer(nn.Module):
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         ln = dict(eps=cfg.layer_norm_eps, param_dtype=self.param_dtype)
         h = LayerNorm(name="self_attn_layer_norm", **ln)(x_CTD)
-        x_CTD = x_CTD + AudioAttention(cfg, name="self_attn", **kw)(h, key_mask_CT)
+        x_CTD = x_CTD + AudioAttention(cfg, name="self_attn", attention=self.attention, **kw)(h, key_mask_CT)
         h = LayerNorm(name="final_layer_norm", **ln)(x_CTD)
-        h = dense(cfg.ffn_dim, (ax.AUDIO_EMBED, ax.AUDIO_MLP), use_bias=True, name="fc1", **kw)(h)
+        h = dense(cfg.ffn_dim, (axes.AUDIO_EMBED, axes.AUDIO_MLP), use_bias=True, name="fc1", **kw)(h)
         h = jax.nn.gelu(h, approximate=False)
-        h = dense(cfg.d_model, (ax.AUDIO_MLP, ax.AUDIO_EMBED), use_bias=True, name="fc2", **kw)(h)
+        h = dense(cfg.d_model, (axes.AUDIO_MLP, axes.AUDIO_EMBED), use_bias=True, name="fc2", **kw)(h)
         return x_CTD + h, None
 
 
@@ -85,6 +83,7 @@ class AudioEncoder(nn.Module):
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
     remat_policy: str = "none"
+    attention: str = "xla"
 
     @nn.compact
     def __call__(self, mel_CMA, mel_lengths_C):
@@ -94,18 +93,21 @@ class AudioEncoder(nn.Module):
             raise ValueError(f"mel frames {a} must be a multiple of 4 and at most {cfg.max_mel_frames}")
         conv_kw = dict(
             kernel_size=(3,), padding=[(1, 1)], dtype=self.dtype, param_dtype=self.param_dtype,
-            bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), (ax.AUDIO_EMBED,)),
+            bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), (axes.AUDIO_EMBED,)),
         )  # fmt: skip
+        after_conv, _ = encoder_lengths(mel_lengths_C)
         x = jnp.swapaxes(mel_CMA, 1, 2).astype(self.dtype)  # NCW (torch) -> NWC (flax)
+        if cfg.per_clip_length:  # v1: conv1 sees zeros past the clip's own span, as when it is encoded alone
+            x = jnp.where(jnp.arange(a)[None, :, None] < 2 * after_conv[:, None, None], x, 0)
         x = nn.Conv(
             cfg.d_model, strides=(1,), name="conv1",
-            kernel_init=nn.with_logical_partitioning(nn.initializers.normal(0.02), (ax.CONV_KERNEL, ax.MEL, ax.AUDIO_EMBED)),
+            kernel_init=nn.with_logical_partitioning(nn.initializers.normal(0.02), (axes.CONV_KERNEL, axes.MEL, axes.AUDIO_EMBED)),
             **conv_kw,
         )(x)  # fmt: skip
         x = jax.nn.gelu(x, approximate=False)
         x = nn.Conv(
             cfg.d_model, strides=(2,), name="conv2",
-            kernel_init=nn.with_logical_partitioning(nn.initializers.normal(0.02), (ax.CONV_KERNEL, None, ax.AUDIO_EMBED)),
+            kernel_init=nn.with_logical_partitioning(nn.initializers.normal(0.02), (axes.CONV_KERNEL, None, axes.AUDIO_EMBED)),
             **conv_kw,
         )(x)  # fmt: skip
         x = jax.nn.gelu(x, approximate=False)
@@ -113,11 +115,12 @@ class AudioEncoder(nn.Module):
         # Stored in the checkpoint (requires_grad False in the reference); loaded, never regenerated.
         pos = param_with_axes(
             self, "embed_positions", nn.initializers.normal(0.02), (cfg.max_source_positions, cfg.d_model),
-            (ax.AUDIO_POS, ax.AUDIO_EMBED), self.param_dtype,
+            (axes.AUDIO_POS, axes.AUDIO_EMBED), self.param_dtype,
         )  # fmt: skip
         x = x + pos[:t].astype(self.dtype)
-        after_conv, _ = conv_output_lengths(mel_lengths_C)
         key_mask_CT = jnp.arange(t)[None, :] < after_conv[:, None]
+        if cfg.per_clip_length:  # v1 zeroes the padded positions (they are masked as keys either way)
+            x = jnp.where(key_mask_CT[:, :, None], x, 0)
 
         layer = remat_layer(AudioEncoderLayer, self.remat_policy)
         x, _ = nn.scan(
@@ -126,8 +129,8 @@ class AudioEncoder(nn.Module):
             split_rngs={"params": True},
             in_axes=(nn.broadcast,),
             length=cfg.num_layers,
-            metadata_params={nn.PARTITION_NAME: ax.LAYERS},
-        )(cfg, self.dtype, self.param_dtype, name="layers")(x, key_mask_CT)
+            metadata_params={nn.PARTITION_NAME: axes.LAYERS},
+        )(cfg, self.dtype, self.param_dtype, self.attention, name="layers")(x, key_mask_CT)
 
         x = x.reshape(c, t // 2, 2, cfg.d_model).mean(axis=2, dtype=jnp.float32).astype(self.dtype)  # AvgPool1d(2, 2)
         return LayerNorm(eps=cfg.layer_norm_eps, param_dtype=self.param_dtype, name="layer_norm")(x)
@@ -143,6 +146,6 @@ class Projector(nn.Module):
     @nn.compact
     def __call__(self, x):
         return dense(
-            self.features, (ax.AUDIO_EMBED, ax.EMBED), use_bias=True, dtype=self.dtype,
+            self.features, (axes.AUDIO_EMBED, axes.EMBED), use_bias=True, dtype=self.dtype,
             param_dtype=self.param_dtype, name="linear",
         )(x)  # fmt: skip

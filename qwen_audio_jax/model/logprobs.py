@@ -2,7 +2,7 @@
 
 The lm_head + log_softmax run over chunks of positions inside a rematerialised scan, so the [B, T, V] fp32
 logits (8 x 2048 x 156032 x 4 bytes = 10 GB for the 7B vocab) never exist at once, in the forward or the
-backward pass. Log-probs are fp32 whatever the compute dtype (DESIGN decision 7).
+backward pass. Log-probs are fp32 whatever the compute dtype (docs/decisions.md, "dtypes").
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
-from qwen_audio_jax.model.decoder import causal_mask, positions_from_mask
 
 
 @flax.struct.dataclass
@@ -23,7 +22,7 @@ class CompletionLogprobs:
 
 
 def completion_logprobs(
-    model,
+    module,
     params,
     tokens_BT: jax.Array,
     mask_BT: jax.Array,
@@ -45,10 +44,7 @@ def completion_logprobs(
     """
     variables = {"params": params}
     b, t = tokens_BT.shape
-    embeds = model.apply(variables, tokens_BT, mel_CMA, mel_lengths_C, method="embed", **embed_options)
-    positions = positions_from_mask(mask_BT)
-    slots = jnp.broadcast_to(jnp.arange(t), (b, t))
-    hidden, _ = model.apply(variables, embeds, positions, causal_mask(mask_BT, slots), method="decode")
+    hidden, _ = module.apply(variables, tokens_BT, mask_BT, mel_CMA, mel_lengths_C, method="forward", **embed_options)
 
     # Position p predicts token p + 1.
     targets = tokens_BT[:, 1:]
@@ -73,7 +69,7 @@ def completion_logprobs(
     @jax.checkpoint
     def one_chunk(args):
         h_c, tgt_c = args
-        logits = model.apply(variables, h_c, method="logits")  # [B, chunk, V] fp32
+        logits = module.apply(variables, h_c, method="logits")  # [B, chunk, V] fp32
         logz = jax.nn.logsumexp(logits, axis=-1)
         picked = jnp.take_along_axis(logits, tgt_c[..., None], axis=-1)[..., 0]
         return picked - logz, jnp.mean(logits, axis=-1)

@@ -1,4 +1,5 @@
-"""Building the model and its parameter trees: real (random init), abstract (shapes only), and logical axes."""
+"""Building the module and its parameter trees: real (random init), abstract (shapes only), logical axes, and
+the parameter groups the optimizer and the memory planner share."""
 
 from __future__ import annotations
 
@@ -7,25 +8,33 @@ import functools
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from jax.sharding import PartitionSpec
 
 from qwen_audio_jax.config import ModelConfig
+from qwen_audio_jax.model.attention import resolve
+from qwen_audio_jax.model.audio_lm import AudioLanguageModel
 from qwen_audio_jax.model.layers import Dtype
-from qwen_audio_jax.model.qwen2_audio import Qwen2AudioForConditionalGeneration
 
 
-def build_model(
-    config: ModelConfig, dtype: Dtype = jnp.float32, param_dtype: Dtype = jnp.float32, remat_policy: str = "none"
-) -> Qwen2AudioForConditionalGeneration:
-    """dtype: compute dtype; param_dtype: the dtype params are created in (loaded params keep their own)."""
-    return Qwen2AudioForConditionalGeneration(config, dtype=dtype, param_dtype=param_dtype, remat_policy=remat_policy)
+def build_module(
+    config: ModelConfig,
+    dtype: Dtype = jnp.float32,
+    param_dtype: Dtype = jnp.float32,
+    remat_policy: str = "none",
+    attention: str = "auto",
+    inference_scaling: bool = True,
+) -> AudioLanguageModel:
+    """The linen module. dtype: compute dtype; param_dtype: the dtype params are created in (loaded params keep
+    their own); attention: "auto" | "xla" | "dot_product" (model/attention.py); inference_scaling: v1's NTK and
+    logn attention (off for training, as in the reference)."""
+    return AudioLanguageModel(config, dtype=dtype, param_dtype=param_dtype, remat_policy=remat_policy,
+                              attention=resolve(attention), inference_scaling=inference_scaling)  # fmt: skip
 
 
 def _init_boxed(config: ModelConfig, rng: jax.Array, param_dtype: Dtype):
-    model = build_model(config, param_dtype=param_dtype)
+    module = build_module(config, param_dtype=param_dtype, attention="xla")
     tokens = jnp.zeros((1, 8), jnp.int32)
     mel = jnp.zeros((1, config.audio.num_mel_bins, 8), jnp.float32)  # touches every submodule
-    return model.init(rng, tokens, jnp.ones_like(tokens), mel, jnp.array([8], jnp.int32))["params"]
+    return module.init(rng, tokens, jnp.ones_like(tokens), mel, jnp.array([8], jnp.int32))["params"]
 
 
 def init_params(config: ModelConfig, rng: jax.Array | None = None, param_dtype: Dtype = jnp.float32) -> dict:
@@ -41,8 +50,9 @@ def abstract_params(config: ModelConfig, param_dtype: Dtype = jnp.float32) -> di
     return nn.unbox(jax.eval_shape(lambda: _init_boxed(config, jax.random.PRNGKey(0), param_dtype)))
 
 
+@functools.lru_cache(maxsize=8)
 def logical_axes(config: ModelConfig) -> dict:
-    """PartitionSpec of logical axis names for every param (e.g. P('layers', 'embed', 'mlp'))."""
+    """PartitionSpec of logical axis names for every param (e.g. P('layers', 'embed', 'mlp')). Cached."""
     boxed = jax.eval_shape(lambda: _init_boxed(config, jax.random.PRNGKey(0), jnp.float32))
     return nn.get_partition_spec(boxed)
 
@@ -51,4 +61,13 @@ def count_params(tree) -> int:
     return sum(int(x.size) for x in jax.tree_util.tree_leaves(tree))
 
 
-__all__ = ["build_model", "init_params", "abstract_params", "logical_axes", "count_params", "PartitionSpec"]
+# Parameter groups: "encoder" (audio_tower), "projector" (multi_modal_projector), "lm" (everything else) and
+# "frozen" (the encoder's stored positional embedding, which the reference never trains).
+PARAM_GROUPS = ("encoder", "projector", "lm", "frozen")
+
+
+def param_group(path: tuple[str, ...]) -> str:
+    """The group of the param at `path` (its keys in the nested dict)."""
+    if path[:2] == ("audio_tower", "embed_positions"):
+        return "frozen"  # requires_grad_(False) in the reference (a Whisper sinusoid buffer in v1)
+    return {"audio_tower": "encoder", "multi_modal_projector": "projector"}.get(path[0], "lm")

@@ -1,26 +1,35 @@
-"""Rematerialisation (activation checkpointing) policies for scanned layers, chosen by name in configs."""
+"""Rematerialisation (activation checkpointing) policies for scanned layers, chosen by name in configs.
+
+The names are the one list every consumer checks against (training configs, `plan --remat`); jax is imported
+only when a policy is applied, so the command line can offer the names without importing it."""
 
 from __future__ import annotations
 
-import flax.linen as nn
-import jax
-
 from qwen_audio_jax.errors import ConfigError
 
-# name -> jax checkpoint policy (None in the table means "save nothing": recompute the whole layer).
-REMAT_POLICIES = {
-    "none": "none",
-    "full": None,
-    "dots": jax.checkpoint_policies.checkpoint_dots,
-    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
-}
+# none: save everything; full: save only each layer's input (recompute the layer); dots: save matmul outputs;
+# dots_no_batch: save matmul outputs without batch dimensions (the weights-side products).
+REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 
 
-def remat_layer(layer_cls: type[nn.Module], policy: str) -> type[nn.Module]:
-    """Wraps a layer class in nn.remat with the named policy ("none" returns it unchanged)."""
+def check_policy(policy: str) -> str:
     if policy not in REMAT_POLICIES:
-        raise ConfigError(f"unknown remat policy {policy!r}; choose one of {sorted(REMAT_POLICIES)}.")
+        raise ConfigError(f"unknown remat policy {policy!r}; choose one of {', '.join(REMAT_POLICIES)}.")
+    return policy
+
+
+def remat_layer(layer_cls, policy: str):
+    """Wraps a linen layer class in nn.remat with the named policy ("none" returns it unchanged)."""
+    import flax.linen as nn
+    import jax
+
+    check_policy(policy)
     if policy == "none":
         return layer_cls
+    jax_policy = {
+        "full": None,  # save nothing
+        "dots": jax.checkpoint_policies.checkpoint_dots,
+        "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    }[policy]
     # prevent_cse=False is safe (and faster) under scan, which already stops XLA from merging the copies.
-    return nn.remat(layer_cls, policy=REMAT_POLICIES[policy], prevent_cse=False)
+    return nn.remat(layer_cls, policy=jax_policy, prevent_cse=False)

@@ -11,7 +11,7 @@ that divide):
   optimizer    training only, AdamW over the TRAINABLE params: 2 fp32 moments (mu, nu) = 8 bytes each,
                plus a 4-byte fp32 master copy when the params themselves are bf16; / shards (optax state
                mirrors the param tree, so it gets the params' shardings). The step count is ignored.
-               Trainable follows training/optimizer.py's groups: the decoder and lm_head always, the
+               Trainable follows the param groups of model/params.py: the decoder and lm_head always, the
                projector unless frozen, `audio_tower/*` only when the encoder is not frozen (default: frozen),
                and never `audio_tower/embed_positions` (the reference never trains it).
   gradients    training only: size * p / shards for the trainable params (gradients have the params' dtype);
@@ -39,8 +39,9 @@ that divide):
                before use): max over units (one decoder layer, one encoder layer, lm_head) of the gathered
                size, x2 for layers (in use + prefetched), x1 more in training for the layer's unreduced
                gradient. Zero when nothing is fsdp-sharded.
-Not counted: XLA's scratch and fragmentation, program code, host-side buffers, DPO's reference model
-(its log-probs are computed outside the gradient). That is what the margin in `fits` is for.
+Not counted: XLA's scratch and fragmentation, program code, host-side buffers, and the DPO reference's
+activations (its forward runs outside the gradient, before the policy's, so it never adds to the backward's
+peak; its weights are counted above). That is what the margin in `fits` is for.
 Batch means sequences per step: for DPO count chosen and rejected (2 x pairs).
 """
 
@@ -49,18 +50,19 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import Mapping, Sequence
+from typing import Mapping
 
 from qwen_audio_jax.config import ModelConfig
 from qwen_audio_jax.errors import ConfigError
-from qwen_audio_jax.sharding import axes as ax
+from qwen_audio_jax.model import axes
+from qwen_audio_jax.model.remat import REMAT_POLICIES
+from qwen_audio_jax.sharding.rules import LOGICAL_RULES, MESH_AXES, Rules
 
-# jax and flax are imported only inside the functions that read shapes: the tables and formulas are plain Python.
-Rules = Sequence[tuple[str, str | tuple[str, ...] | None]]
+# jax and flax are imported only inside the functions that read shapes (the tables and formulas are plain
+# Python), so `qwen-audio-jax plan --help` and its usage errors answer at once.
 
 KIB, MIB, GIB = 1024, 1024**2, 1024**3
 DTYPE_BYTES = {"bfloat16": 2, "float32": 4}
-REMAT_POLICIES = ("none", "full", "dots")
 LOGPROB_CHUNK = 128  # positions per lm_head chunk in model/logprobs.py (its default)
 DEFAULT_MARGIN = 0.9  # fraction of device memory a plan may use: the rest is XLA scratch and fragmentation
 
@@ -172,9 +174,9 @@ def param_shards(
     freeze_projector: bool = False,
 ) -> list[ParamShard]:
     """Every param with its sharding under `rules` on a mesh of `mesh_shape` (shapes only, no allocation),
-    and whether the optimizer trains it (training/optimizer.py's param groups)."""
+    and whether the optimizer trains it (the param groups of model/params.py)."""
+    from qwen_audio_jax.model.params import param_group
     from qwen_audio_jax.sharding.mesh import spec_for
-    from qwen_audio_jax.training.optimizer import param_group
 
     frozen_groups = {"frozen"} | ({"encoder"} if freeze_audio_encoder else set())
     frozen_groups |= {"projector"} if freeze_projector else set()
@@ -291,83 +293,94 @@ def _activations(cfg: ModelConfig, mesh: Mapping[str, int], rows: int, max_len: 
 
 
 # ---- the plan --------------------------------------------------------------------------------------------
-def plan(
-    config: ModelConfig,
-    mesh_shape: Mapping[str, int],
-    batch: int,
-    max_len: int,
-    train: bool = False,
-    *,
-    prompt_len: int | None = None,
-    param_dtype: str | None = None,
-    compute_dtype: str = "bfloat16",
-    freeze_audio_encoder: bool = True,
-    freeze_projector: bool = False,
-    grad_accum: int = 1,
-    reference: str = "none",
-    remat: str = "none",
-    rules: Rules | None = None,
-    model_name: str = "model",
-) -> MemoryPlan:
-    """Per-device bytes for `batch` sequences of `max_len` tokens on a mesh of `mesh_shape` ({axis: size},
-    missing axes 1). param_dtype defaults to the compute dtype for inference (params are cast on load) and
-    to float32 for training (fp32 master weights, DESIGN decision 7). prompt_len (inference prefill length,
-    <= max_len) defaults to max_len. Training only: freeze_*, grad_accum (micro-batches per step: `batch` is
-    one micro-batch, the sequences in memory at once), reference ("model": DPO with a reference copy in
-    memory; "none"/"precomputed": none)."""
-    mesh = {name: int(mesh_shape.get(name, 1)) for name in ax.MESH_AXES}
-    if set(mesh_shape) - set(ax.MESH_AXES) or min(mesh.values()) < 1:
-        raise ConfigError(f"bad mesh {dict(mesh_shape)}: axes are {', '.join(ax.MESH_AXES)}, sizes >= 1.")
-    if batch < 1 or max_len < 1:
-        raise ConfigError(f"batch ({batch}) and max_len ({max_len}) must be positive.")
-    prompt_len = max_len if prompt_len is None else prompt_len
-    if not 1 <= prompt_len <= max_len:
-        raise ConfigError(f"prompt_len ({prompt_len}) must be between 1 and max_len ({max_len}).")
-    if grad_accum < 1 or reference not in ("none", "precomputed", "model"):
-        raise ConfigError(f"grad_accum ({grad_accum}) must be >= 1 and reference ({reference!r}) one of "
-                          "none, precomputed, model.")  # fmt: skip
-    if remat not in REMAT_POLICIES:
-        raise ConfigError(f"unknown remat policy {remat!r}; choose one of {', '.join(REMAT_POLICIES)}.")
-    from qwen_audio_jax.sharding.mesh import spec_for
+@dataclasses.dataclass(frozen=True)
+class PlanRequest:
+    """What to plan. batch: sequences in memory at once (one micro-batch; DPO: chosen + rejected); max_len:
+    tokens per sequence (the KV cache length for inference); prompt_len: the inference prefill length
+    (default max_len); param_dtype: default the compute dtype for inference (params are cast on load) and
+    float32 for training (fp32 master weights); training only: freeze_*, grad_accum (micro-batches per step),
+    reference ("model": DPO with a reference copy in memory; "none"/"precomputed": none), remat (a policy of
+    model/remat.py; "dots_no_batch" is counted as "dots")."""
 
-    param_dtype = param_dtype or ("float32" if train else compute_dtype)
-    p, c = _dtype_bytes(param_dtype), _dtype_bytes(compute_dtype)
-    rules = rules if rules is not None else (ax.TRAIN_RULES if train else ax.INFERENCE_RULES)
-    frozen = train and freeze_audio_encoder
+    mesh: Mapping[str, int]
+    batch: int
+    max_len: int
+    train: bool = False
+    prompt_len: int | None = None
+    param_dtype: str | None = None
+    compute_dtype: str = "bfloat16"
+    freeze_audio_encoder: bool = True
+    freeze_projector: bool = False
+    grad_accum: int = 1
+    reference: str = "none"
+    remat: str = "none"
+    model_name: str = "model"
 
-    shards = param_shards(config, mesh, rules, freeze_audio_encoder=frozen, freeze_projector=train and freeze_projector)
+    def __post_init__(self):
+        if set(self.mesh) - set(MESH_AXES) or min(self.mesh.values(), default=1) < 1:
+            raise ConfigError(f"bad mesh {dict(self.mesh)}: axes are {', '.join(MESH_AXES)}, sizes >= 1.")
+        if self.batch < 1 or self.max_len < 1:
+            raise ConfigError(f"batch ({self.batch}) and max_len ({self.max_len}) must be positive.")
+        if self.prompt_len is not None and not 1 <= self.prompt_len <= self.max_len:
+            raise ConfigError(f"prompt_len ({self.prompt_len}) must be between 1 and max_len ({self.max_len}).")
+        if self.grad_accum < 1:
+            raise ConfigError(f"grad_accum ({self.grad_accum}) must be >= 1.")
+        if self.reference not in ("none", "precomputed", "model"):
+            raise ConfigError(f"reference {self.reference!r} must be one of none, precomputed, model.")
+        if self.remat not in REMAT_POLICIES:
+            raise ConfigError(f"unknown remat policy {self.remat!r}; choose one of {', '.join(REMAT_POLICIES)}.")
+        _dtype_bytes(self.compute_dtype)
+        if self.param_dtype is not None:
+            _dtype_bytes(self.param_dtype)
+
+
+def plan(config: ModelConfig, request: PlanRequest, rules: Rules = LOGICAL_RULES) -> MemoryPlan:
+    """Per-device bytes for `request` on a mesh of `request.mesh` ({axis: size}, missing axes 1)."""
+    r = request
+    mesh = {name: int(r.mesh.get(name, 1)) for name in MESH_AXES}
+    train = r.train
+    prompt_len = r.max_len if r.prompt_len is None else r.prompt_len
+    param_dtype = r.param_dtype or ("float32" if train else r.compute_dtype)
+    p, c = _dtype_bytes(param_dtype), _dtype_bytes(r.compute_dtype)
+    frozen = train and r.freeze_audio_encoder
+    remat = "dots" if r.remat == "dots_no_batch" else r.remat
+
+    shards = param_shards(config, mesh, rules, freeze_audio_encoder=frozen,
+                          freeze_projector=train and r.freeze_projector)  # fmt: skip
     trainable = [s for s in shards if s.trainable] if train else []
 
     # Batch axes as the engine uses them (mesh.batch_axes): the BATCH rule's axes of size > 1; the batch is
     # padded up to their product, never refused.
-    target = dict(rules)[ax.BATCH]
+    target = dict(rules)[axes.BATCH]
     batch_mesh_axes = (target,) if isinstance(target, str) else tuple(target or ())
     divisor = math.prod(mesh[a] for a in batch_mesh_axes)
-    padded = -(-batch // divisor) * divisor
+    padded = -(-r.batch // divisor) * divisor
     rows = padded // divisor
 
     kv = 0
     if not train:
+        from qwen_audio_jax.sharding.mesh import spec_for
+
         d = config.decoder
-        shape = (d.num_layers, padded, d.num_kv_heads, max_len, d.head_dim)  # [L, B, K, S, H]
-        spec = spec_for((ax.LAYERS, ax.BATCH, ax.ACT_HEADS, ax.CACHE_LENGTH, None), shape, ShapeMesh(mesh), rules)
+        shape = (d.num_layers, padded, d.num_kv_heads, r.max_len, d.head_dim)  # [L, B, K, S, H]
+        spec = spec_for(axes.CACHE_AXES, shape, ShapeMesh(mesh), rules)
         kv = 2 * math.prod(shape) * c // math.prod(mesh[a] for a in _spec_axes(spec))
 
+    layer_grad = _per_device([s for s in trainable if s.path.startswith("language_model/layers/")], p)
     return MemoryPlan(
-        model=model_name, mesh=mesh, train=train, batch=batch, padded_batch=padded, rows_per_device=rows,
-        max_len=max_len, prompt_len=prompt_len, param_dtype=param_dtype, compute_dtype=compute_dtype,
-        remat=remat, freeze_audio_encoder=frozen, freeze_projector=train and freeze_projector,
-        grad_accum=grad_accum if train else 1,
+        model=r.model_name, mesh=mesh, train=train, batch=r.batch, padded_batch=padded, rows_per_device=rows,
+        max_len=r.max_len, prompt_len=prompt_len, param_dtype=param_dtype, compute_dtype=r.compute_dtype,
+        remat=r.remat, freeze_audio_encoder=frozen, freeze_projector=train and r.freeze_projector,
+        grad_accum=r.grad_accum if train else 1,
         total_params=sum(s.size for s in shards), trainable_params=sum(s.size for s in trainable),
         weights=_per_device(shards, p),
         optimizer=_per_device(trainable, 8 + (4 if p < 4 else 0)),  # mu + nu fp32 (+ fp32 master if bf16)
-        gradients=_per_device(trainable, p) + (_per_device(shards, p) if train and grad_accum > 1 else 0),
-        reference_weights=_per_device(shards, p) if train and reference == "model" else 0,
+        gradients=_per_device(trainable, p) + (_per_device(shards, p) if train and r.grad_accum > 1 else 0),
+        reference_weights=_per_device(shards, p) if train and r.reference == "model" else 0,
         kv_cache=kv,
         activations=_activations(
-            config, mesh, rows, max_len, prompt_len, train, remat, frozen, c,
-            layer_grad=_per_device([s for s in trainable if s.path.startswith("language_model/layers/")], p)
-            // config.decoder.num_layers,
+            config, mesh, rows, r.max_len, prompt_len, train, remat, frozen, c,
+            layer_grad=layer_grad // config.decoder.num_layers,
             head_grad=_per_device([s for s in trainable if s.path.startswith("lm_head/")], p),
         ),
         gathered_weights=_gathered(shards, p, train, config) if mesh["fsdp"] > 1 else 0,
@@ -379,56 +392,3 @@ def fits(plan: MemoryPlan, device_bytes: int, margin: float = DEFAULT_MARGIN) ->
     return plan.total <= margin * device_bytes
 
 
-def human(n: int) -> str:
-    """Bytes as GiB (>= 1 GiB), MiB (>= 1 MiB), KiB or B."""
-    for unit, size in (("GiB", GIB), ("MiB", MIB), ("KiB", KIB)):
-        if n >= size:
-            return f"{n / size:.2f} {unit}"
-    return f"{n} B"
-
-
-def to_dict(plan: MemoryPlan, device: str | None = None, device_memory: int | None = None,
-            margin: float = DEFAULT_MARGIN) -> dict:  # fmt: skip
-    """JSON-ready: every field, the total, and the fit verdict when a device size is given."""
-    out = dataclasses.asdict(plan)
-    out["num_devices"] = plan.num_devices
-    out["total"] = plan.total
-    if device_memory is not None:
-        out.update(device=device, device_memory=device_memory, margin=margin,
-                   usable=int(margin * device_memory), fits=fits(plan, device_memory, margin))  # fmt: skip
-    return out
-
-
-def format_plan(plan: MemoryPlan, device: str | None = None, device_memory: int | None = None,
-                margin: float = DEFAULT_MARGIN) -> str:  # fmt: skip
-    """A human table of per-device bytes, with the fit verdict when a device size is given."""
-    mesh = ",".join(f"{k}={v}" for k, v in plan.mesh.items())
-    job = "training" if plan.train else "inference"
-    encoder = "frozen" if plan.freeze_audio_encoder else "trained"
-    lines = [
-        f"{plan.model}: {job} on mesh {mesh} ({plan.num_devices} device{'s' if plan.num_devices > 1 else ''})",
-        f"batch {plan.batch}" + (f" (padded to {plan.padded_batch})" if plan.padded_batch != plan.batch else "")
-        + f", {plan.rows_per_device} per device; max-len {plan.max_len}"
-        + ("" if plan.train or plan.prompt_len == plan.max_len else f" (prompt {plan.prompt_len})"),
-        f"params {plan.param_dtype}, compute {plan.compute_dtype}"
-        + (f", remat {plan.remat}, audio encoder {encoder}" if plan.train else "")
-        + (", projector frozen" if plan.freeze_projector else "")
-        + (f", grad accum {plan.grad_accum}" if plan.grad_accum > 1 else ""),
-        f"parameters {plan.total_params:,}" + (f" (trainable {plan.trainable_params:,})" if plan.train else ""),
-        "",
-        f"{'per device':<22}{'':>12}{'bytes':>18}",
-    ]  # fmt: skip
-    for field, label in CATEGORIES:
-        n = getattr(plan, field)
-        lines.append(f"{label:<22}{human(n):>12}{n:>18,}")
-    lines.append(f"{'total':<22}{human(plan.total):>12}{plan.total:>18,}")
-    if device_memory is not None:
-        usable = int(margin * device_memory)
-        ok = fits(plan, device_memory, margin)
-        spare = human(abs(usable - plan.total))
-        verdict = f"fits ({spare} to spare)" if ok else f"does not fit ({spare} over)"
-        name = f"{device} " if device else ""
-        lines += ["", f"device {name}{human(device_memory)} x {margin:.0%} usable = {human(usable)}: {verdict}"]
-        if device and not device.startswith("tpu"):
-            lines.append("note: JAX preallocates 75% of GPU memory by default; set XLA_PYTHON_CLIENT_MEM_FRACTION=.95")
-    return "\n".join(lines)

@@ -143,14 +143,33 @@ def render_chat(messages: Sequence[dict], template: str | None = None, *, add_ge
         raise PromptError(f"the chat template cannot render these messages: {e}") from e
 
 
+ROLES = ("system", "user", "assistant")
+PART_TYPES = ("text", "audio", "audio_url")
+
+
 def _check_messages(messages) -> None:
+    """Refuses what the templates would silently mis-render: unknown roles, non-audio media, unknown parts."""
     if not isinstance(messages, (list, tuple)) or not messages:
         raise PromptError("messages must be a non-empty list of {'role': ..., 'content': ...} turns")
     for i, m in enumerate(messages):
         if not isinstance(m, dict) or "role" not in m or "content" not in m:
             raise PromptError(f"message {i} must be a dict with 'role' and 'content', got {m!r:.80}")
+        if m["role"] not in ROLES:
+            raise PromptError(f"message {i} has role {m['role']!r}; use one of {', '.join(ROLES)}.")
         if not isinstance(m["content"], (str, list, tuple)):
             raise PromptError(f"message {i}: content must be a string or a list of parts, got {type(m['content'])}")
+        if isinstance(m["content"], str):
+            continue
+        for part in m["content"]:
+            if not isinstance(part, dict):
+                raise PromptError(f'message {i}: a content part must be a dict such as {{"type": "text", '
+                                  f'"text": ...}}, got {part!r:.60}')  # fmt: skip
+            kind = part.get("type", "audio" if ("audio" in part or "audio_url" in part) else "text")
+            if kind not in PART_TYPES:
+                raise PromptError(f"message {i}: content of type {kind!r} is not supported (an audio-language "
+                                  f"model takes {', '.join(PART_TYPES)}).")  # fmt: skip
+            if kind == "text" and not isinstance(part.get("text"), str):
+                raise PromptError(f'message {i}: a text part needs a string "text", got {part!r:.60}')
 
 
 def is_audio_part(message: dict, part) -> bool:

@@ -23,13 +23,21 @@ from pathlib import Path
 import numpy as np
 
 from qwen_audio_jax.audio.features import log_mel_numpy, mel_length
+from qwen_audio_jax.audio.lengths import num_audio_tokens
 from qwen_audio_jax.audio.load import LONG_AUDIO_POLICIES, SAMPLE_RATE, as_waveform, load_audio, split_long_audio
+from qwen_audio_jax.config import MODEL_TYPES, QWEN_AUDIO_V1
 from qwen_audio_jax.errors import ConfigError, PromptError, QwenAudioError
-from qwen_audio_jax.model.audio_encoder import num_audio_tokens
-from qwen_audio_jax.text import chat_template as ct
+from qwen_audio_jax.text.chat_template import (
+    audio_parts,
+    load_chat_template,
+    make_context_v1,
+    render_chat,
+    v1_extract_audio_paths,
+    v1_messages_to_context_args,
+)
 from qwen_audio_jax.text.tokenizer import AUDIO_BOS, AUDIO_EOS, AUDIO_TOKEN, Tokenizer, load_tokenizer
 
-VARIANTS = ("qwen2_audio", "qwen_audio_v1")
+VARIANTS = MODEL_TYPES
 
 
 @dataclass
@@ -116,18 +124,19 @@ class Processor:
       n_mels: mel bins; None -> 128 (Qwen2-Audio) / 80 (v1).
       length_rule: mel length of a clip, "ceil" (Qwen2-Audio, HF) or "floor" (v1); None -> the variant's.
       long_audio: "truncate" (reference) or "chunk" (see module docstring).
-      variant: "qwen2_audio" or "qwen_audio_v1"; None -> the tokenizer's.
+      variant: "qwen2_audio" or QWEN_AUDIO_V1; None -> the tokenizer's.
     """
 
     def __init__(self, tokenizer: Tokenizer, chat_template: str | None = None, n_mels: int | None = None,
-                 length_rule: str | None = None, long_audio: str = "truncate", variant: str | None = None):
+                 length_rule: str | None = None, long_audio: str = "truncate", variant: str | None = None,
+                 chat_format: str | None = None):
         variant = variant or tokenizer.variant
         if variant not in VARIANTS:
             raise ConfigError(f"unknown model variant {variant!r}; use one of {', '.join(VARIANTS)}")
         if variant != tokenizer.variant:
             raise ConfigError(f"variant {variant!r} needs a {variant} tokenizer, got a {tokenizer.variant} one "
                               f"({tokenizer.source})")
-        v1 = variant == "qwen_audio_v1"
+        v1 = variant == QWEN_AUDIO_V1
         self.tokenizer, self.variant, self.chat_template = tokenizer, variant, chat_template
         self.n_mels = int(n_mels or (80 if v1 else 128))
         self.length_rule = length_rule or ("floor" if v1 else "ceil")
@@ -136,13 +145,17 @@ class Processor:
         if long_audio not in LONG_AUDIO_POLICIES:
             raise ConfigError(f"long_audio must be one of {', '.join(LONG_AUDIO_POLICIES)}, got {long_audio!r}")
         self.long_audio = long_audio
+        self.chat_format = chat_format  # v1's generation_config.json "chat_format": "chatml" (Chat) or "raw"
         # Resolve the audio ids now, so a tokenizer without them fails here rather than per request.
         self.audio_token_id, self.audio_bos_id, self.audio_eos_id = (
             tokenizer.audio_token_id, tokenizer.audio_bos_id, tokenizer.audio_eos_id)
 
     @property
-    def has_checkpoint_chat_template(self) -> bool:
-        """True when the checkpoint shipped its own chat template (an Instruct model), not the built-in default."""
+    def is_chat(self) -> bool:
+        """A chat checkpoint: Qwen2-Audio with its own chat template (Instruct), Qwen-Audio-Chat (chatml). Task
+        presets then use chat turns; base models get their raw prompt forms."""
+        if self.variant == QWEN_AUDIO_V1:
+            return self.chat_format == "chatml"
         return self.chat_template is not None
 
     @classmethod
@@ -152,13 +165,15 @@ class Processor:
 
         model_dir = Path(model_dir)
         tokenizer = load_tokenizer(model_dir)
-        kwargs = {"chat_template": ct.load_chat_template(model_dir)}
-        pre = model_dir / "preprocessor_config.json"
-        if pre.is_file():
-            try:
-                kwargs["n_mels"] = json.loads(pre.read_text(encoding="utf-8")).get("feature_size")
-            except ValueError as e:
-                raise ConfigError(f"cannot parse {pre}: {e}") from e
+        kwargs = {"chat_template": load_chat_template(model_dir)}
+        for name, key, field in (("preprocessor_config.json", "feature_size", "n_mels"),
+                                 ("generation_config.json", "chat_format", "chat_format")):  # fmt: skip
+            path = model_dir / name
+            if path.is_file():
+                try:
+                    kwargs[field] = json.loads(path.read_text(encoding="utf-8")).get(key)
+                except ValueError as e:
+                    raise ConfigError(f"cannot parse {path}: {e}") from e
         kwargs.update(overrides)
         return cls(tokenizer, **kwargs)
 
@@ -190,18 +205,18 @@ class Processor:
         `audio`) or `<audio>path</audio>` (v1; `audio`, if given, replaces the span paths in order)."""
         if not isinstance(prompt, str):
             raise PromptError(f"a prompt must be a string, got {type(prompt)}")
-        if self.variant == "qwen_audio_v1":
+        if self.variant == QWEN_AUDIO_V1:
             return self._prepare_v1_prompt(prompt, audio, completion)
         return self._prepare_v2_text(prompt, list(audio or []), completion)
 
     def prepare_messages(self, messages: Sequence[dict], completion: str | None = None,
                          add_generation_prompt: bool = True) -> PreparedRequest:
         """Chat turns; audio parts `{"type": "audio", "audio": path_or_array}` (or `audio_url`/`url`/`path`)."""
-        if self.variant == "qwen_audio_v1":
+        if self.variant == QWEN_AUDIO_V1:
             return self._prepare_v1_messages(messages, completion)
-        text = ct.render_chat(messages, self.chat_template, add_generation_prompt=add_generation_prompt,
+        text = render_chat(messages, self.chat_template, add_generation_prompt=add_generation_prompt,
                               special_tokens=getattr(self.tokenizer, "special_tokens_map", None))
-        return self._prepare_v2_text(text, ct.audio_parts(messages), completion)
+        return self._prepare_v2_text(text, audio_parts(messages), completion)
 
     def prepare(self, request: dict) -> PreparedRequest:
         """A request record: {"messages": [...]} or {"prompt": str, "audio": [...]}, optional "completion"."""
@@ -265,7 +280,7 @@ class Processor:
         return self.collate(prepared, padding_side=padding_side, pad_to_length=pad_to_length)
 
     def _count_placeholders(self, text: str) -> int:
-        return len(ct.v1_extract_audio_paths(text)) if self.variant == "qwen_audio_v1" else text.count(AUDIO_TOKEN)
+        return len(v1_extract_audio_paths(text)) if self.variant == QWEN_AUDIO_V1 else text.count(AUDIO_TOKEN)
 
     # -- Qwen2-Audio -------------------------------------------------------------------------------------------------
 
@@ -333,7 +348,7 @@ class Processor:
         return out
 
     def _prepare_v1_prompt(self, prompt: str, audio: Sequence | None, completion: str | None) -> PreparedRequest:
-        labels = ct.v1_extract_audio_paths(prompt)
+        labels = v1_extract_audio_paths(prompt)
         sources = labels if audio is None else list(audio)
         if len(sources) != len(labels):
             raise PromptError(f"the prompt has {len(labels)} <audio>...</audio> spans but {len(sources)} audio "
@@ -344,7 +359,7 @@ class Processor:
                             completion, prompt)
 
     def _prepare_v1_messages(self, messages: Sequence[dict], completion: str | None) -> PreparedRequest:
-        system, history, query, label_sources = ct.v1_messages_to_context_args(messages)
+        system, history, query, label_sources = v1_messages_to_context_args(messages)
         cache: dict[str, list] = {}  # span label -> clips; make_context may encode a turn and then drop it
 
         def clips_of(label: str) -> list:
@@ -354,9 +369,9 @@ class Processor:
 
         def encode(text: str) -> list[int]:
             ids = self.tokenizer.encode(text, allowed_special=self.tokenizer.audio_special_tokens)
-            return self._expand_v1_spans(ids, [clips_of(l) for l in ct.v1_extract_audio_paths(text)])
+            return self._expand_v1_spans(ids, [clips_of(l) for l in v1_extract_audio_paths(text)])
 
-        raw_text, ids = ct.make_context_v1(self.tokenizer, query, history, system, encode=encode)
-        clip_lists = [clips_of(l) for l in ct.v1_extract_audio_paths(raw_text)]  # the turns that were kept
+        raw_text, ids = make_context_v1(self.tokenizer, query, history, system, encode=encode)
+        clip_lists = [clips_of(l) for l in v1_extract_audio_paths(raw_text)]  # the turns that were kept
         return self._finish(ids, [m for c in clip_lists for m, _ in c], [L for c in clip_lists for _, L in c],
                             completion, raw_text)

@@ -29,8 +29,9 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from qwen_audio_jax.config import QWEN_AUDIO_V1
 from qwen_audio_jax.errors import AudioError, ConfigError, DataError, QwenAudioError
-from qwen_audio_jax.text import chat_template as ct
+from qwen_audio_jax.text.chat_template import v1_extract_audio_paths
 from qwen_audio_jax.text.processor import PreparedRequest, Processor
 from qwen_audio_jax.text.tokenizer import AUDIO_TOKEN
 from qwen_audio_jax.training.formats import parse_record
@@ -63,19 +64,12 @@ class PreparedPair:
 # -- reading ----------------------------------------------------------------------------------------------------------
 
 
-def read_preference_file(path: str | Path) -> tuple[list[PreferenceExample], list[tuple[str, str]]]:
-    """Parse a preference file. Returns (examples, [(id, error sentence)] of the records that could not be used).
+def read_examples(path: str | Path, preference: bool) -> tuple[list[PreferenceExample], list[tuple[str, str]]]:
+    """Parse a training file: preference pairs (preference=True) or SFT examples (rejected=None). Returns
+    (examples, [(id, error sentence)] of the records that could not be used).
 
     Raises DataError only for the file as a whole (missing, not UTF-8, a JSON array that does not parse)."""
-    return _read(Path(path), sft=False)
-
-
-def read_sft_file(path: str | Path) -> tuple[list[PreferenceExample], list[tuple[str, str]]]:
-    """Parse an SFT file (examples have rejected=None); same contract as `read_preference_file`."""
-    return _read(Path(path), sft=True)
-
-
-def _read(path: Path, sft: bool) -> tuple[list[PreferenceExample], list[tuple[str, str]]]:
+    path = Path(path)
     base_dir = path.absolute().parent
     examples, errors, seen = [], [], {}
     for n, where, rec in _records(path):
@@ -86,7 +80,7 @@ def _read(path: Path, sft: bool) -> tuple[list[PreferenceExample], list[tuple[st
                 raise rec
             if rid in seen:
                 raise DataError(f"duplicate id {rid!r} (first used on {seen[rid]}); give every record its own id")
-            request, chosen, rejected = parse_record(rec, base_dir, sft)
+            request, chosen, rejected = parse_record(rec, base_dir, preference)
         except DataError as e:
             errors.append((rid, f"{path.name} {where}: {e}"))
             continue
@@ -179,7 +173,7 @@ def validate_examples(examples: Sequence[PreferenceExample], processor: Processo
     """Prepare every example; drop (never truncate) the ones that cannot be trained on.
 
     Args:
-      examples: from `read_preference_file` / `read_sft_file`.
+      examples: from `read_examples`.
       processor: the model's processor; each example's audio is loaded and featurized once (`prepare_completions`).
       max_length: the longest sequence (prompt + completion tokens, audio tokens included) a batch row may hold;
         an example whose chosen or rejected sequence is longer is dropped as "too long".
@@ -236,12 +230,12 @@ def validate_examples(examples: Sequence[PreferenceExample], processor: Processo
 def _placeholder_mismatch(request: dict, variant: str) -> str | None:
     """Why the request's audio placeholders and audio files disagree, or None. Checked before any audio is loaded,
     so this category is told apart from other prompt errors without parsing the processor's messages."""
-    v1 = variant == "qwen_audio_v1"
+    v1 = variant == QWEN_AUDIO_V1
     if "prompt" in request:
         prompt, audio = request["prompt"], request.get("audio")
         if v1 and audio is None:  # v1 loads the paths written inside its <audio>...</audio> spans
             return None
-        n = len(ct.v1_extract_audio_paths(prompt)) if v1 else prompt.count(AUDIO_TOKEN)
+        n = len(v1_extract_audio_paths(prompt)) if v1 else prompt.count(AUDIO_TOKEN)
         what, k = ("<audio>...</audio> spans" if v1 else f"{AUDIO_TOKEN} placeholders"), len(audio or [])
         return None if n == k else f"the prompt has {n} {what} but {k} audio files; give one file per placeholder"
     for i, m in enumerate([] if v1 else request.get("messages") or []):

@@ -16,19 +16,19 @@ _TOOL_ROLES = ("observation", "function", "function_call", "tool")
 # -- record forms -----------------------------------------------------------------------------------------------------
 
 
-def parse_record(rec, base_dir: Path, sft: bool) -> tuple[dict, str, str | None]:
+def parse_record(rec, base_dir: Path, preference: bool) -> tuple[dict, str, str | None]:
     """One record of any form -> (prompt request, chosen, rejected or None). Raises DataError naming the field."""
     if not isinstance(rec, dict):
         raise DataError(f"a record must be a JSON object, got {type(rec).__name__}")
     if "conversations" in rec or "audios" in rec:
-        return _parse_sharegpt(rec, base_dir, sft)
+        return _parse_sharegpt(rec, base_dir, preference)
     prompt = rec.get("prompt")
     if "messages" in rec:
         if "audio" in rec:
             raise DataError("a top-level 'audio' list goes with 'prompt' only; put each clip inside 'messages' as "
                             "{'type': 'audio', 'audio': path}")
         messages = _messages(rec["messages"], base_dir, "messages")
-        if sft and "chosen" not in rec and "completion" not in rec:
+        if not preference and "chosen" not in rec and "completion" not in rec:
             return _split_last_turn(messages, "messages")
         request = {"messages": messages}
     elif isinstance(prompt, str):  # ours (and TRL's standard form when there is no audio)
@@ -38,23 +38,26 @@ def parse_record(rec, base_dir: Path, sft: bool) -> tuple[dict, str, str | None]
     elif isinstance(prompt, list):  # TRL conversational
         request = {"messages": _messages(prompt, base_dir, "prompt")}
     elif prompt is None and isinstance(rec.get("chosen"), list):
-        return _parse_implicit(rec, base_dir, sft)
+        return _parse_implicit(rec, base_dir, preference)
     else:
         raise DataError(f"unknown record form (keys {sorted(rec)}); give 'messages' or 'prompt' with 'chosen' and "
                         "'rejected', TRL's prompt/chosen/rejected turns, or LLaMA-Factory's 'conversations'")
-    return (request, *_targets(rec, sft))
+    return (request, *_targets(rec, preference))
 
 
-def _targets(rec: dict, sft: bool) -> tuple[str, str | None]:
-    key = "completion" if sft and "chosen" not in rec else "chosen"
+def _targets(rec: dict, preference: bool) -> tuple[str, str | None]:
+    if "completion" in rec and "chosen" in rec:
+        raise DataError("the record has both 'completion' and 'chosen'; give one")
+    key = "completion" if not preference and "chosen" not in rec else "chosen"
     if key not in rec:
-        raise DataError(f"missing '{key}'" + ("" if sft else "; a preference record needs 'chosen' and 'rejected'"))
+        raise DataError(f"missing '{key}'" + ("; a preference record needs 'chosen' and 'rejected'" if preference
+                                              else ""))  # fmt: skip
     chosen = _completion(rec[key], key)
-    if sft:
+    if not preference:
         return chosen, None
     if "rejected" not in rec:
         raise DataError("missing 'rejected'; a preference record needs both 'chosen' and 'rejected' "
-                        "(use read_sft_file for SFT data)")
+                        "(SFT data trains with `qwen-audio-jax sft`)")
     return _pair(chosen, _completion(rec["rejected"], "rejected"))
 
 
@@ -64,17 +67,17 @@ def _pair(chosen: str, rejected: str) -> tuple[str, str]:
     return chosen, rejected
 
 
-def _parse_implicit(rec: dict, base_dir: Path, sft: bool) -> tuple[dict, str, str | None]:
+def _parse_implicit(rec: dict, base_dir: Path, preference: bool) -> tuple[dict, str, str | None]:
     """TRL's implicit prompt: whole conversations; the prompt is every turn but the last, which must be shared."""
     chosen = _messages(rec["chosen"], base_dir, "chosen")
-    if sft and rec.get("rejected") is None:
+    if not preference and rec.get("rejected") is None:
         return _split_last_turn(chosen, "chosen")
     rejected = _messages(rec.get("rejected"), base_dir, "rejected")
     if len(chosen) < 2 or chosen[:-1] != rejected[:-1]:
         raise DataError("'chosen' and 'rejected' (whole conversations, no 'prompt') must share every turn but the "
                         "last, which is the assistant's answer; or give the shared turns as 'prompt'")
     request, text, _ = _split_last_turn(chosen, "chosen")
-    return (request, text, None) if sft else (request, *_pair(text, _completion(rejected[-1], "rejected")))
+    return (request, text, None) if not preference else (request, *_pair(text, _completion(rejected[-1], "rejected")))
 
 
 def _split_last_turn(messages: list[dict], what: str) -> tuple[dict, str, None]:
@@ -84,7 +87,7 @@ def _split_last_turn(messages: list[dict], what: str) -> tuple[dict, str, None]:
     return {"messages": messages[:-1]}, _completion(messages[-1], f"{what}[-1]"), None
 
 
-def _parse_sharegpt(rec: dict, base_dir: Path, sft: bool) -> tuple[dict, str, str | None]:
+def _parse_sharegpt(rec: dict, base_dir: Path, preference: bool) -> tuple[dict, str, str | None]:
     """LLaMA-Factory sharegpt (`ranking` for preferences): from/value turns, `<audio>` placeholders + "audios"."""
     turns = rec.get("conversations", rec.get("messages"))
     if not isinstance(turns, list) or not turns:
@@ -111,8 +114,8 @@ def _parse_sharegpt(rec: dict, base_dir: Path, sft: bool) -> tuple[dict, str, st
         messages.append({"role": role, "content": content})
     if isinstance(rec.get("system"), str) and rec["system"] and messages[0]["role"] != "system":
         messages.insert(0, {"role": "system", "content": rec["system"]})
-    if "chosen" in rec or not sft:
-        return ({"messages": messages}, *_targets(rec, sft))
+    if "chosen" in rec or preference:
+        return ({"messages": messages}, *_targets(rec, preference))
     return _split_last_turn(messages, "conversations")
 
 

@@ -43,12 +43,10 @@ class LossConfig:
             raise ConfigError("loss.beta must be > 0.")
 
     @property
-    def needs_reference(self) -> bool:
+    def is_preference(self) -> bool:
+        """True when a loss compares chosen and rejected completions against a reference (DPO and its
+        relatives); False for pure SFT (chosen completions only, no reference). The one name for it."""
         return any(t != "sft" for t in self.types)
-
-    @property
-    def needs_rejected(self) -> bool:
-        return self.needs_reference
 
 
 def per_pair_losses(kind: str, pi_c, pi_r, ref_c, ref_r, n_c, n_r, beta: float, eps: float):

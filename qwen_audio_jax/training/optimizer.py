@@ -1,11 +1,17 @@
-"""AdamW with warmup + cosine decay, global-norm clipping, freezing and per-group learning rates.
+"""AdamW with warmup + cosine decay, global-norm clipping, freezing, per-group learning rates and layer-wise
+learning-rate decay for the audio encoder.
 
 Defaults follow Qwen-Audio's published fine-tuning hyper-parameters (AdamW b1 0.9, b2 0.98, eps 1e-6,
-weight decay 0.05, clip 1.0, cosine schedule). Param groups: "encoder" (audio_tower), "projector"
-(multi_modal_projector), "lm" (everything else) and "frozen" (the encoder's stored positional embedding, which
-the reference never trains). A frozen group gets `set_to_zero`, which keeps no optimizer
+weight decay 0.05, clip 1.0, cosine schedule). Param groups (model/params.py): "encoder" (audio_tower),
+"projector" (multi_modal_projector), "lm" (everything else) and "frozen" (the encoder's stored positional
+embedding, which the reference never trains). A frozen group gets `set_to_zero`, which keeps no optimizer
 state, so freezing the 637M-parameter encoder also saves its 5 GB of fp32 Adam moments on a 7B run.
 Weight decay applies to matrices only (kernels, embeddings), not to biases or norm scales.
+
+Layer-wise decay (`encoder_layer_decay`, Qwen-Audio's pre-training table: 0.95): the encoder's updates are
+scaled by decay**depth, depth counted from the top: its final LayerNorm and last layer 1, each layer below one
+more, the conv stem L + 1. 1.0 is the plain optimizer (bit for bit); 0 freezes the encoder, as Qwen-Audio's SFT
+stage did.
 """
 
 from __future__ import annotations
@@ -14,9 +20,11 @@ import dataclasses
 from typing import Callable
 
 import jax
+import jax.numpy as jnp
 import optax
 
 from qwen_audio_jax.errors import ConfigError
+from qwen_audio_jax.model.params import param_group
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,12 +40,23 @@ class OptimConfig:
     freeze_audio_encoder: bool = True
     freeze_projector: bool = False
     encoder_lr_multiplier: float = 1.0  # only used when the encoder is trained
+    encoder_layer_decay: float = 1.0  # layer-wise learning-rate decay in the encoder (see the module docstring)
 
     def __post_init__(self):
         if self.learning_rate <= 0 or self.min_learning_rate < 0 or self.min_learning_rate > self.learning_rate:
             raise ConfigError("optim: need learning_rate > 0 and 0 <= min_learning_rate <= learning_rate.")
         if self.warmup_steps < 0:
             raise ConfigError("optim.warmup_steps must be >= 0.")
+        if not 0.0 <= self.encoder_layer_decay <= 1.0:
+            raise ConfigError(f"optim.encoder_layer_decay={self.encoder_layer_decay} must be in [0, 1].")
+        if self.encoder_lr_multiplier < 0 or self.weight_decay < 0 or self.clip_norm < 0:
+            raise ConfigError("optim: encoder_lr_multiplier, weight_decay and clip_norm must be >= 0.")
+        if not (0 <= self.b1 < 1 and 0 <= self.b2 < 1 and self.eps > 0):
+            raise ConfigError("optim: need 0 <= b1, b2 < 1 and eps > 0.")
+
+    @property
+    def encoder_frozen(self) -> bool:
+        return self.freeze_audio_encoder or self.encoder_layer_decay == 0.0
 
 
 def schedule(cfg: OptimConfig, total_steps: int) -> Callable[[int], jax.Array]:
@@ -52,13 +71,26 @@ def schedule(cfg: OptimConfig, total_steps: int) -> Callable[[int], jax.Array]:
     )
 
 
-def param_group(path: tuple[str, ...]) -> str:
-    if path[:2] == ("audio_tower", "embed_positions"):
-        return "frozen"  # the reference never trains it (requires_grad_(False))
-    return {"audio_tower": "encoder", "multi_modal_projector": "projector"}.get(path[0], "lm")
+def encoder_depth_scale(decay: float, num_layers: int) -> optax.GradientTransformation:
+    """Scales encoder updates by decay**depth (module docstring); stacked layers [L, ...] per layer index."""
+    layer_scale = jnp.asarray([decay ** (num_layers - i) for i in range(num_layers)], jnp.float32)
+
+    def scale(path, u):
+        keys = tuple(k.key for k in path)
+        if keys[:2] == ("audio_tower", "layers"):
+            return u * layer_scale.reshape((-1,) + (1,) * (u.ndim - 1)).astype(u.dtype)
+        if keys[:2] in (("audio_tower", "conv1"), ("audio_tower", "conv2")):
+            return u * jnp.asarray(decay ** (num_layers + 1), u.dtype)
+        return u * jnp.asarray(decay, u.dtype)  # the final LayerNorm sits with the last layer
+
+    def update(updates, state, params=None):
+        return jax.tree_util.tree_map_with_path(scale, updates), state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
-def make_optimizer(cfg: OptimConfig, total_steps: int) -> tuple[optax.GradientTransformation, Callable]:
+def make_optimizer(cfg: OptimConfig, total_steps: int, encoder_layers: int = 0
+                   ) -> tuple[optax.GradientTransformation, Callable]:  # fmt: skip
     """(optimizer, learning-rate schedule). The optimizer expects the model's nested param dict."""
     lr = schedule(cfg, total_steps)
 
@@ -67,9 +99,12 @@ def make_optimizer(cfg: OptimConfig, total_steps: int) -> tuple[optax.GradientTr
         return optax.adamw(scaled, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay,
                            mask=_decay_mask)  # fmt: skip
 
+    encoder = adamw(cfg.encoder_lr_multiplier)
+    if cfg.encoder_layer_decay != 1.0:
+        encoder = optax.chain(encoder, encoder_depth_scale(cfg.encoder_layer_decay, encoder_layers))
     groups = {
         "frozen": optax.set_to_zero(),
-        "encoder": optax.set_to_zero() if cfg.freeze_audio_encoder else adamw(cfg.encoder_lr_multiplier),
+        "encoder": optax.set_to_zero() if cfg.encoder_frozen else encoder,
         "projector": optax.set_to_zero() if cfg.freeze_projector else adamw(1.0),
         "lm": adamw(1.0),
     }

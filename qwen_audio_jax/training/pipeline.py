@@ -17,7 +17,7 @@ from typing import Sequence
 import grain
 import numpy as np
 
-from qwen_audio_jax.generation.buckets import Buckets
+from qwen_audio_jax.batching.buckets import Buckets
 from qwen_audio_jax.text.processor import PreparedRequest, Processor
 
 
@@ -33,19 +33,19 @@ class PipelineConfig:
 class ExamplePreparer:
     """index -> [chosen PreparedRequest, rejected PreparedRequest (DPO only)], the clips shared."""
 
-    def __init__(self, examples: Sequence, processor: Processor, with_rejected: bool, completion_suffix: str = ""):
-        self.examples, self.processor, self.with_rejected = examples, processor, with_rejected
+    def __init__(self, examples: Sequence, processor: Processor, preference: bool, completion_suffix: str = ""):
+        self.examples, self.processor, self.preference = examples, processor, preference
         self.suffix = completion_suffix  # the end-of-turn token, so the policy learns to stop
 
     def __call__(self, index: int) -> tuple[int, list[PreparedRequest]]:
         ex = self.examples[int(index)]
-        completions = [ex.chosen, ex.rejected] if self.with_rejected else [ex.chosen]
+        completions = [ex.chosen, ex.rejected] if self.preference else [ex.chosen]
         completions = [c + self.suffix for c in completions]
         return int(index), self.processor.prepare_completions(ex.request, completions)
 
 
 def make_iterator(examples: Sequence, processor: Processor, cfg: PipelineConfig, total_steps: int, *,
-                  with_rejected: bool, process_index: int = 0, process_count: int = 1):  # fmt: skip
+                  preference: bool, process_index: int = 0, process_count: int = 1):  # fmt: skip
     """A grain iterator over this process's micro-batches (lists of (index, prepared)), with get_state() and
     set_state().
 
@@ -58,7 +58,7 @@ def make_iterator(examples: Sequence, processor: Processor, cfg: PipelineConfig,
     epochs = math.ceil(total_steps * cfg.grad_accum * global_pairs / n) + 1
     ds = grain.MapDataset.range(n).shuffle(seed=cfg.seed).repeat(epochs)
     ds = ds.batch(global_pairs, drop_remainder=True, batch_fn=list)
-    prepare = ExamplePreparer(examples, processor, with_rejected, cfg.completion_suffix)
+    prepare = ExamplePreparer(examples, processor, preference, cfg.completion_suffix)
     mine = slice(process_index * cfg.batch_pairs, (process_index + 1) * cfg.batch_pairs)
     ds = ds.map(lambda indices: [prepare(i) for i in indices[mine]])
     options = grain.ReadOptions(num_threads=cfg.num_threads, prefetch_buffer_size=2 * cfg.grad_accum)
@@ -89,11 +89,11 @@ def batch_shape(micro_batches: list[list[tuple[int, list[PreparedRequest]]]], bu
 
 
 def collate_step(micro_batches, shape: BatchShape, pad_id: int, n_mels: int, ref_table: dict | None = None,
-                 with_rejected: bool = True) -> dict[str, np.ndarray]:  # fmt: skip
+                 preference: bool = True) -> dict[str, np.ndarray]:  # fmt: skip
     """Stacks A micro-batches of B examples into arrays [A, K, B, T] (K = 2: chosen, rejected; K = 1 for SFT),
     right-padded; clips [A, C, M, F] in pair order, once per pair (chosen and rejected share them)."""
     a, b = len(micro_batches), len(micro_batches[0])
-    k_rows = 2 if with_rejected else 1
+    k_rows = 2 if preference else 1
     t = shape.length
     out = {
         "tokens": np.full((a, k_rows, b, t), pad_id, np.int32),

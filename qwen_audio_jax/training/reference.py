@@ -14,11 +14,10 @@ import json
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 from tqdm import tqdm
 
 from qwen_audio_jax.errors import ConfigError
-from qwen_audio_jax.generation.buckets import Buckets
+from qwen_audio_jax.batching.buckets import Buckets
 from qwen_audio_jax.model.logprobs import completion_logprobs
 from qwen_audio_jax.training.pipeline import ExamplePreparer, batch_shape, collate_step
 
@@ -40,11 +39,11 @@ def reference_model_dir(cfg) -> str:
     return cfg.reference.model or cfg.model
 
 
-def compute_reference_table(model, params, examples, processor, pad_id: int, batch_size: int,
+def compute_reference_table(module, params, examples, processor, placement, pad_id: int, batch_size: int,
                             completion_suffix: str = "", progress: bool = True) -> dict[int, list[float]]:  # fmt: skip
     """{example index: [log p_ref(chosen), log p_ref(rejected)]} over all examples, in order (the same
     sequences, suffix included, that training scores)."""
-    prepare = ExamplePreparer(examples, processor, with_rejected=True, completion_suffix=completion_suffix)
+    prepare = ExamplePreparer(examples, processor, preference=True, completion_suffix=completion_suffix)
     buckets = Buckets()
     fns: dict[int, object] = {}
     table: dict[int, list[float]] = {}
@@ -53,15 +52,15 @@ def compute_reference_table(model, params, examples, processor, pad_id: int, bat
         shape = batch_shape([micro], buckets)
         arrays = collate_step([micro], shape, pad_id, processor.n_mels)
         if shape.completion not in fns:
-            fns[shape.completion] = jax.jit(functools.partial(completion_logprobs, model, clip_repeats=2,
+            fns[shape.completion] = jax.jit(functools.partial(completion_logprobs, module, clip_repeats=2,
                                                               max_completion=shape.completion))  # fmt: skip
         fn = fns[shape.completion]
-        rows = lambda x: jnp.asarray(x[0].reshape(-1, x.shape[-1]))  # noqa: E731  [K, B, T] -> [K*B, T]
+        rows = lambda x: placement.put(x[0].reshape(-1, x.shape[-1]))  # noqa: E731  [K, B, T] -> [K*B, T]
         mel = arrays.get("mel")
         out = fn(params, rows(arrays["tokens"]), rows(arrays["mask"]), rows(arrays["completion_mask"]),
-                 None if mel is None else jnp.asarray(mel[0]),
-                 None if mel is None else jnp.asarray(arrays["mel_lengths"][0]))  # fmt: skip
-        logps = jax.device_get(out.sum_logprobs).reshape(2, -1)
+                 None if mel is None else placement.put_replicated(mel[0]),
+                 None if mel is None else placement.put_replicated(arrays["mel_lengths"][0]))  # fmt: skip
+        logps = placement.to_host(out.sum_logprobs).reshape(2, -1)
         for j, (index, _) in enumerate(micro):
             table[index] = [float(logps[0, j]), float(logps[1, j])]
     return table

@@ -2,7 +2,7 @@
 
     qwen-audio-jax dpo --config configs/dpo_qwen2_audio_7b.yaml train.steps=500 loss.beta=0.2 mesh=fsdp=8
 
-Every key is a field below; an unknown key or a value of the wrong type is a one-line error.
+Every key is a field below; an unknown key, a value of the wrong type or out of range is a one-line error.
 """
 
 from __future__ import annotations
@@ -15,14 +15,26 @@ from typing import Any
 import yaml
 
 from qwen_audio_jax.errors import ConfigError
+from qwen_audio_jax.model.remat import check_policy
 from qwen_audio_jax.training.loss import LossConfig
 from qwen_audio_jax.training.optimizer import OptimConfig
+from qwen_audio_jax.training.specaugment import AugmentConfig
+
+
+def _at_least(section: str, obj, minimum: int, *names: str) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        if value < minimum:
+            raise ConfigError(f"{section}.{name}={value} is out of range: it must be >= {minimum}.")
 
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
     train: str = ""  # preference JSONL (DPO) or SFT JSONL
     max_length: int = 2048  # longer examples are dropped (counted in the report), never truncated
+
+    def __post_init__(self):
+        _at_least("data", self, 1, "max_length")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,11 +48,22 @@ class TrainLoopConfig:
     log_every: int = 1
     num_threads: int = 2  # data preparation threads
 
+    def __post_init__(self):
+        _at_least("train", self, 1, "steps", "batch_size", "grad_accum", "log_every", "num_threads")
+        _at_least("train", self, 0, "seed")
+        if self.compute_dtype not in ("float32", "bfloat16"):
+            raise ConfigError(f"train.compute_dtype={self.compute_dtype!r} must be float32 or bfloat16.")
+        check_policy(self.remat)
+
 
 @dataclasses.dataclass(frozen=True)
 class ReferenceConfig:
     mode: str = "model"  # "model": frozen copy of the initial policy; "precomputed": cached log-probs
     model: str | None = None  # another model dir as the reference (default: the policy's starting point)
+
+    def __post_init__(self):
+        if self.mode not in ("model", "precomputed"):
+            raise ConfigError(f"reference.mode={self.mode!r} must be 'model' or 'precomputed'.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,6 +71,9 @@ class CheckpointConfig:
     every: int = 100
     keep: int = 3
     async_save: bool = True
+
+    def __post_init__(self):
+        _at_least("checkpoint", self, 1, "every", "keep")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +87,12 @@ class RunConfig:
     optim: OptimConfig = OptimConfig()
     train: TrainLoopConfig = TrainLoopConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
+    augment: AugmentConfig = AugmentConfig()
+
+    def __post_init__(self):
+        if self.augment.spec_augment and self.loss.is_preference and self.reference.mode == "precomputed":
+            raise ConfigError("augment.spec_augment with reference.mode: precomputed would compare the policy on "
+                              "masked audio with a reference on clean audio; use reference.mode: model.")  # fmt: skip
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

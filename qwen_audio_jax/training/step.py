@@ -17,6 +17,7 @@ import optax
 
 from qwen_audio_jax.model.logprobs import completion_logprobs
 from qwen_audio_jax.training.loss import LossConfig, preference_loss, sft_loss
+from qwen_audio_jax.training.specaugment import AugmentConfig, spec_augment
 
 
 @flax.struct.dataclass
@@ -51,6 +52,7 @@ class StepConfig:
     frozen_projector: bool = False
     logprob_chunk: int = 128
     max_completion: int | None = None  # static completion-token bucket (lm_head on those positions only)
+    augment: AugmentConfig = AugmentConfig()
 
 
 def _rows(x):
@@ -58,20 +60,20 @@ def _rows(x):
     return x.reshape(-1, x.shape[-1])
 
 
-def _logprobs(model, params, micro: TrainBatch, cfg: StepConfig):
+def _logprobs(module, params, micro: TrainBatch, cfg: StepConfig):
     k = micro.tokens.shape[0]
     return completion_logprobs(
-        model, params, _rows(micro.tokens), _rows(micro.mask), _rows(micro.completion_mask), micro.mel,
+        module, params, _rows(micro.tokens), _rows(micro.mask), _rows(micro.completion_mask), micro.mel,
         micro.mel_lengths, chunk=cfg.logprob_chunk, max_completion=cfg.max_completion, clip_repeats=k, frozen_encoder=cfg.frozen_encoder,
         frozen_projector=cfg.frozen_projector,
     )  # fmt: skip
 
 
-def batch_loss(model, params, micro: TrainBatch, ref_logps, cfg: StepConfig):
+def batch_loss(module, params, micro: TrainBatch, ref_logps, cfg: StepConfig):
     """(loss, metrics) of one micro-batch. ref_logps: [2B] reference log-probs (DPO) or None (SFT)."""
-    dpo = cfg.loss.needs_rejected
-    pol = _logprobs(model, params, micro, cfg)
-    if not dpo:
+    preference = cfg.loss.is_preference
+    pol = _logprobs(module, params, micro, cfg)
+    if not preference:
         loss, metrics = sft_loss(pol.sum_logprobs, pol.num_tokens, micro.pair_active)
         return loss, {**metrics, "tokens": pol.num_tokens.sum()}
     b = micro.pair_active.shape[0]
@@ -87,15 +89,15 @@ def batch_loss(model, params, micro: TrainBatch, ref_logps, cfg: StepConfig):
     return loss, metrics
 
 
-def reference_logps(model, ref_params, micro: TrainBatch, cfg: StepConfig):
+def reference_logps(module, ref_params, micro: TrainBatch, cfg: StepConfig):
     """Reference log-probs [2B]: precomputed ones if the batch carries them, else a forward of the frozen copy."""
     if micro.ref_logps is not None:
         return micro.ref_logps.reshape(-1)
-    return jax.lax.stop_gradient(_logprobs(model, ref_params, micro, cfg).sum_logprobs)
+    return jax.lax.stop_gradient(_logprobs(module, ref_params, micro, cfg).sum_logprobs)
 
 
 def train_step(
-    model,
+    module,
     tx: optax.GradientTransformation,
     lr_fn: Callable,
     cfg: StepConfig,
@@ -104,23 +106,28 @@ def train_step(
     ref_params=None,
 ) -> tuple[TrainState, dict]:
     """One optimizer step over the A micro-batches of `batch`. Donate `state`."""
-    grad_fn = jax.value_and_grad(lambda p, micro, ref: batch_loss(model, p, micro, ref, cfg), has_aux=True)
-    dpo = cfg.loss.needs_rejected
+    grad_fn = jax.value_and_grad(lambda p, micro, ref: batch_loss(module, p, micro, ref, cfg), has_aux=True)
+    preference = cfg.loss.is_preference
 
-    def micro_step(grads_acc, micro: TrainBatch):
+    rng, augment_key = jax.random.split(state.rng)
+
+    def micro_step(grads_acc, xs):
+        index, micro = xs
+        if cfg.augment.spec_augment and micro.mel is not None:  # policy and frozen reference see the same masks
+            key = jax.random.fold_in(augment_key, index)
+            micro = micro.replace(mel=spec_augment(micro.mel, micro.mel_lengths, key, cfg.augment))
         # The reference forward runs before (outside) value_and_grad: no gradient, no saved activations.
-        ref = reference_logps(model, ref_params, micro, cfg) if dpo else None
+        ref = reference_logps(module, ref_params, micro, cfg) if preference else None
         (_, metrics), grads = grad_fn(state.params, micro, ref)
         return jax.tree_util.tree_map(jnp.add, grads_acc, grads), metrics
 
     zeros = jax.tree_util.tree_map(jnp.zeros_like, state.params)
-    grads, metrics = jax.lax.scan(micro_step, zeros, batch)
     n_micro = batch.tokens.shape[0]
+    grads, metrics = jax.lax.scan(micro_step, zeros, (jnp.arange(n_micro), batch))
     grads = jax.tree_util.tree_map(lambda g: g / n_micro, grads)
     metrics = {k: (v.sum() if k == "tokens" else v.mean()) for k, v in metrics.items()}
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics["grad_norm"] = optax.global_norm(grads)
     metrics["learning_rate"] = lr_fn(state.step)
-    rng, _ = jax.random.split(state.rng)
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state, rng=rng), metrics

@@ -1,10 +1,11 @@
-"""Static-shape buckets (DESIGN decision 5): every batch is padded to a (batch, prompt length, clips, mel frames)
-point of a small grid, so a job over a large corpus compiles at most
-    |lengths| x (1 + |clips| x |frames|) prefill programs and |lengths| decode programs.
+"""Static-shape buckets, shared by generation, scoring and training (docs/decisions.md, "Static shapes"):
+every batch is padded to a (rows, length, clips, mel frames) point of a small grid, so a job over a large
+corpus compiles a bounded number of programs.
 
-Mel frames (DESIGN decision 6): a clip of L valid frames gives the reference's valid encoder outputs from any
-prefix of A >= L + 2 frames (the conv stem reads one frame past the last valid conv2 input, plus conv2's own
-right neighbour), so the batch is encoded at the smallest bucket >= max(L) + 2 instead of always 3000.
+Mel frames (docs/decisions.md, "Audio encoder cost"): a clip of L valid frames gives the reference's valid
+encoder outputs from any prefix of A >= L + 2 frames (the conv stem reads one frame past the last valid conv2
+input, plus conv2's own right neighbour), so a batch is encoded at the smallest bucket >= max(L) + 2 instead
+of always 3000.
 """
 
 from __future__ import annotations
@@ -46,9 +47,16 @@ class Buckets:
                 return b
         return 3000  # the reference's own length: exact by definition
 
-    def max_programs(self) -> tuple[int, int]:
-        """(prefill, decode) program counts the grid allows for one batch size and max_new_tokens."""
-        return len(self.lengths) * (1 + len(self.clips) * len(self.frames)), len(self.lengths)
+    def rows(self, n: int, divisor: int, limit: int) -> int:
+        """Rows of a prefill batch for n requests: divisor x a power of two, at most `limit` (the slots)."""
+        rows = divisor
+        while rows < n:
+            rows *= 2
+        return min(rows, limit)
+
+    def row_options(self, divisor: int, limit: int) -> int:
+        """How many distinct `rows` buckets exist below `limit`."""
+        return len({self.rows(n, divisor, limit) for n in range(1, limit + 1)})
 
 
 def _smallest(options: tuple[int, ...], n: int, what: str) -> int:
@@ -82,8 +90,10 @@ def bucket_sizes(inputs: ModelInputs | None, buckets: Buckets) -> tuple[int, int
 
 
 def to_buckets(inputs: ModelInputs | None, buckets: Buckets, batch_size: int, pad_id: int,
-               sizes: tuple[int, int, int] | None = None, n_mels: int = 128) -> BucketedBatch:  # fmt: skip
-    """Pads a left-padded ModelInputs to (batch_size, length bucket) and its clips to (clip, frame) buckets.
+               sizes: tuple[int, int, int] | None = None, n_mels: int = 128,
+               padding_side: str = "left") -> BucketedBatch:  # fmt: skip
+    """Pads a ModelInputs collated with `padding_side` to (batch_size, length bucket) and its clips to
+    (clip, frame) buckets.
 
     sizes: explicit (length, clips, frames), at least the batch's own buckets (multi-host: the max over
     processes, which must all build the same shapes). inputs None: an all-padding batch of those sizes.
@@ -98,11 +108,13 @@ def to_buckets(inputs: ModelInputs | None, buckets: Buckets, batch_size: int, pa
     active[:b] = True
     completion = None
     if b:
-        tokens[:b, tb - t :] = inputs.tokens  # left padding: real tokens stay right-aligned
-        mask[:b, tb - t :] = inputs.attention_mask
+        # Left padding keeps real tokens right-aligned; right padding keeps them at 0..n-1.
+        cols = slice(tb - t, tb) if padding_side == "left" else slice(0, t)
+        tokens[:b, cols] = inputs.tokens
+        mask[:b, cols] = inputs.attention_mask
         if inputs.completion_mask is not None:
             completion = np.zeros((batch_size, tb), np.int32)
-            completion[:b, tb - t :] = inputs.completion_mask
+            completion[:b, cols] = inputs.completion_mask
     mel = lengths = None
     if cb:
         if inputs is not None and inputs.mel is not None:

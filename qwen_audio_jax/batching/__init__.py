@@ -1,0 +1,1 @@
+"""Static-shape batching shared by generation, scoring and training."""

@@ -1,0 +1,69 @@
+"""Argument types and the flags several commands share. Everything is checked while parsing, so a bad value
+answers at once with one line naming the value and the allowed range (and never imports jax)."""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+from qwen_audio_jax.runtime import CACHE_FLAG_HELP
+
+
+def _number(kind, ok, allowed: str):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}")
+        if kind is float and not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"{text} is out of range: it must be {allowed}")
+        return value
+
+    parse.__name__ = allowed  # argparse shows the type's name in some messages
+    return parse
+
+
+positive_int = _number(int, lambda v: v >= 1, ">= 1")
+nonneg_int = _number(int, lambda v: v >= 0, ">= 0")
+nonneg_float = _number(float, lambda v: v >= 0, ">= 0")
+positive_float = _number(float, lambda v: v > 0, "> 0")
+probability = _number(float, lambda v: 0 < v <= 1, "in (0, 1]")
+seed_int = _number(int, lambda v: 0 <= v < 2**32, "in [0, 2**32)")
+
+DTYPES = ("float32", "bfloat16")
+ATTENTION = ("auto", "xla", "dot_product")
+
+
+def add_runtime_flags(p: argparse.ArgumentParser, *, mesh_help: str | None = None) -> None:
+    """--mesh, --dtype, --attention, --compilation-cache, --distributed, --no-progress."""
+    p.add_argument("--mesh", default=None, metavar="SPEC",
+                   help=mesh_help or "device mesh, e.g. data=8 or data=2,fsdp=2,tensor=2 (-1 = the remaining "
+                   "devices); default: one device")  # fmt: skip
+    p.add_argument("--dtype", choices=DTYPES, default=None,
+                   help="compute dtype (default: bfloat16 on accelerators, float32 on CPU)")
+    p.add_argument("--attention", choices=ATTENTION, default="auto",
+                   help="attention implementation (default auto: cuDNN flash attention via "
+                   "jax.nn.dot_product_attention on GPU, the XLA einsum path elsewhere)")  # fmt: skip
+    p.add_argument("--compilation-cache", default=None, metavar="DIR", help=CACHE_FLAG_HELP)
+    p.add_argument("--distributed", action="store_true",
+                   help="call jax.distributed.initialize() first (multi-host: run the same command on every host)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def start_runtime(args) -> None:
+    """Multi-host init and the compilation cache, in that order (both before anything compiles)."""
+    import jax
+
+    from qwen_audio_jax.runtime import setup_compilation_cache
+
+    if getattr(args, "distributed", False):
+        jax.distributed.initialize()
+    setup_compilation_cache(args.compilation_cache)
+
+
+def compute_dtype(args):
+    import jax.numpy as jnp
+
+    return {"float32": jnp.float32, "bfloat16": jnp.bfloat16, None: None}[args.dtype]

@@ -1,0 +1,97 @@
+"""The input pipeline of a batch job: requests are prepared (audio read, decoded and resampled, log-mel,
+tokens) by a bounded pool of worker threads, ahead of the device, so the next requests are ready when slots
+free up (docs/architecture.md, "Input pipeline").
+
+numpy, soxr and libsndfile release the GIL for the heavy parts, so threads overlap with each other and with
+the device. At most `ahead` requests are in flight, which bounds memory (a 30 s clip's features are 1.5 MB).
+A request that fails to prepare becomes its error line at once (`on_error`), and the rest go on.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures as futures
+import os
+import time
+from typing import Callable, Iterable
+
+from qwen_audio_jax.errors import QwenAudioError
+from qwen_audio_jax.jobs.records import Record
+
+
+def default_workers() -> int:
+    return max(1, min(8, (os.cpu_count() or 2)))
+
+
+class PreparedStream:
+    """Records in, prepared items out (`take`), errors reported through `on_error(id, message)`.
+
+    prepare(record) -> item runs in the workers; an item is whatever the job needs (for generation, an
+    EngineRequest). Items come out in input order among those that are ready (a slow clip does not hold back
+    the ones after it).
+    """
+
+    def __init__(self, records: Iterable[Record], prepare: Callable[[Record], object],
+                 on_error: Callable[[str, str], None], *, workers: int | None = None, ahead: int = 64):  # fmt: skip
+        self._records = iter(records)
+        self._prepare, self._on_error = prepare, on_error
+        self._pool = futures.ThreadPoolExecutor(max_workers=workers or default_workers(),
+                                                thread_name_prefix="prepare")  # fmt: skip
+        self._ahead = max(1, ahead)
+        self._pending: collections.deque = collections.deque()  # (record, future), in input order
+        self._records_left = True
+        self.wait_s = 0.0  # time spent blocked waiting for an item
+        self._fill()
+
+    def _fill(self) -> None:
+        while self._records_left and len(self._pending) < self._ahead:
+            record = next(self._records, None)
+            if record is None:
+                self._records_left = False
+                break
+            if record.error is not None:
+                self._on_error(record.id, record.error)
+                continue
+            self._pending.append((record, self._pool.submit(self._prepare, record)))
+
+    def _collect(self, n: int) -> list:
+        out, keep = [], collections.deque()
+        while self._pending:
+            record, fut = self._pending.popleft()
+            if len(out) < n and fut.done():
+                try:
+                    out.append(fut.result())
+                except QwenAudioError as e:
+                    self._on_error(record.id, str(e))
+                except Exception as e:  # noqa: BLE001 - a bug on one request must not end the job
+                    self._on_error(record.id, f"internal error while preparing the request ({type(e).__name__}: "
+                                              f"{str(e).splitlines()[0] if str(e) else 'no message'}).")  # fmt: skip
+            else:
+                keep.append((record, fut))
+        self._pending = keep
+        self._fill()
+        return out
+
+    def take(self, n: int, block: bool) -> list:
+        """Up to n ready items; with block, waits until one is ready or nothing is left."""
+        out = self._collect(n)
+        t0 = time.perf_counter()
+        while block and not out and self._pending:
+            futures.wait([f for _, f in self._pending], return_when=futures.FIRST_COMPLETED)
+            out = self._collect(n)
+        if block:
+            self.wait_s += time.perf_counter() - t0
+        return out
+
+    @property
+    def exhausted(self) -> bool:
+        return not self._pending and not self._records_left
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

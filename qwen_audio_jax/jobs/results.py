@@ -1,0 +1,120 @@
+"""The results file of a batch job: it survives being killed, and resume never loses or repeats a request.
+
+Results are appended and flushed as they come (fsync), so a killed run loses at most what was in flight.
+`--resume` drops a torn last line, keeps every complete result and skips the ids already answered; with
+`--retry-errors` a request whose line is an error is removed from the file and tried again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Iterator
+
+
+
+class ResultWriter:
+    """Appends result lines to `path`. With resume, existing complete lines are kept and their ids reported."""
+
+    def __init__(self, path: str | Path, *, resume: bool = False, retry_errors: bool = False):
+        """Opens `path` (checked beforehand by checkpoint/safe_write.py's `check_result_file`): appending to its
+        complete lines with resume, else replacing it."""
+        self.path = Path(path)
+        self.done_ids: set[str] = set()
+        self.retried = 0
+        self._synced = time.monotonic()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if resume and self.path.exists():
+            self._repair_and_collect(retry_errors)
+            self._f = open(self.path, "a", encoding="utf-8")
+        else:
+            self._f = open(self.path, "w", encoding="utf-8")
+
+    @staticmethod
+    def existing_ids(path: str | Path) -> set[str]:
+        """Ids of the complete result lines of `path` (empty if it does not exist)."""
+        path = Path(path)
+        text = path.read_text(encoding="utf-8", errors="replace") if path.exists() else ""
+        return {rid for _, rid, _ in _result_lines(text)}
+
+    def _repair_and_collect(self, retry_errors: bool) -> None:
+        data = self.path.read_bytes()
+        keep = data[: data.rfind(b"\n") + 1]  # a torn last line (killed mid-write) is dropped and redone
+        lines = []
+        for line, rid, failed in _result_lines(keep.decode("utf-8", errors="replace")):
+            if retry_errors and failed:
+                self.retried += 1
+                continue
+            self.done_ids.add(rid)
+            lines.append(line)
+        text = "".join(line + "\n" for line in lines)
+        if text.encode("utf-8") != data:
+            tmp = self.path.with_suffix(self.path.suffix + ".tmp")
+            tmp.write_text(text, encoding="utf-8")
+            os.replace(tmp, self.path)
+
+    def write(self, result: dict) -> None:
+        """Appends one line and flushes it to the OS (it survives the process being killed); fsync (power
+        loss) at most once a second and at close."""
+        self._f.write(json.dumps(result, ensure_ascii=False) + "\n")
+        self._f.flush()
+        if time.monotonic() - self._synced > 1.0:
+            self.sync()
+
+    def sync(self) -> None:
+        self._f.flush()
+        os.fsync(self._f.fileno())
+        self._synced = time.monotonic()
+
+    def close(self) -> None:
+        self.sync()
+        self._f.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def error_ids(path: str | Path) -> set[str]:
+    """Ids whose result line in `path` is an error."""
+    path = Path(path)
+    text = path.read_text(encoding="utf-8", errors="replace") if path.exists() else ""
+    return {rid for _, rid, failed in _result_lines(text) if failed}
+
+
+def merge_parts(output: str | Path, parts: list[Path], keep_existing: bool, retry_errors: bool = False) -> None:
+    """Concatenates per-process result files into `output` (atomically) and removes them. Complete lines only;
+    with keep_existing, the lines already in `output` (a resumed run) come first, except, with retry_errors,
+    its error lines (their requests were run again)."""
+    output = Path(output)
+    lines: list[str] = []
+    seen: set[str] = set()
+    sources = ([output] if keep_existing and output.exists() else []) + [p for p in parts if p.exists()]
+    for src in sources:
+        for line, rid, failed in _result_lines(src.read_text(encoding="utf-8")):  # torn lines are redone on resume
+            if retry_errors and failed and src == output:
+                continue
+            if rid not in seen:
+                seen.add(rid)
+                lines.append(line)
+    tmp = output.with_suffix(output.suffix + ".tmp")
+    tmp.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    os.replace(tmp, output)
+    for p in parts:
+        p.unlink(missing_ok=True)
+
+
+def _result_lines(text: str) -> Iterator[tuple[str, str, bool]]:
+    """(line, id, is an error) of every complete result line (a JSON object with a string id); others are
+    skipped."""
+    for line in text.splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and isinstance(record.get("id"), str):
+            yield line, record["id"], record.get("error") is not None

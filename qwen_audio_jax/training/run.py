@@ -1,0 +1,174 @@
+"""What a training run is, built once from its run config: `TrainingRun.build(cfg)`.
+
+Everything the loop (training/loop.py) needs is decided here, before any step: the placement, the model, its
+validated data, the optimizer, the shardings. The object is frozen; nothing is added to it later. (The
+per-bucket jitted steps live in a dict created here, filled as buckets are met.)
+
+Single process or multi-host (after `jax.distributed.initialize`): every process builds the same run over the
+global mesh; each reads its own slice of the data, and only process 0 writes metrics and small files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+from pathlib import Path
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from qwen_audio_jax.batching.buckets import Buckets
+from qwen_audio_jax.checkpoint.model_dir import load_params, read_model_dir_config
+from qwen_audio_jax.config import ModelConfig
+from qwen_audio_jax.errors import ConfigError
+from qwen_audio_jax.model.params import abstract_params, build_module
+from qwen_audio_jax.sharding.placement import Placement, agree_max, gather_processes
+from qwen_audio_jax.text.processor import Processor
+from qwen_audio_jax.training.data import pair_fingerprint, read_examples, validate_examples
+from qwen_audio_jax.training.optimizer import make_optimizer
+from qwen_audio_jax.training.pipeline import PipelineConfig, batch_shape, collate_step, make_iterator
+from qwen_audio_jax.training.run_config import RunConfig
+from qwen_audio_jax.training.step import StepConfig, TrainBatch, TrainState, train_step
+
+# Batch arrays: [A, K, B, ...] (pair axis 2), pair_active [A, B], clips [A, C, ...] (not split).
+_PAIR_AXIS = {"tokens": 2, "mask": 2, "completion_mask": 2, "ref_logps": 2, "pair_active": 1}
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingRun:
+    cfg: RunConfig
+    out: Path
+    placement: Placement
+    config: ModelConfig
+    processor: Processor
+    preference: bool  # DPO-style pairs (chosen, rejected, reference) or SFT
+    examples: list  # the validated examples, in file order
+    report: object  # training/data.py ValidationReport
+    fingerprint: str  # of the validated data (keys the precomputed reference)
+    completion_suffix: str  # the end-of-turn token every completion ends with
+    local_pairs: int  # examples per micro-batch on this process
+    padded_pairs: int  # local_pairs rounded up so the global batch divides the mesh's batch axes
+    module: object
+    tx: object
+    lr_fn: Callable
+    step_cfg: StepConfig
+    param_shardings: dict
+    steps: dict = dataclasses.field(default_factory=dict)  # completion bucket -> jitted step
+    shapes_seen: set = dataclasses.field(default_factory=set)  # (length, clips, frames, completion) buckets
+
+    @classmethod
+    def build(cls, cfg: RunConfig, log: Callable[[str], None] = print) -> "TrainingRun":
+        if not cfg.model:
+            raise ConfigError("set `model:` (a model dir written by `qwen-audio-jax convert`).")
+        if not cfg.data.train:
+            raise ConfigError("set `data.train:` (a JSONL file of preference pairs or SFT examples).")
+        placement = Placement.create(cfg.mesh)
+        procs = jax.process_count()
+        if cfg.train.batch_size % procs:
+            raise ConfigError(f"train.batch_size {cfg.train.batch_size} must be a multiple of the {procs} processes.")
+        config, _ = read_model_dir_config(cfg.model)
+        processor = Processor.from_model_dir(cfg.model)
+        preference = cfg.loss.is_preference
+        suffix = processor.tokenizer.id_to_token(config.eos_token_id) or ""
+        examples, bad = read_examples(cfg.data.train, preference)
+        pairs, report = validate_examples(examples, processor, cfg.data.max_length, bad_records=bad,
+                                          source=cfg.data.train, completion_suffix=suffix, keep_mels=False)  # fmt: skip
+        log(f"data: {report.summary()}")
+        out = Path(cfg.output_dir).absolute()
+        if jax.process_index() == 0:
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "data_report.json").write_text(json.dumps(report.to_dict(), indent=2))
+        kept = {p.id for p in pairs}
+        local = cfg.train.batch_size // procs
+        padded = placement.round_batch(local * procs) // procs  # padded with inactive pairs, never refused
+        tx, lr_fn = make_optimizer(cfg.optim, cfg.train.steps, config.audio.num_layers)
+        step_cfg = StepConfig(cfg.loss, cfg.optim.encoder_frozen, cfg.optim.freeze_projector, augment=cfg.augment)
+        module = build_module(config, dtype=jnp.dtype(cfg.train.compute_dtype), remat_policy=cfg.train.remat,
+                              inference_scaling=False)  # fmt: skip
+        return cls(cfg=cfg, out=out, placement=placement, config=config, processor=processor, preference=preference,
+                   examples=[e for e in examples if e.id in kept], report=report,
+                   fingerprint=pair_fingerprint(pairs), completion_suffix=suffix, local_pairs=local,
+                   padded_pairs=padded, module=module, tx=tx, lr_fn=lr_fn, step_cfg=step_cfg,
+                   param_shardings=placement.param_shardings(config))  # fmt: skip
+
+    # ---- params and state ----------------------------------------------------------------------------------
+    def load_params(self, model_dir) -> dict:
+        """fp32 master weights, whatever the stored dtype, restored straight into their shardings."""
+        target = jax.tree_util.tree_map(lambda x, s: jax.ShapeDtypeStruct(x.shape, jnp.float32, sharding=s),
+                                        abstract_params(self.config), self.param_shardings)  # fmt: skip
+        return load_params(model_dir, target)
+
+    def initial_state(self) -> TrainState:
+        params = self.load_params(self.cfg.model)
+        opt_state = jax.jit(self.tx.init)(params)
+        state = TrainState(step=jnp.asarray(0, jnp.int32), params=params, opt_state=opt_state,
+                           rng=jax.random.PRNGKey(self.cfg.train.seed))  # fmt: skip
+        # Every leaf committed to the mesh (params and moments by their shardings, scalars replicated), as the
+        # step's outputs will be, so step 2 reuses step 1's program and every donation lands.
+        rep = self.placement.replicated()
+        shardings = jax.tree_util.tree_map(
+            lambda x: x.sharding if isinstance(x.sharding, jax.sharding.NamedSharding) else rep, state
+        )
+        return jax.device_put(state, shardings)
+
+    def iterator(self, total_steps: int):
+        cfg = self.cfg
+        pipeline = PipelineConfig(self.local_pairs, cfg.train.grad_accum, cfg.train.seed, cfg.train.num_threads,
+                                  self.completion_suffix)  # fmt: skip
+        return make_iterator(self.examples, self.processor, pipeline, total_steps, preference=self.preference,
+                             process_index=jax.process_index(), process_count=jax.process_count())  # fmt: skip
+
+    # ---- batches and steps -----------------------------------------------------------------------------------
+    def next_batch(self, it, ref_table: dict | None) -> tuple[TrainBatch, int]:
+        """The next step's micro-batches as a device batch (every process agrees on the bucketed shapes)."""
+        micro = [next(it) for _ in range(self.cfg.train.grad_accum)]
+        shape = batch_shape(micro, Buckets())
+        shape.length, shape.clips, shape.frames, shape.completion = agree_max(
+            (shape.length, shape.clips, shape.frames, shape.completion))
+        self.shapes_seen.add((shape.length, shape.clips, shape.frames, shape.completion))
+        arrays = collate_step(micro, shape, self.config.pad_token_id, self.processor.n_mels, ref_table,
+                              preference=self.preference)  # fmt: skip
+        arrays = _pad_pairs(arrays, self.padded_pairs, self.config.pad_token_id)
+        return TrainBatch(**{k: self._put(k, v) for k, v in arrays.items()}), shape.completion
+
+    def _put(self, name: str, x: np.ndarray):
+        # Every process contributes its slice of pairs (and their clips); concatenating in process order keeps
+        # rows and clips aligned, as the audio merge needs, whatever the mesh's device order.
+        axis = _PAIR_AXIS.get(name, 1)
+        x = gather_processes(x, axis)
+        if name not in _PAIR_AXIS:
+            return self.placement.put_replicated(x)
+        return jax.device_put(x, self.placement.batch_sharding(x.ndim, axis))
+
+    def step_fn(self, completion: int, state: TrainState):
+        """The jitted step for one completion-length bucket (a static shape of the lm_head pass)."""
+        if completion not in self.steps:
+            step_cfg = dataclasses.replace(self.step_cfg, max_completion=completion)
+            step = functools.partial(train_step, self.module, self.tx, self.lr_fn, step_cfg)
+            state_sh = jax.tree_util.tree_map(lambda x: x.sharding, state)
+            rep = self.placement.replicated()
+            self.steps[completion] = jax.jit(step, out_shardings=(state_sh, rep), donate_argnums=(0,))
+        return self.steps[completion]
+
+    def compiled_programs(self) -> int:
+        """Train-step programs compiled so far (one per batch-shape bucket seen)."""
+        return sum(f._cache_size() for f in self.steps.values())
+
+
+def _pad_pairs(arrays: dict, pairs: int, pad_id: int) -> dict:
+    """Adds inactive empty pairs (all padding, mask 0, no audio slots) so the batch divides the mesh's batch
+    axes. Empty rows matter: a copied row's audio slots would shift every later row's clips."""
+    a, b = arrays["pair_active"].shape
+    if pairs == b:
+        return arrays
+    extra = pairs - b
+    out = dict(arrays)
+    out["pair_active"] = np.concatenate([arrays["pair_active"], np.zeros((a, extra), np.float32)], axis=1)
+    for key, fill in (("tokens", pad_id), ("mask", 0), ("completion_mask", 0), ("ref_logps", 0)):
+        if key in arrays:  # [A, K, B, ...]: pad the pair axis
+            x = arrays[key]
+            out[key] = np.concatenate([x, np.full((*x.shape[:2], extra, *x.shape[3:]), fill, x.dtype)], axis=2)
+    return out
