@@ -50,7 +50,7 @@ def write_synthetic(directory: Path, shard_bytes: int = 1 << 30) -> int:
 
     directory.mkdir(parents=True)
     (directory / "config.json").write_text(json.dumps(HF_CONFIG))
-    config = ModelConfig.from_hf_config(HF_CONFIG)
+    config = from_hf_config(HF_CONFIG)
     shapes = traverse_util.flatten_dict(abstract_params(config), sep="/")
     rng = np.random.default_rng(0)
     pending, pending_bytes, shards, weight_map, total = {}, 0, [], {}, 0
@@ -85,7 +85,7 @@ def largest_group_bytes(directory: Path) -> int:
     from qwen_audio_jax.model.params import abstract_params
     import jax
 
-    config = ModelConfig.from_hf_config(json.loads((directory / "config.json").read_text()))
+    config = from_hf_config(json.loads((directory / "config.json").read_text()))
     return max(int(np.prod(x.shape)) * 4 for x in jax.tree_util.tree_leaves(abstract_params(config)))
 
 

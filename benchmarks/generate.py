@@ -77,8 +77,9 @@ def main() -> None:
 
     from qwen_audio_jax import api
     from qwen_audio_jax.conversion.hf_to_jax import convert
-    from qwen_audio_jax.generation.engine import Engine, GenerationOptions
-    from qwen_audio_jax.model.params import build_model, count_params
+    from qwen_audio_jax.generation.engine import Engine
+from qwen_audio_jax.generation.options import GenerationOptions
+    from qwen_audio_jax.model.params import build_module, count_params
     from qwen_audio_jax.text.processor import collate
     from tests._hf_models import TinySpec, build_hf_model
     from tests._model_dirs import PREPROCESSOR
@@ -106,7 +107,7 @@ def main() -> None:
     opts = GenerationOptions(max_new_tokens=n_new, min_new_tokens=n_new, stop_ids=stop)
     jax_total = median_time(lambda: engine.generate(prepared, opts), args.repeats)
     jax_prefill, jax_decode = engine.last_timings["prefill_s"], engine.last_timings["decode_s"]
-    module = build_model(model.config)
+    module = build_module(model.config)
     batch = collate(prepared, pad_id=151643)
     a = engine.buckets.mel_frames(int(batch.mel_lengths.max()))
     encode = jax.jit(lambda p, m, n: module.apply({"params": p}, m, n, method="encode_audio")[0])

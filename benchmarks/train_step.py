@@ -43,7 +43,7 @@ def main() -> None:
     import torch
 
     from qwen_audio_jax.bundled import write_tokenizer_dir
-    from qwen_audio_jax.generation.buckets import Buckets
+    from qwen_audio_jax.batching.buckets import Buckets
     from qwen_audio_jax.text.processor import Processor
     from qwen_audio_jax.text.tokenizer import Qwen2AudioTokenizer
     from qwen_audio_jax.training.data import PreferenceExample
@@ -51,7 +51,7 @@ def main() -> None:
     from qwen_audio_jax.training.optimizer import OptimConfig, make_optimizer
     from qwen_audio_jax.training.pipeline import ExamplePreparer, batch_shape, collate_step
     from qwen_audio_jax.training.step import StepConfig, TrainBatch, TrainState, train_step
-    from qwen_audio_jax.model.params import build_model
+    from qwen_audio_jax.model.params import build_module
     from tests._hf_models import TinySpec, build_hf_model, jax_twin
     from tests._synthetic_prefs import SOUNDS, synth
 
@@ -72,7 +72,7 @@ def main() -> None:
     # ---- JAX ------------------------------------------------------------------------------------------------
     optim = OptimConfig(learning_rate=1e-5, min_learning_rate=1e-6, weight_decay=0.05, freeze_audio_encoder=True)
     tx, lr = make_optimizer(optim, 1000)
-    model = build_model(config)
+    model = build_module(config)
     cfg = StepConfig(LossConfig(), frozen_encoder=True, max_completion=shape.completion)
     step = jax.jit(lambda s, b, r: train_step(model, tx, lr, cfg, s, b, r), donate_argnums=(0,))
     params = jax.device_put(params)

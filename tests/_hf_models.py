@@ -6,7 +6,8 @@ import dataclasses
 
 import numpy as np
 
-from qwen_audio_jax.config import ModelConfig
+from qwen_audio_jax.config import ModelConfig  # noqa: F401
+from qwen_audio_jax.conversion.hf_config import from_hf_config
 from qwen_audio_jax.conversion.hf_checkpoint import StateDictSource
 from qwen_audio_jax.conversion.hf_to_jax import params_from_hf
 
@@ -75,7 +76,7 @@ def build_hf_model(spec: TinySpec, seed: int = 0, dtype=None):
 
 def jax_twin(hf_model) -> tuple[ModelConfig, dict]:
     """Our config and params converted (in memory, through the real name map) from the HF model."""
-    config = ModelConfig.from_hf_config(hf_model.config.to_dict())
+    config = from_hf_config(hf_model.config.to_dict())
     params = params_from_hf(StateDictSource(hf_model.state_dict()), config)
     return config, params
 
@@ -87,7 +88,7 @@ def random_batch(rng: np.random.Generator, clip_seconds: list[list[float]], text
 
     Returns tokens (B,T), attention_mask (B,T), mel (C,128,3000) random, mel_lengths (C,), frame mask (C,3000).
     """
-    from qwen_audio_jax.model.audio_encoder import num_audio_tokens
+    from qwen_audio_jax.audio.lengths import num_audio_tokens
 
     rows, mel_lengths = [], []
     for clips, n_text in zip(clip_seconds, text_lens):

@@ -20,7 +20,8 @@ def main(specs: list[str]) -> dict:
     from qwen_audio_jax.api import LoadedModel
     from qwen_audio_jax.bundled import write_tokenizer_dir
     from qwen_audio_jax.config import tiny
-    from qwen_audio_jax.generation.engine import Engine, GenerationOptions
+    from qwen_audio_jax.generation.engine import Engine
+from qwen_audio_jax.generation.options import GenerationOptions
     from qwen_audio_jax.jobs.score import ScoreJob
     from qwen_audio_jax.model.params import init_params, logical_axes
     from qwen_audio_jax.sharding import axes as ax

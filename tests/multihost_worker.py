@@ -20,7 +20,7 @@ def main(pid: int, port: int, work: Path) -> None:
     assert jax.process_count() == 2 and jax.device_count() == 8 and jax.local_device_count() == 4
 
     from qwen_audio_jax import api
-    from qwen_audio_jax.generation.engine import GenerationOptions
+    from qwen_audio_jax.generation.options import GenerationOptions
     from qwen_audio_jax.jobs.generate import GenerateJob
     from qwen_audio_jax.sharding.mesh import make_mesh
     from qwen_audio_jax.training.run_config import load_run_config

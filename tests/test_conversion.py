@@ -12,12 +12,13 @@ torch = pytest.importorskip("torch", reason="torch is the parity oracle: pip ins
 
 from flax import traverse_util  # noqa: E402
 
-from qwen_audio_jax.checkpoint import model_dir as md  # noqa: E402
+from qwen_audio_jax.checkpoint.model_dir import load_params, param_metadata, read_model_dir_config  # noqa: E402
 from qwen_audio_jax.cli.main import main  # noqa: E402
 from qwen_audio_jax.config import ModelConfig, qwen2_audio_7b  # noqa: E402
+from qwen_audio_jax.conversion.hf_config import from_hf_config, to_hf_config  # noqa: E402
 from qwen_audio_jax.conversion.name_map import hf_shape, qwen2_audio_rules  # noqa: E402
 from qwen_audio_jax.conversion.safetensors_io import SafetensorsFile, write_safetensors  # noqa: E402
-from qwen_audio_jax.model.params import abstract_params, build_model, count_params  # noqa: E402
+from qwen_audio_jax.model.params import abstract_params, build_module, count_params  # noqa: E402
 from tests._hf_models import GQA, build_hf_model, jax_twin, random_batch  # noqa: E402
 
 # A small vocab keeps the files small (still several shards); ids 500-502 play <|AUDIO|>, bos, eos.
@@ -58,6 +59,32 @@ def _convert(src, dst, *extra):
 
 @pytest.mark.parity
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_default_round_trip_is_bit_exact(tmp_path, dtype):
+    """Lossless by default: an fp32 or bf16 source -> convert (no --dtype) -> export-hf gives the same tensors,
+    dtypes and config.json back, byte for byte."""
+    torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
+    src = tmp_path / "src"
+    build_hf_model(SMALL, seed=7, dtype=torch_dtype).save_pretrained(src, max_shard_size="300KB")
+    assert _convert(src, tmp_path / "jax") == 0
+    assert {str(d) for _, d in param_metadata(tmp_path / "jax").values()} == {dtype}
+    assert main(["export-hf", str(tmp_path / "jax"), str(tmp_path / "back"), "--no-progress"]) == 0
+    assert json.loads((tmp_path / "back" / "config.json").read_text()) == json.loads((src / "config.json").read_text())
+    original, back = _tensors(src), _tensors(tmp_path / "back")
+    assert original.keys() == back.keys()
+    for name, x in original.items():
+        assert x.dtype == back[name].dtype and x.tobytes() == back[name].tobytes(), name
+
+
+def _tensors(directory) -> dict:
+    out = {}
+    for f in sorted(Path(directory).glob("*.safetensors")):
+        st = SafetensorsFile(f)
+        out.update({n: st.read(n) for n in st.names()})
+    return out
+
+
+@pytest.mark.parity
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_round_trip_is_exact(hf_dir, tmp_path, batch, dtype):
     from transformers import Qwen2AudioForConditionalGeneration
 
@@ -80,8 +107,8 @@ def test_converted_dir_gives_reference_logits(hf_dir, tmp_path, batch):
     from transformers import Qwen2AudioForConditionalGeneration
 
     assert _convert(hf_dir, tmp_path / "jax", "--dtype", "float32") == 0
-    config, _ = md.read_model_dir_config(tmp_path / "jax")
-    params = md.load_params(tmp_path / "jax")
+    config, _ = read_model_dir_config(tmp_path / "jax")
+    params = load_params(tmp_path / "jax")
     hf = Qwen2AudioForConditionalGeneration.from_pretrained(hf_dir, torch_dtype=torch.float32).eval()
     _, in_memory = jax_twin(hf)
     flat, want_flat = traverse_util.flatten_dict(params), traverse_util.flatten_dict(in_memory)
@@ -89,7 +116,7 @@ def test_converted_dir_gives_reference_logits(hf_dir, tmp_path, batch):
     for k in flat:
         np.testing.assert_array_equal(np.asarray(flat[k]), want_flat[k])
     tokens, mask, mel, lengths, _ = batch
-    got = build_model(config).apply({"params": params}, tokens, mask, mel, lengths)
+    got = build_module(config).apply({"params": params}, tokens, mask, mel, lengths)
     want = _hf_logits(hf, batch).numpy()
     valid = mask.astype(bool)
     np.testing.assert_allclose(np.asarray(got)[valid], want[valid], atol=1e-4, rtol=0)
@@ -102,8 +129,8 @@ def test_7b_shapes_and_names():
     config = qwen2_audio_7b()
     abstract = abstract_params(config)
     assert count_params(abstract) == 8_397_094_912  # = total_size 16,794,189,824 bytes / 2 (REFERENCE 5.3)
-    hf_cfg = config.to_hf_config()
-    assert ModelConfig.from_hf_config(hf_cfg) == config
+    hf_cfg = to_hf_config(config)
+    assert from_hf_config(hf_cfg) == config
     with torch.device("meta"):
         hf = Qwen2AudioForConditionalGeneration(Qwen2AudioConfig(**{k: v for k, v in hf_cfg.items() if k != "model_type"}))
     hf_shapes = {k: tuple(v.shape) for k, v in hf.state_dict().items()}
@@ -113,7 +140,7 @@ def test_7b_shapes_and_names():
         shape = flat[rule.target].shape
         for name in rule.source_names():
             assert name not in mapped
-            mapped[name] = hf_shape(rule.transform, shape[1:] if rule.num_layers else shape)
+            mapped[name] = hf_shape(rule, shape[1:] if rule.num_layers else shape)
     assert mapped == hf_shapes
     assert len(mapped) == 876  # the published index lists 876 tensors
 
@@ -132,7 +159,7 @@ def test_published_hub_config_parses():
                         "use_mrope": False, "vocab_size": 156032},
         "transformers_version": "4.38.1", "vocab_size": 156032,
     }  # fmt: skip
-    assert ModelConfig.from_hf_config(hub) == qwen2_audio_7b()
+    assert from_hf_config(hub) == qwen2_audio_7b()
 
 
 # ---- bad inputs: one clear line, exit status 2, no DST left behind ---------------------------------------------
@@ -223,8 +250,16 @@ def test_destination_exists(hf_dir, tmp_path, capsys):
     assert main(["convert", str(hf_dir), str(dst), "--no-progress"]) == 2
     assert "--overwrite" in capsys.readouterr().err
     assert (dst / "keep.txt").read_text() == "mine"  # nothing lost
-    assert main(["convert", str(hf_dir), str(dst), "--no-progress", "--overwrite", "--dtype", "float32"]) == 0
-    assert not (dst / "keep.txt").exists() and (dst / "params").is_dir()
+    # --overwrite never deletes a directory this tool did not write...
+    assert main(["convert", str(hf_dir), str(dst), "--no-progress", "--overwrite"]) == 2
+    assert "not written by qwen-audio-jax" in capsys.readouterr().err
+    assert (dst / "keep.txt").read_text() == "mine"
+    # ...but replaces one it wrote.
+    ours = tmp_path / "ours"
+    assert main(["convert", str(hf_dir), str(ours), "--no-progress"]) == 0
+    (ours / "stale.txt").write_text("from an earlier run")
+    assert main(["convert", str(hf_dir), str(ours), "--no-progress", "--overwrite", "--dtype", "float32"]) == 0
+    assert not (ours / "stale.txt").exists() and (ours / "params").is_dir()
 
 
 def test_pickle_needs_opt_in(tmp_path, capsys):
@@ -234,7 +269,7 @@ def test_pickle_needs_opt_in(tmp_path, capsys):
     assert list(src.glob("pytorch_model*.bin")) and not list(src.glob("*.safetensors"))
     _expect_error(capsys, tmp_path / "out", ["convert", str(src), str(tmp_path / "out")], "--allow-pickle")
     assert _convert(src, tmp_path / "out", "--allow-pickle", "--dtype", "float32") == 0
-    params = md.load_params(tmp_path / "out")
+    params = load_params(tmp_path / "out")
     np.testing.assert_array_equal(
         np.asarray(params["lm_head"]["kernel"]), model.language_model.lm_head.weight.detach().numpy().T
     )
@@ -253,8 +288,8 @@ def test_model_dir_is_not_hf(hf_dir, tmp_path, capsys):
 
 
 def test_jax_param_tree_dtype(hf_dir, tmp_path):
-    assert _convert(hf_dir, tmp_path / "jax") == 0  # default bfloat16
-    meta = md.param_metadata(tmp_path / "jax")
+    assert _convert(hf_dir, tmp_path / "jax", "--dtype", "bfloat16") == 0  # the fixture's source is fp32
+    meta = param_metadata(tmp_path / "jax")
     assert {str(d) for _, d in meta.values()} == {"bfloat16"}
-    abstract = traverse_util.flatten_dict(abstract_params(md.read_model_dir_config(tmp_path / "jax")[0]), sep="/")
+    abstract = traverse_util.flatten_dict(abstract_params(read_model_dir_config(tmp_path / "jax")[0]), sep="/")
     assert {k: v.shape for k, v in abstract.items()} == {k: s for k, (s, _) in meta.items()}

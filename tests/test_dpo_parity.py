@@ -10,9 +10,9 @@ import pytest
 
 from qwen_audio_jax.training.loss import LossConfig, per_pair_losses, preference_loss
 from qwen_audio_jax.training.pipeline import ExamplePreparer, batch_shape, collate_step
-from qwen_audio_jax.generation.buckets import Buckets
+from qwen_audio_jax.batching.buckets import Buckets
 from qwen_audio_jax.training.step import StepConfig, TrainBatch, batch_loss
-from qwen_audio_jax.model.params import build_model
+from qwen_audio_jax.model.params import build_module
 from qwen_audio_jax.text.processor import Processor
 from qwen_audio_jax.training.data import PreferenceExample
 from tests._requests import synth_clip
@@ -80,7 +80,7 @@ def test_policy_equal_reference_gives_ln2(pairs_batch):
 
     config = tiny()
     params = init_params(config, jax.random.PRNGKey(0))
-    model = build_model(config)
+    model = build_module(config)
     micro = _jax_batch(pairs_batch)
     cfg = StepConfig(LossConfig())
     from qwen_audio_jax.training.step import reference_logps
@@ -131,7 +131,7 @@ def test_dpo_loss_and_gradients_match_pytorch(pairs_batch, kind, max_completion)
         loss_t = ((h - 1 / (2 * beta)) ** 2).mean()
     loss_t.backward()
 
-    model = build_model(config)
+    model = build_module(config)
     micro = _jax_batch(arrays)
     cfg = StepConfig(LossConfig(types=(kind,), beta=beta), frozen_encoder=False, max_completion=max_completion)
     from qwen_audio_jax.training.step import reference_logps

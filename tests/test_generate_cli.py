@@ -13,7 +13,7 @@ import soundfile as sf
 
 from qwen_audio_jax import api
 from qwen_audio_jax.cli.main import main
-from qwen_audio_jax.generation.engine import GenerationOptions
+from qwen_audio_jax.generation.options import GenerationOptions
 from tests._model_dirs import tiny_hf_dir, tiny_model_dir  # noqa: F401
 from tests._paths import REPO
 from tests._requests import synth_clip

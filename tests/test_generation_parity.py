@@ -1,11 +1,13 @@
-"""Greedy generation equals transformers' `generate(do_sample=False)` on a left-padded batch of varied requests."""
+"""Greedy generation equals transformers' `generate(do_sample=False)`: on a left-padded batch of varied requests,
+and request by request through recycled engine slots with per-request budgets."""
 
 import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch", reason="torch is the parity oracle: pip install torch==2.13.0")
 
-from qwen_audio_jax.generation.engine import Engine, GenerationOptions  # noqa: E402
+from qwen_audio_jax.generation.engine import Engine, EngineRequest, ListSource  # noqa: E402
+from qwen_audio_jax.generation.options import GenerationOptions  # noqa: E402
 from qwen_audio_jax.text.processor import Processor, collate  # noqa: E402
 from tests._hf_models import SPECS, build_hf_model, jax_twin  # noqa: E402
 from tests._requests import varied_requests  # noqa: E402
@@ -23,7 +25,7 @@ def prepared(qwen2_tokenizer):  # noqa: F811
     return processor.prepare_many(varied_requests())
 
 
-def _hf_generate(hf, prepared, **kw):
+def _hf_generate(hf, prepared, max_new_tokens=NEW_TOKENS, **kw):
     batch = collate(prepared, pad_id=151643, padding_side="left")
     inputs = dict(input_ids=torch.from_numpy(batch.tokens).long(),
                   attention_mask=torch.from_numpy(batch.attention_mask).long())  # fmt: skip
@@ -33,7 +35,7 @@ def _hf_generate(hf, prepared, **kw):
             torch.arange(3000)[None, :] < torch.from_numpy(batch.mel_lengths)[:, None]
         ).long()
     with torch.no_grad():
-        out = hf.generate(**inputs, max_new_tokens=NEW_TOKENS, eos_token_id=list(STOP), pad_token_id=151643, **kw)
+        out = hf.generate(**inputs, max_new_tokens=max_new_tokens, eos_token_id=list(STOP), pad_token_id=151643, **kw)
     new = out[:, batch.tokens.shape[1] :].numpy()
     results = []
     for row in new:
@@ -59,6 +61,21 @@ def test_greedy_matches_transformers(models, prepared):
     assert sum(len(w) for w in want) >= 5 * NEW_TOKENS  # most rows really generated 64 tokens
     for g in got:
         assert g.finish_reason == ("stop" if g.token_ids[-1] in STOP else "length")
+
+
+def test_recycled_slots_match_transformers(models, prepared):
+    """Two slots, six requests with their own budgets: each is prefilled into whichever slot frees up while the
+    other keeps decoding, and its tokens equal transformers' for that request alone."""
+    hf, engine = models
+    budgets = [64, 5, 33, 1, 48, 12]
+    small = Engine(engine.config, engine.params, batch_size=2)
+    opts = GenerationOptions(max_new_tokens=NEW_TOKENS, stop_ids=STOP)
+    reqs = [EngineRequest(i, p, opts.for_request({"max_new_tokens": n}, str(i)))
+            for i, (p, n) in enumerate(zip(prepared, budgets))]  # fmt: skip
+    got = dict(small.run(ListSource(reqs)))
+    assert small.stats.prefills >= 4
+    for i, (p, n) in enumerate(zip(prepared, budgets)):
+        assert got[i].token_ids == _hf_generate(hf, [p], max_new_tokens=n, do_sample=False)[0], i
 
 
 def test_top_k_1_sampling_is_greedy(models, prepared):

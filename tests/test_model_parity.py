@@ -7,9 +7,9 @@ torch = pytest.importorskip("torch", reason="torch is the parity oracle: pip ins
 
 import jax.numpy as jnp  # noqa: E402
 
-from qwen_audio_jax.model.audio_encoder import conv_output_lengths  # noqa: E402
+from qwen_audio_jax.audio.lengths import encoder_lengths  # noqa: E402
 from qwen_audio_jax.model.decoder import positions_from_mask  # noqa: E402
-from qwen_audio_jax.model.params import build_model  # noqa: E402
+from qwen_audio_jax.model.params import build_module  # noqa: E402
 from tests._hf_models import SPECS, build_hf_model, jax_twin, random_batch  # noqa: E402
 
 pytestmark = pytest.mark.parity
@@ -50,10 +50,10 @@ def test_encoder_and_projector(pair, batch):
     with torch.no_grad():
         enc = hf.audio_tower(torch.from_numpy(mel), attention_mask=_hf_audio_mask(frame_mask)).last_hidden_state
         proj = hf.multi_modal_projector(enc)
-    model = build_model(config)
+    model = build_module(config)
     ours_enc = model.apply(params, jnp.asarray(mel), jnp.asarray(lengths), method=lambda m, x, n: m.audio_tower(x, n))
     ours_proj, n_tokens = model.apply(params, jnp.asarray(mel), jnp.asarray(lengths), method="encode_audio")
-    _, want_tokens = conv_output_lengths(lengths)
+    _, want_tokens = encoder_lengths(lengths)
     np.testing.assert_array_equal(np.asarray(n_tokens), want_tokens)
     # Only the valid rows are used downstream (padded rows see masked keys only and are discarded).
     for c, n in enumerate(want_tokens):
@@ -73,7 +73,7 @@ def test_full_model_logits(pair, batch):
             input_features=torch.from_numpy(mel),
             feature_attention_mask=torch.from_numpy(frame_mask).long(),
         ).logits.numpy()
-    model = build_model(config)
+    model = build_module(config)
     got = np.asarray(model.apply(params, jnp.asarray(tokens), jnp.asarray(mask), jnp.asarray(mel), jnp.asarray(lengths)))
     valid = mask.astype(bool)
     assert got.shape == want.shape
@@ -88,7 +88,7 @@ def test_merge_order_matches_masked_scatter(pair, batch):
     """Clip c's rows land in the c-th run of <|AUDIO|> slots, row-major, like torch's masked_scatter."""
     hf, config, params = pair
     tokens, mask, mel, lengths, frame_mask = batch
-    model = build_model(config)
+    model = build_module(config)
     with torch.no_grad():
         enc = hf.audio_tower(torch.from_numpy(mel), attention_mask=_hf_audio_mask(frame_mask)).last_hidden_state
         feats = hf.multi_modal_projector(enc)

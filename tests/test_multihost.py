@@ -12,7 +12,7 @@ import pytest
 
 from qwen_audio_jax import api
 from qwen_audio_jax.demo import build_tiny_model_dir
-from qwen_audio_jax.generation.engine import GenerationOptions
+from qwen_audio_jax.generation.options import GenerationOptions
 from qwen_audio_jax.jobs.generate import GenerateJob
 from qwen_audio_jax.training.run_config import load_run_config
 from qwen_audio_jax.training.trainer import Trainer

@@ -131,14 +131,16 @@ class Engine:
         state_sh = self._state_shardings()
         rows2, rep = self.placement.batch_sharding(2), self.placement.replicated()
         self._prefill = jax.jit(
-            functools.partial(steps.prefill, self.module.clone(return_kv=True)), static_argnames=("with_logprobs",)
+            functools.partial(steps.prefill, self.module.clone(return_kv=True)), static_argnames=("with_logprobs",),
+            out_shardings=self._prefilled_shardings(state_sh),
         )
-        self._insert = jax.jit(steps.insert, donate_argnums=(0,), out_shardings=state_sh)
+        # (Each engine jits its own partials: its program counts are then its own.)
+        self._insert = jax.jit(functools.partial(steps.insert), donate_argnums=(0,), out_shardings=state_sh)
         self._decode = jax.jit(
             functools.partial(steps.decode, self.module), static_argnames=("chunk", "with_logprobs"),
             donate_argnums=(1,), out_shardings=(state_sh, rows2, rows2, rep),
         )  # fmt: skip
-        self._grow = jax.jit(steps.grow, static_argnums=(1,), out_shardings=state_sh)  # new shapes: no donation
+        self._grow = jax.jit(functools.partial(steps.grow), static_argnums=(1,), out_shardings=state_sh)
         self._init = jax.jit(
             functools.partial(steps.empty_state, config.decoder, self.batch_size, dtype=dtype),
             static_argnums=(0,), out_shardings=state_sh,
@@ -146,6 +148,9 @@ class Engine:
         self._state: steps.SlotState | None = None
         self.stats = EngineStats()
         self._started: float | None = None
+        # The static shapes met so far, per program: ("prefill", rows, length, clips, frames),
+        # ("insert", rows, length, cache), ("decode", cache). Bounded by the bucket grid.
+        self.shapes_seen: set[tuple] = set()
 
     # ---- public ----------------------------------------------------------------------------------------------
     def compiled_programs(self) -> dict[str, int]:
@@ -173,35 +178,55 @@ class Engine:
     def generate(self, prepared: list[PreparedRequest], options: GenerationOptions) -> list[GenerationOutput]:
         """Convenience: generate for a list (outputs in input order), every request with the job's options."""
         reqs = [EngineRequest(i, p, options.for_request(None, str(i))) for i, p in enumerate(prepared)]
-        out = dict(self.run(ListSource(reqs)))
+        out = dict(self.run(ListSource(reqs), return_logprobs=options.return_logprobs))
         return [out[i] for i in range(len(prepared))]
 
-    def run(self, source: RequestSource) -> Iterator[tuple[object, GenerationOutput]]:
+    def run(self, source: RequestSource, return_logprobs: bool | None = None
+            ) -> Iterator[tuple[object, GenerationOutput]]:  # fmt: skip
         """Generates until the source is exhausted and every slot is done; yields (tag, output) as each request
-        finishes. Multi-host: every process calls this with its own source."""
+        finishes. return_logprobs (static: its own programs) replaces the engine's setting when given. Multi-host: every
+        process calls this with its own source."""
+        if return_logprobs is not None:
+            self.return_logprobs = return_logprobs
         procs, me = jax.process_count(), jax.process_index()
         local = self.batch_size // procs
         free = collections.deque(range(me * local, (me + 1) * local))
         running: dict[int, _Running] = {}
+        waiting: collections.deque[EngineRequest] = collections.deque()  # taken from the source, not yet admitted
         self._started = self._started or time.perf_counter()
         with self.placement.activate():
             while True:
                 t0 = time.perf_counter()
-                block = not running and not source.exhausted  # the device is idle until input arrives
-                new = source.take(len(free), block=block) if free else []
+                block = not running and not waiting and not source.exhausted  # the device idles until input
+                if len(free) > len(waiting):
+                    waiting.extend(source.take(len(free) - len(waiting), block=block))
                 if block:
                     self.stats.input_wait_s += time.perf_counter() - t0
-                agreed = agree_max(self._local_sizes(new, running, source))
-                n_new, any_running, more = agreed[0], agreed[5], agreed[6]
-                if not (n_new or any_running or more):
+                new = self._select(waiting, len(free))
+                more = bool(waiting) or not source.exhausted
+                agreed = agree_max(self._local_sizes(new, running, more))
+                n_new, any_running, any_more = agreed[0], agreed[5], agreed[6]
+                if not (n_new or any_running or any_more):
                     return
                 if n_new:
                     yield from self._admit(new, free, running, agreed)
                 if n_new or any_running:  # decided on agreed values: every process calls decode together
-                    yield from self._decode_chunk(free, running, stop_on_free=bool(more))
+                    yield from self._decode_chunk(free, running, stop_on_free=bool(any_more))
 
     # ---- host loop pieces ------------------------------------------------------------------------------------
-    def _local_sizes(self, new: list[EngineRequest], running: dict, source) -> tuple[int, ...]:
+    def _select(self, waiting: collections.deque, free: int) -> list[EngineRequest]:
+        """The next requests to prefill together: in arrival order, as many as there are free slots and as
+        their clips fit the largest clip bucket (at least one)."""
+        out, clips = [], 0
+        while waiting and len(out) < free:
+            n = len(waiting[0].prepared.mels)
+            if out and clips + n > self.buckets.clips[-1]:
+                break
+            out.append(waiting.popleft())
+            clips += n
+        return out
+
+    def _local_sizes(self, new: list[EngineRequest], running: dict, more: bool) -> tuple[int, ...]:
         """This process's needs: (new rows, length bucket, clips, frame bucket, cache length, running, more)."""
         t_len = clips = frames = 0
         cache_len = self.cache_length()
@@ -216,7 +241,7 @@ class Engine:
             frames = self.buckets.mel_frames(max(lengths)) if lengths else 0
             cache_len = max(cache_len, t_len)
         cache_len = self.buckets.prompt_length(cache_len) if cache_len else 0
-        return len(new), t_len, clips, frames, cache_len, int(bool(running)), int(not source.exhausted)
+        return len(new), t_len, clips, frames, cache_len, int(bool(running)), int(more)
 
     def _ensure_state(self, cache_len: int) -> None:
         if self._state is None:
@@ -237,6 +262,13 @@ class Engine:
                                num_generated=rows, max_new=rows, done=rows, seen=rows2, keys=rows2,
                                sampling=sampling)  # fmt: skip
 
+    def _prefilled_shardings(self, state_sh: steps.SlotState) -> steps.Prefilled:
+        """Prefill's outputs laid out like the slots (rows over the batch axes), so insert sees one layout."""
+        rows, rows2 = state_sh.lengths, state_sh.seen
+        return steps.Prefilled(k=state_sh.cache.k, v=state_sh.cache.v, lengths=rows, rope_index=rows,
+                               first_token=rows, first_logprob=rows, done=rows, seen=rows2, keys=rows2,
+                               max_new=rows, sampling=state_sh.sampling)  # fmt: skip
+
     def _admit(self, new: list[EngineRequest], free: collections.deque, running: dict, agreed) -> Iterator:
         """Prefill + insert the new requests into free slots (shapes agreed over processes)."""
         n_new, t_len, clips, frames, cache_len = agreed[:5]
@@ -244,6 +276,8 @@ class Engine:
         rows = self.buckets.rows(n_new * procs, self._row_divisor, self.batch_size)
         local_rows = rows // procs
         self._ensure_state(cache_len)
+        self.shapes_seen.add(("prefill", rows, t_len, clips, frames))
+        self.shapes_seen.add(("insert", rows, t_len, self.cache_length()))
         slots = [free.popleft() for _ in new]
         arrays = self._prefill_arrays(new, slots, local_rows, t_len, clips, frames)
         arrays = {k: (None if v is None else gather_processes(v)) for k, v in arrays.items()}
@@ -290,6 +324,7 @@ class Engine:
                 "max_new": max_new, "slots": slot_ids}  # fmt: skip
 
     def _decode_chunk(self, free: collections.deque, running: dict, stop_on_free: bool) -> Iterator:
+        self.shapes_seen.add(("decode", self.cache_length()))
         t0 = time.perf_counter()
         self._state, tokens, logprobs, n = self._decode(
             self.params, self._state, self._stop, jnp.asarray(stop_on_free), chunk=self.chunk,
