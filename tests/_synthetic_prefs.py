@@ -29,7 +29,7 @@ def synth(kind: int, rng: np.random.Generator) -> np.ndarray:
     return (amp * x + 0.01 * rng.standard_normal(t.shape)).astype(np.float32)
 
 
-def write_preference_set(directory: Path, n: int, seed: int, sft: bool = False) -> Path:
+def write_preference_set(directory: Path, n: int, seed: int, preference: bool = True) -> Path:
     """n examples as JSONL (our format) with wav files beside it; returns the JSONL path."""
     directory.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -41,11 +41,11 @@ def write_preference_set(directory: Path, n: int, seed: int, sft: bool = False) 
         sf.write(wav, synth(kind, rng), SR)
         messages = [{"role": "user", "content": [{"type": "audio", "audio": wav.name},
                                                  {"type": "text", "text": "What sound is this?"}]}]  # fmt: skip
-        if sft:
+        if not preference:
             lines.append({"id": f"{seed}-{i}", "messages": messages + [{"role": "assistant", "content": SOUNDS[kind]}]})
         else:
             lines.append({"id": f"{seed}-{i}", "messages": messages, "chosen": SOUNDS[kind], "rejected": SOUNDS[wrong],
                           "label": kind})  # fmt: skip
-    path = directory / ("sft.jsonl" if sft else "prefs.jsonl")
+    path = directory / ("prefs.jsonl" if preference else "sft.jsonl")
     path.write_text("".join(json.dumps(x) + "\n" for x in lines))
     return path

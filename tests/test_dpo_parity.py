@@ -64,7 +64,7 @@ def pairs_batch(qwen2_tokenizer):  # noqa: F811
         PreferenceExample("c", {"prompt": "<|audio_bos|><|AUDIO|><|audio_eos|>Caption:", "audio": [synth_clip(0.7, 2)]},
                           " Bells.", " A long silence then bells."),
     ]  # fmt: skip
-    prep = ExamplePreparer(examples, processor, with_rejected=True)
+    prep = ExamplePreparer(examples, processor, preference=True)
     micro = [prep(i) for i in range(3)]
     arrays = collate_step([micro], batch_shape([micro], Buckets()), 151643, 128)
     return arrays

@@ -16,7 +16,6 @@ from qwen_audio_jax import api
 from qwen_audio_jax.cli.main import main
 from qwen_audio_jax.demo import build_tiny_model_dir
 from qwen_audio_jax.generation.options import GenerationOptions
-from qwen_audio_jax.jobs.score import ScoreJob
 from tests._paths import REPO
 from tests._synthetic_prefs import SOUNDS, write_preference_set
 
@@ -29,8 +28,8 @@ def work(tmp_path_factory):
     build_tiny_model_dir(root / "model")
     write_preference_set(root / "train", 64, seed=0)
     write_preference_set(root / "heldout", 32, seed=1)
-    write_preference_set(root / "sft_train", 64, seed=2, sft=True)
-    write_preference_set(root / "sft_heldout", 16, seed=3, sft=True)
+    write_preference_set(root / "sft_train", 64, seed=2, preference=False)
+    write_preference_set(root / "sft_heldout", 16, seed=3, preference=False)
     return root
 
 
@@ -63,7 +62,7 @@ def test_dpo_learns_on_heldout_pairs(work):
             msgs = json.loads(json.dumps(r["messages"]).replace('"s1_', f'"{work / "heldout"}/s1_'))
             reqs.append({"id": r["id"], "messages": msgs, "completions": [r["chosen"] + "<|im_end|>",
                                                                           r["rejected"] + "<|im_end|>"]})  # fmt: skip
-        return np.asarray([x["logprob"] for x in ScoreJob(model, batch_size=8).run_all(reqs)])
+        return np.asarray([x["logprob"] for x in api.score(model, reqs, batch_size=8)])
 
     policy, reference = logps(out / "model"), logps(work / "model")
     margin = (policy[:, 0] - reference[:, 0]) - (policy[:, 1] - reference[:, 1])
@@ -72,7 +71,7 @@ def test_dpo_learns_on_heldout_pairs(work):
 
 def test_sft_learns_exact_answers(work):
     out = work / "sft-run"
-    assert main(["dpo", "--config", str(REPO / "configs" / "sft_tiny.yaml"), "--no-progress",
+    assert main(["sft", "--config", str(REPO / "configs" / "sft_tiny.yaml"), "--no-progress",
                  f"model={work / 'model'}", f"data.train={work / 'sft_train' / 'sft.jsonl'}",
                  f"output_dir={out}"]) == 0  # fmt: skip
     model = api.load(out / "model")
@@ -130,14 +129,15 @@ def test_non_finite_loss_stops_with_last_good_checkpoint(work, tmp_path, capsys)
 def test_train_step_compiles_once_per_bucket_and_exports(work, tmp_path):
     """Bounded recompilation: one train-step program per batch-shape bucket seen; the final model dir goes back
     to Hugging Face format."""
+    from qwen_audio_jax.training.loop import train
+    from qwen_audio_jax.training.run import TrainingRun
     from qwen_audio_jax.training.run_config import load_run_config
-    from qwen_audio_jax.training.trainer import Trainer
 
     cfg = load_run_config(CONFIG, [f"model={work / 'model'}", f"data.train={work / 'train' / 'prefs.jsonl'}",
                                    f"output_dir={tmp_path / 'run'}", "train.steps=12", "train.batch_size=4"])  # fmt: skip
-    trainer = Trainer(cfg, progress=False)
-    trainer.run()
-    assert 1 <= trainer.compiled_programs() == len(trainer.batch_shapes) < 12
+    run = TrainingRun.build(cfg)
+    train(run, progress=False)
+    assert 1 <= run.compiled_programs() == len(run.shapes_seen) < 12
     assert main(["export-hf", str(tmp_path / "run" / "model"), str(tmp_path / "hf"), "--no-progress"]) == 0
     assert (tmp_path / "hf" / "model.safetensors").exists() and (tmp_path / "hf" / "config.json").exists()
 

@@ -14,8 +14,7 @@ from qwen_audio_jax.text.processor import Processor
 from qwen_audio_jax.training.data import (
     PreferenceExample,
     pair_fingerprint,
-    read_preference_file,
-    read_sft_file,
+    read_examples,
     validate_examples,
 )
 from tests._requests import synth_clip
@@ -67,7 +66,7 @@ def test_every_form_parses_to_the_same_example(data_dir):
     expected = PreferenceExample("x", {"messages": [user_audio(str(data_dir / "clips" / "a.wav"))]},
                                  "Glass breaking.", "A dog.")
     for i, record in enumerate([ours, trl, trl_implicit, factory]):
-        examples, errors = read_preference_file(write_jsonl(data_dir / f"form{i}.jsonl", [record]))
+        examples, errors = read_examples(write_jsonl(data_dir / f"form{i}.jsonl", [record]), preference=True)
         assert errors == [] and examples == [expected], i
 
 
@@ -81,7 +80,7 @@ def test_prompt_form_and_relative_paths(data_dir, tmp_path, monkeypatch):
          "rejected": "r"},
         {"messages": [user_audio(absolute)], "chosen": "c", "rejected": "r"},
         {"prompt": "No audio here.", "chosen": "c", "rejected": "r"}])
-    (a, b, c), errors = read_preference_file(path)
+    (a, b, c), errors = read_examples(path, preference=True)
     assert errors == []
     assert a.id == "prompt-1" and c.id == "prompt-3"  # no "id": file stem + line number
     assert a.request == {"prompt": "<|audio_bos|><|AUDIO|><|audio_eos|>Caption:",
@@ -99,7 +98,7 @@ def test_llama_factory_audio_placement_roles_and_json_array(data_dir):
         "chosen": {"from": "assistant", "value": "Quieter."}, "rejected": {"from": "gpt", "value": "Louder."}}
     path = data_dir / "factory.json"  # LLaMA-Factory ships JSON arrays
     path.write_text(json.dumps([record]), encoding="utf-8")
-    (ex,), errors = read_preference_file(path)
+    (ex,), errors = read_examples(path, preference=True)
     assert errors == [] and ex.id == "factory-1" and (ex.chosen, ex.rejected) == ("Quieter.", "Louder.")
     clip = lambda n: {"type": "audio", "audio": str(data_dir / "clips" / f"{n}.wav")}  # noqa: E731
     text = lambda t: {"type": "text", "text": t}  # noqa: E731
@@ -122,7 +121,7 @@ def test_sft_forms(data_dir):
         {"id": "trl", "prompt": prompt, "completion": [asst(target)]},
         {"id": "no-target", "messages": prompt},
         {"id": "bare", "messages": [asst(target)]}])
-    examples, errors = read_sft_file(path)
+    examples, errors = read_examples(path, preference=False)
     expected_request = {"messages": [user_audio(str(data_dir / "clips" / "a.wav"))]}
     assert [e.id for e in examples] == ["messages", "factory", "preference", "trl"]
     for e in examples:
@@ -152,7 +151,7 @@ def test_bad_lines_are_reported_not_raised(data_dir):
         {"id": "assistant-audio", "conversations": [{"from": "human", "value": "<audio>"}, {"from": "gpt",
          "value": "<audio>"}], "audios": ["clips/a.wav", "clips/b.wav"], "chosen": "c", "rejected": "r"},
         "[1, 2]", "", good])
-    examples, errors = read_preference_file(path)
+    examples, errors = read_examples(path, preference=True)
     assert [e.id for e in examples] == ["good"]
     reasons = dict(errors)
     assert list(reasons) == ["bad-2", "unknown", "no-rejected", "non-string", "same", "empty", "audio-completion",
@@ -171,7 +170,7 @@ def test_bad_lines_are_reported_not_raised(data_dir):
 
 def test_missing_file_is_a_data_error(tmp_path):
     with pytest.raises(DataError, match="no such data file"):
-        read_preference_file(tmp_path / "nope.jsonl")
+        read_examples(tmp_path / "nope.jsonl", preference=True)
 
 
 # -- prepare_completions ----------------------------------------------------------------------------------------------
@@ -229,7 +228,7 @@ def test_validation_counts_and_drops(processor, data_dir):
         {"id": "too-long", "messages": [user_audio("clips/b.wav")], "chosen": "Glass.", "rejected": long_answer},
         {"id": "audio-in-completion", "prompt": "p", "chosen": "<|AUDIO|>", "rejected": "r"},
         "{broken"])
-    examples, bad = read_preference_file(path)
+    examples, bad = read_examples(path, preference=True)
     pairs, report = validate_examples(examples, processor, max_length=200, bad_records=bad, source=path)
     assert [p.id for p in pairs] == ["ok", "sft-like"]
     assert (report.total, report.kept, report.dropped) == (9, 2, 7)
@@ -273,7 +272,7 @@ def test_sft_validation_and_completion_suffix(processor, data_dir, qwen2_tokeniz
 def test_all_invalid_raises(processor, data_dir):
     path = write_jsonl(data_dir / "allbad.jsonl", [{"id": "m", "messages": [user_audio("clips/none.wav")],
                                                     "chosen": "c", "rejected": "r"}, "nope"])
-    examples, bad = read_preference_file(path)
+    examples, bad = read_examples(path, preference=True)
     with pytest.raises(DataError, match=r"every example was invalid: .*allbad.jsonl: 2 examples, 0 kept"):
         validate_examples(examples, processor, max_length=100, bad_records=bad, source=path)
     with pytest.raises(DataError, match="no records"):

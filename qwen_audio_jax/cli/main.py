@@ -59,7 +59,10 @@ def _report_bug(exc: BaseException) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # --help (0) or a usage error (2): returned, so main() can be called in-process
+        return int(e.code or 0)
     try:
         return int(args.func(args) or 0)
     except QwenAudioError as e:
