@@ -21,11 +21,14 @@ def main(specs: list[str]) -> dict:
     from qwen_audio_jax.bundled import write_tokenizer_dir
     from qwen_audio_jax.config import tiny
     from qwen_audio_jax.generation.engine import Engine
-from qwen_audio_jax.generation.options import GenerationOptions
+    from qwen_audio_jax.generation.options import GenerationOptions
+    from qwen_audio_jax.jobs.driver import run_list
     from qwen_audio_jax.jobs.score import ScoreJob
+    from qwen_audio_jax.model.axes import LAYERS
     from qwen_audio_jax.model.params import init_params, logical_axes
-    from qwen_audio_jax.sharding import axes as ax
     from qwen_audio_jax.sharding.mesh import make_mesh, spec_for
+    from qwen_audio_jax.sharding.placement import Placement
+    from qwen_audio_jax.sharding.rules import LOGICAL_RULES
     from qwen_audio_jax.text.processor import Processor
     from qwen_audio_jax.text.tokenizer import Qwen2AudioTokenizer
     from tests._requests import varied_requests
@@ -38,19 +41,22 @@ from qwen_audio_jax.generation.options import GenerationOptions
     params = init_params(config, jax.random.PRNGKey(3))
     opts = GenerationOptions(max_new_tokens=24)
 
-    def run(mesh):
-        engine = Engine(config, params, batch_size=6, mesh=mesh)
+    def run(placement):
+        """6 requests on 6 slots (rounded up to the mesh's batch axes: padded slots and prefill rows), then the
+        first three again as a batch that divides nothing, and scores."""
+        engine = Engine(config, params, batch_size=6, placement=placement)
         tokens = [o.token_ids for o in engine.generate(prepared, opts)]
-        odd = [o.token_ids for o in Engine(config, params, batch_size=3, mesh=mesh).generate(prepared[:3], opts)]
-        model = LoadedModel(config, engine.params, processor, jnp.float32, None, mesh, ax.INFERENCE_RULES)
-        scores = [r["logprob"] for r in ScoreJob(model, batch_size=4).run_all(score_requests)]
+        odd = [o.token_ids for o in engine.generate(prepared[:3], opts)]
+        model = LoadedModel(config, engine.params, processor, jnp.float32, None, placement)
+        scores = [r["logprob"] for r in run_list(ScoreJob(model, batch_size=4), score_requests)]
         return engine, tokens, odd, scores
 
     from pathlib import Path
 
     from qwen_audio_jax.demo import build_tiny_model_dir
+    from qwen_audio_jax.training.loop import train as train_run
+    from qwen_audio_jax.training.run import TrainingRun
     from qwen_audio_jax.training.run_config import load_run_config
-    from qwen_audio_jax.training.trainer import Trainer
     from tests._paths import REPO
     from tests._synthetic_prefs import write_preference_set
 
@@ -65,26 +71,27 @@ from qwen_audio_jax.generation.options import GenerationOptions
                      "train.steps=2", "train.batch_size=6", "train.num_threads=1", "checkpoint.every=100"]  # fmt: skip
         if mesh_spec:
             overrides.append(f"mesh={mesh_spec}")
-        Trainer(load_run_config(str(REPO / "configs" / "dpo_tiny.yaml"), overrides), progress=False).run()
+        run_ = TrainingRun.build(load_run_config(str(REPO / "configs" / "dpo_tiny.yaml"), overrides), log=lambda m: None)
+        train_run(run_, progress=False, log=lambda m: None)
         return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
 
-    _, ref_tokens, ref_odd, ref_scores = run(None)
+    _, ref_tokens, ref_odd, ref_scores = run(Placement.create(None))
     out = {"reference": {"tokens": ref_tokens, "odd_batch": ref_odd, "scores": ref_scores, "dpo": train(None)},
            "meshes": {}}  # fmt: skip
     names = traverse_util.flatten_dict(logical_axes(config), sep="/")
     for spec in specs:
         mesh = make_mesh(spec)
-        engine, tokens, odd, scores = run(mesh)
+        engine, tokens, odd, scores = run(Placement(mesh))
         flat = traverse_util.flatten_dict(engine.params, sep="/")
         actual = {k: str(v.sharding.spec) for k, v in flat.items()}
-        expected = {k: str(spec_for(tuple(names[k]), v.shape, mesh, ax.INFERENCE_RULES)) for k, v in flat.items()}
+        expected = {k: str(spec_for(tuple(names[k]), v.shape, mesh, LOGICAL_RULES)) for k, v in flat.items()}
         out["meshes"][spec] = {
             "tokens": tokens, "odd_batch": odd, "scores": scores, "batch_size": engine.batch_size, "dpo": train(spec),
             "actual": actual, "expected": expected,
             # weight matrices (2+ dims besides the stacked layer axis) that ended up on every device whole
             "replicated_matrices": sorted(
                 k for k, v in flat.items()
-                if v.ndim - (names[k][0] == ax.LAYERS) >= 2 and v.sharding.is_fully_replicated
+                if v.ndim - (names[k][0] == LAYERS) >= 2 and v.sharding.is_fully_replicated
             ),
         }  # fmt: skip
     return out

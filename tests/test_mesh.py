@@ -42,7 +42,7 @@ def test_scores_equal_single_device(result, spec):
 
 
 # Under pure tensor parallelism these stay whole on every device by the rule table's design: their dims are
-# model widths (split over fsdp, not tensor), and the embedding rows are never split (see sharding/axes.py).
+# model widths (split over fsdp, not tensor), and the embedding rows are never split (see sharding/rules.py).
 TP_REPLICATED = ["audio_tower/conv1/kernel", "audio_tower/conv2/kernel", "audio_tower/embed_positions",
                  "language_model/embed_tokens/embedding", "multi_modal_projector/linear/kernel"]  # fmt: skip
 

@@ -1,5 +1,5 @@
-"""Two local processes x 4 CPU devices (jax.distributed + gloo) give the single-process results: generate over a
-split request file (one merged result file) and DPO steps with a checkpoint save and restore."""
+"""Two local processes x 4 CPU devices (jax.distributed + gloo) give the single-process results: generate and
+score over split request files (one merged result file each) and DPO steps with a checkpoint save and restore."""
 
 import json
 import os
@@ -13,9 +13,12 @@ import pytest
 from qwen_audio_jax import api
 from qwen_audio_jax.demo import build_tiny_model_dir
 from qwen_audio_jax.generation.options import GenerationOptions
+from qwen_audio_jax.jobs.driver import run_file
 from qwen_audio_jax.jobs.generate import GenerateJob
+from qwen_audio_jax.jobs.score import ScoreJob
+from qwen_audio_jax.training.loop import train
+from qwen_audio_jax.training.run import TrainingRun
 from qwen_audio_jax.training.run_config import load_run_config
-from qwen_audio_jax.training.trainer import Trainer
 from tests._paths import REPO
 from tests._requests import synth_clip
 from tests._synthetic_prefs import write_preference_set
@@ -47,6 +50,10 @@ def work(tmp_path_factory):
         lines.append({"id": f"q{i}", "messages": [{"role": "user", "content": content}]})
     lines.append({"id": "bad", "messages": [{"role": "user", "content": [{"type": "audio", "audio": "nope.wav"}]}]})
     (root / "requests.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    # 7 score requests (one with two completions, one failing): the processes get different row counts.
+    scores = [{**x, "completion": f"Answer {i}."} for i, x in enumerate(lines[:5])]
+    scores += [{**lines[5], "completions": ["Yes.", "No, not at all."]}, {**lines[-1], "completion": "x"}]
+    (root / "score_requests.jsonl").write_text("".join(json.dumps(x) + "\n" for x in scores))
     (root / "spec.json").write_text(json.dumps({"max_new_tokens": 12, "config": CONFIG}))
     return root
 
@@ -88,9 +95,8 @@ def test_generate_split_across_processes_equals_single_process(multihost_run):
     multi = [json.loads(x) for x in (work / "multi_results.jsonl").read_text().splitlines()]
     assert not list(work.glob("multi_results.jsonl.part-*")), "part files must be merged and removed"
     model = api.load(work / "model")
-    GenerateJob(model, GenerationOptions(max_new_tokens=12), batch_size=4).run_file(
-        work / "requests.jsonl", work / "single_results.jsonl", overwrite=True, progress=False
-    )
+    run_file(GenerateJob(model, GenerationOptions(max_new_tokens=12), batch_size=4), work / "requests.jsonl",
+             work / "single_results.jsonl", overwrite=True, progress=False)  # fmt: skip
     single = [json.loads(x) for x in (work / "single_results.jsonl").read_text().splitlines()]
     assert sorted(r["id"] for r in multi) == sorted(r["id"] for r in single)  # every request exactly once
     want = {r["id"]: (r["token_ids"], r["error"] is None) for r in single}
@@ -98,12 +104,27 @@ def test_generate_split_across_processes_equals_single_process(multihost_run):
     assert not want["bad"][1]
 
 
+def test_score_split_across_processes_equals_single_process(multihost_run):
+    work = multihost_run
+    multi = [json.loads(x) for x in (work / "multi_scores.jsonl").read_text().splitlines()]
+    assert not list(work.glob("multi_scores.jsonl.part-*"))
+    run_file(ScoreJob(api.load(work / "model"), batch_size=4), work / "score_requests.jsonl",
+             work / "single_scores.jsonl", overwrite=True, progress=False)  # fmt: skip
+    single = {r["id"]: r for r in map(json.loads, (work / "single_scores.jsonl").read_text().splitlines())}
+    assert sorted(r["id"] for r in multi) == sorted(single)
+    for r in multi:
+        want = single[r["id"]]
+        assert (r["error"] is None) == (want["error"] is None) and r["num_tokens"] == want["num_tokens"]
+        if r["error"] is None:
+            assert r["logprob"] == pytest.approx(want["logprob"], rel=1e-5, abs=1e-5)
+
+
 def test_dpo_steps_with_checkpoint_restore_equal_single_process(multihost_run):
     work = multihost_run
     overrides = [f"model={work / 'model'}", f"data.train={work / 'prefs.jsonl'}", f"output_dir={work / 'single_run'}",
                  "checkpoint.every=2", "train.num_threads=1"]  # fmt: skip
-    Trainer(load_run_config(CONFIG, overrides + ["train.steps=3"]), progress=False).run()
-    Trainer(load_run_config(CONFIG, overrides + ["train.steps=4"]), progress=False).run()
+    train(TrainingRun.build(load_run_config(CONFIG, overrides + ["train.steps=3"])), progress=False)
+    train(TrainingRun.build(load_run_config(CONFIG, overrides + ["train.steps=4"])), progress=False)
     read = lambda d: [json.loads(x) for x in (work / d / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
     multi, single = read("multi_run"), read("single_run")
     assert [m["step"] for m in multi] == [1, 2, 3, 4] == [m["step"] for m in single]

@@ -280,7 +280,7 @@ class Engine:
         self.shapes_seen.add(("insert", rows, t_len, self.cache_length()))
         slots = [free.popleft() for _ in new]
         arrays = self._prefill_arrays(new, slots, local_rows, t_len, clips, frames)
-        arrays = {k: (None if v is None else gather_processes(v)) for k, v in arrays.items()}
+        arrays = jax.tree_util.tree_map(gather_processes, arrays)  # multi-host: rows (and clips) in process order
         t0 = time.perf_counter()
         put = self.placement.put
         pre = self._prefill(
