@@ -162,14 +162,14 @@ def test_bad_lines_are_reported_not_raised(data_dir):
                        "same": "identical", "empty": "'chosen' is empty", "audio-completion": "contains audio",
                        "audio-with-messages": "goes with 'prompt' only", "implicit-diverges": "share every turn",
                        "tool": "tool turn", "count": "2 <audio> placeholders but 'audios' lists 1",
-                       "assistant-audio": "audio goes in human turns", "bad-14": "must be a JSON object",
+                       "assistant-audio": "audio goes in human turns", "bad-14": "not an object",
                        "good": "duplicate id 'good' (first used on line 1)"}.items():
         assert words in reasons[rid], (rid, reasons[rid])
         assert reasons[rid].startswith("bad.jsonl line "), reasons[rid]
 
 
 def test_missing_file_is_a_data_error(tmp_path):
-    with pytest.raises(DataError, match="no such data file"):
+    with pytest.raises(DataError, match="data file not found"):
         read_examples(tmp_path / "nope.jsonl", preference=True)
 
 

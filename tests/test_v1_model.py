@@ -246,7 +246,7 @@ def test_sft_on_a_v1_model_learns(v1, tmp_path):
     train = write_preference_set(tmp_path / "train", 64, seed=2, preference=False)
     heldout = write_preference_set(tmp_path / "heldout", 16, seed=3, preference=False)
     assert main(["sft", "--config", str(REPO / "configs" / "sft_tiny.yaml"), "--no-progress", f"model={jax_dir}",
-                 f"data.train={train}", f"output_dir={tmp_path / 'run'}"]) == 0  # fmt: skip
+                 f"data.train={train}", f"output_dir={tmp_path / 'run'}", "optim.freeze_audio_encoder=false"]) == 0  # fmt: skip
     model = api.load(tmp_path / "run" / "model")
     records = [json.loads(x) for x in heldout.read_text().splitlines()]
     requests = [{"id": r["id"], "messages": json.loads(json.dumps(r["messages"][:-1]).replace(

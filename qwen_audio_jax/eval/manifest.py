@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from qwen_audio_jax.errors import ConfigError, DataError
+from qwen_audio_jax.jsonl import iter_jsonl
 
 __all__ = ["TASKS", "ManifestEntry", "ManifestProblem", "check_task", "read_jsonl_objects", "read_manifest"]
 
@@ -63,37 +64,11 @@ def check_task(task: str) -> None:
 
 
 def read_jsonl_objects(path: str | Path, what: str) -> Iterator[tuple[int, dict | None, ManifestProblem | None]]:
-    """Yields (line number, object, None) or (line number, None, problem) for every non-blank line of ``path``.
-
-    Lines are decoded one by one, so a single bad byte spoils one line, not the file. ``what`` names the file kind
-    in the missing-file error ("manifest", "predictions file").
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: {what} not found; check the path.")
-    name = path.name
-    with open(path, "rb") as f:
-        for n, raw in enumerate(f, start=1):
-            if n == 1 and raw.startswith(b"\xef\xbb\xbf"):
-                raw = raw[3:]  # a UTF-8 byte-order mark is not an error
-            if not raw.strip():
-                continue
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                yield n, None, ManifestProblem(n, None, f"{name} line {n} is not valid UTF-8 (byte {e.start}); "
-                                                       "re-save the file as UTF-8.")  # fmt: skip
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                yield n, None, ManifestProblem(n, None, f"{name} line {n} is not valid JSON ({e.msg}); fix the line.")
-                continue
-            if not isinstance(obj, dict):
-                yield n, None, ManifestProblem(n, None, f"{name} line {n} is not a JSON object; write one {{...}} "
-                                                       "object per line.")  # fmt: skip
-                continue
-            yield n, obj, None
+    """Yields (line number, object, None) or (line number, None, problem) for every non-blank line of ``path``
+    (qwen_audio_jax/jsonl.py: a bad byte spoils one line, not the file). ``what`` names the file kind in the
+    missing-file error ("manifest", "predictions file")."""
+    for n, obj, error in iter_jsonl(path, what):
+        yield n, obj, None if error is None else ManifestProblem(n, None, error)
 
 
 def _nonempty_str(value) -> bool:

@@ -11,11 +11,11 @@ ever written twice and `--resume` never mistakes one request for another.
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 from typing import Iterator
 
-from qwen_audio_jax.errors import DataError, PromptError
+from qwen_audio_jax.errors import PromptError
+from qwen_audio_jax.jsonl import iter_jsonl, open_jsonl
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,63 +26,11 @@ class Record:
     line: int = 0
 
 
-def _invalid_unicode(value) -> bool:
-    """True when a decoded JSON value holds a string that cannot be encoded as UTF-8 (a lone surrogate)."""
-    if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            return True
-        return False
-    if isinstance(value, dict):
-        return any(_invalid_unicode(k) or _invalid_unicode(v) for k, v in value.items())
-    if isinstance(value, list):
-        return any(_invalid_unicode(v) for v in value)
-    return False
-
-
-def _parse(raw: bytes, n: int, name: str) -> tuple[dict | None, str | None]:
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        return None, (f"{name} line {n} is not valid UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1}); "
-                      "save the file as UTF-8.")  # fmt: skip
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as e:
-        return None, f"{name} line {n} is not valid JSON ({e.msg} at column {e.colno}); fix the line."
-    if not isinstance(value, dict):
-        return None, f"{name} line {n} is a JSON {type(value).__name__}, not an object; write one object per line."
-    if _invalid_unicode(value):
-        return None, (f"{name} line {n} contains invalid Unicode (a lone surrogate escape such as \\ud800); "
-                      "fix the line.")  # fmt: skip
-    return value, None
-
-
-def open_input(path: str | Path) -> Path:
-    """The input file, checked: it exists, is a file, and is not binary."""
-    path = Path(path)
-    if not path.exists():
-        raise DataError(f"{path}: input file not found; check the path.")
-    if not path.is_file():
-        raise DataError(f"{path}: is a directory, not a JSONL file; pass the request file.")
-    try:
-        with open(path, "rb") as f:
-            head = f.read(4096)
-    except OSError as e:
-        raise DataError(f"{path}: cannot read ({e.strerror}).") from e
-    if b"\x00" in head:
-        raise DataError(f"{path}: looks binary (NUL bytes), not a JSONL file; pass one JSON object per line.")
-    return path
-
-
 def read_records(path: str | Path) -> list[Record]:
     """All records of a JSONL file, in order (two passes over the lines: real ids first, so error ids can be
     chosen that collide with none of them)."""
-    path = open_input(path)
-    with open(path, "rb") as f:
-        lines = [(n, raw) for n, raw in enumerate(f.read().split(b"\n"), start=1) if raw.strip()]
-    parsed = [(n, *_parse(raw, n, path.name)) for n, raw in lines]
+    parsed = list(iter_jsonl(path))
+    name = Path(path).name
     real_ids = {v["id"] for _, v, err in parsed if err is None and isinstance(v.get("id"), str) and v["id"]}
     used: set[str] = set()
 
@@ -102,10 +50,10 @@ def read_records(path: str | Path) -> list[Record]:
         rid = value.get("id")
         if not isinstance(rid, str) or not rid.strip():
             out.append(Record(unique(f"line-{n}"), None,
-                              f'{path.name} line {n} has no string "id"; every request needs a unique id.', n))  # fmt: skip
+                              f'{name} line {n} has no string "id"; every request needs a unique id.', n))  # fmt: skip
         elif rid in used:
             out.append(Record(unique(f"{rid}#line-{n}"), None,
-                              f"{path.name} line {n}: id {rid!r} is used by an earlier request; ids must be unique.",
+                              f"{name} line {n}: id {rid!r} is used by an earlier request; ids must be unique.",
                               n))  # fmt: skip
         else:
             used.add(rid)
@@ -134,3 +82,8 @@ def check_keys(record: dict, allowed: frozenset[str], job: str) -> None:
     if unknown:
         raise PromptError(f"unknown request key(s) {', '.join(map(repr, unknown))} for {job}; known keys: "
                           f"{', '.join(sorted(allowed))}.")  # fmt: skip
+
+
+def open_input(path: str | Path) -> Path:
+    """The request file, checked before the model loads (missing, a directory, binary)."""
+    return open_jsonl(path, "input file")

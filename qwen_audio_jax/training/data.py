@@ -31,6 +31,7 @@ from pathlib import Path
 
 from qwen_audio_jax.config import QWEN_AUDIO_V1
 from qwen_audio_jax.errors import AudioError, ConfigError, DataError, QwenAudioError
+from qwen_audio_jax.jsonl import iter_jsonl, open_jsonl
 from qwen_audio_jax.text.chat_template import v1_extract_audio_paths
 from qwen_audio_jax.text.processor import PreparedRequest, Processor
 from qwen_audio_jax.text.tokenizer import AUDIO_TOKEN
@@ -91,29 +92,21 @@ def read_examples(path: str | Path, preference: bool) -> tuple[list[PreferenceEx
 
 def _records(path: Path) -> Iterator[tuple[int, str, object]]:
     """(1-based record number, "line N" / "record N", parsed JSON or a DataError for a line that does not parse)."""
-    if not path.is_file():
-        raise DataError(f"{path}: no such data file; check the path")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not UTF-8 text ({e.reason}); save the data file as UTF-8 JSONL") from None
-    except OSError as e:
-        raise DataError(f"{path}: cannot be read ({e.strerror}); check its permissions") from None
-    if text.lstrip().startswith("["):  # a JSON array, as LLaMA-Factory ships its datasets
+    open_jsonl(path, "data file")
+    with open(path, "rb") as f:
+        head = f.read(4096).lstrip()
+    if head.startswith(b"["):  # a JSON array, as LLaMA-Factory ships its datasets
         try:
-            data = json.loads(text)
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as e:
+            raise DataError(f"{path}: not UTF-8 text ({e.reason}); save the data file as UTF-8") from None
         except ValueError as e:
             raise DataError(f"{path}: the JSON array does not parse ({e}); fix it or write one record a line") from None
         yield from ((i, f"record {i}", rec) for i, rec in enumerate(data, 1))
         return
-    for i, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            yield i, f"line {i}", json.loads(line)
-        except ValueError as e:
-            yield i, f"line {i}", DataError(f"not valid JSON ({getattr(e, 'msg', e)} at column "
-                                            f"{getattr(e, 'colno', '?')}); write one JSON object per line")
+    # JSON Lines, one line at a time: a bad byte or a lone surrogate drops that record only (counted).
+    for i, rec, error in iter_jsonl(path, "data file"):
+        yield i, f"line {i}", rec if error is None else DataError(error.split(": ", 1)[1])
 
 
 # -- validation -------------------------------------------------------------------------------------------------------

@@ -1,0 +1,77 @@
+"""JSON Lines files read one line at a time, so one bad line spoils that line and nothing else: the one reader
+under request files (jobs/records.py), training data (training/data.py) and eval manifests (eval/manifest.py).
+
+Each non-blank line is decoded as UTF-8 (a leading byte-order mark is allowed), parsed as JSON, checked to be
+an object, and checked for invalid Unicode (a lone surrogate escape such as "\\ud800" is valid JSON but cannot
+be written back as UTF-8). A failure is one sentence naming the file, the line and the fix.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Iterator
+
+from qwen_audio_jax.errors import DataError
+
+
+def invalid_unicode(value) -> bool:
+    """True when a decoded JSON value holds a string that cannot be encoded as UTF-8 (a lone surrogate)."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return True
+        return False
+    if isinstance(value, dict):
+        return any(invalid_unicode(k) or invalid_unicode(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(invalid_unicode(v) for v in value)
+    return False
+
+
+def parse_line(raw: bytes) -> tuple[dict | None, str | None]:
+    """(object, None) or (None, what is wrong and the fix), to be prefixed with "FILE line N: "."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return None, f"not valid UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1}); save the file as UTF-8."
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        return None, f"not valid JSON ({e.msg} at column {e.colno}); fix the line."
+    if not isinstance(value, dict):
+        return None, f"a JSON {type(value).__name__}, not an object; write one object per line."
+    if invalid_unicode(value):
+        return None, "invalid Unicode (a lone surrogate escape such as \\ud800); fix the line."
+    return value, None
+
+
+def open_jsonl(path: str | Path, what: str = "input file") -> Path:
+    """The file, checked: it exists, is a file, can be read, and is not binary."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: {what} not found; check the path.")
+    if not path.is_file():
+        raise DataError(f"{path}: is a directory, not a JSONL file; pass the {what}.")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e.strerror}).") from e
+    if b"\x00" in head:
+        raise DataError(f"{path}: looks binary (NUL bytes), not a JSONL file; pass one JSON object per line.")
+    return path
+
+
+def iter_jsonl(path: str | Path, what: str = "input file") -> Iterator[tuple[int, dict | None, str | None]]:
+    """(1-based line number, object or None, error or None) for every non-blank line; an error reads
+    "FILE line N: what is wrong; the fix."."""
+    path = open_jsonl(path, what)
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, start=1):
+            if n == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                raw = raw[3:]  # a UTF-8 byte-order mark is not an error
+            if raw.strip():
+                value, reason = parse_line(raw.rstrip(b"\r\n"))
+                yield n, value, None if reason is None else f"{path.name} line {n}: {reason}"
