@@ -31,11 +31,17 @@ def invalid_unicode(value) -> bool:
 
 
 def parse_line(raw: bytes) -> tuple[dict | None, str | None]:
-    """(object, None) or (None, what is wrong and the fix), to be prefixed with "FILE line N: "."""
+    """(object, None), or (None or the object, what is wrong and the fix) to be prefixed with "FILE line N: ".
+    An object with invalid Unicode is returned with its error, so a caller may still read its (valid) id."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        return None, f"not valid UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1}); save the file as UTF-8."
+        reason = f"not valid UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1}); save the file as UTF-8."
+        try:  # the rest of the line may still say which request it was
+            value = json.loads(raw.decode("utf-8", errors="replace"))
+        except ValueError:
+            value = None
+        return (value if isinstance(value, dict) else None), reason
     try:
         value = json.loads(text)
     except json.JSONDecodeError as e:
@@ -43,7 +49,7 @@ def parse_line(raw: bytes) -> tuple[dict | None, str | None]:
     if not isinstance(value, dict):
         return None, f"a JSON {type(value).__name__}, not an object; write one object per line."
     if invalid_unicode(value):
-        return None, "invalid Unicode (a lone surrogate escape such as \\ud800); fix the line."
+        return value, "invalid Unicode (a lone surrogate escape such as \\ud800); fix the line."
     return value, None
 
 
@@ -66,7 +72,7 @@ def open_jsonl(path: str | Path, what: str = "input file") -> Path:
 
 def iter_jsonl(path: str | Path, what: str = "input file") -> Iterator[tuple[int, dict | None, str | None]]:
     """(1-based line number, object or None, error or None) for every non-blank line; an error reads
-    "FILE line N: what is wrong; the fix."."""
+    "FILE line N: what is wrong; the fix." (the object may be given with it: see parse_line)."""
     path = open_jsonl(path, what)
     with open(path, "rb") as f:
         for n, raw in enumerate(f, start=1):

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Iterator
 
 from qwen_audio_jax.errors import PromptError
-from qwen_audio_jax.jsonl import iter_jsonl, open_jsonl
+from qwen_audio_jax.jsonl import invalid_unicode, iter_jsonl, open_jsonl
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,7 +31,7 @@ def read_records(path: str | Path) -> list[Record]:
     chosen that collide with none of them)."""
     parsed = list(iter_jsonl(path))
     name = Path(path).name
-    real_ids = {v["id"] for _, v, err in parsed if err is None and isinstance(v.get("id"), str) and v["id"]}
+    real_ids = {v["id"] for _, v, err in parsed if err is None and _usable_id(v.get("id"))}
     used: set[str] = set()
 
     def unique(base: str) -> str:  # an error line's id: taken by no real request and by no other line
@@ -44,21 +44,22 @@ def read_records(path: str | Path) -> list[Record]:
 
     out = []
     for n, value, error in parsed:
-        if error is not None:
-            out.append(Record(unique(f"line-{n}"), None, error, n))
-            continue
-        rid = value.get("id")
-        if not isinstance(rid, str) or not rid.strip():
+        rid = value.get("id") if isinstance(value, dict) else None
+        if not _usable_id(rid):
             out.append(Record(unique(f"line-{n}"), None,
-                              f'{name} line {n} has no string "id"; every request needs a unique id.', n))  # fmt: skip
+                              error or f'{name} line {n} has no string "id"; every request needs a unique id.', n))
         elif rid in used:
             out.append(Record(unique(f"{rid}#line-{n}"), None,
-                              f"{name} line {n}: id {rid!r} is used by an earlier request; ids must be unique.",
-                              n))  # fmt: skip
+                              f"{name} line {n}: id {rid!r} is used by an earlier request; ids must be unique.", n))
         else:
             used.add(rid)
-            out.append(Record(rid, value, None, n))
+            out.append(Record(rid, None if error else value, error, n))
     return out
+
+
+def _usable_id(rid) -> bool:
+    """A request id: a non-blank string that can be written back (valid Unicode)."""
+    return isinstance(rid, str) and bool(rid.strip()) and not invalid_unicode(rid) and "\ufffd" not in rid
 
 
 def records_from_list(requests: list) -> Iterator[Record]:

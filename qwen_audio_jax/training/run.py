@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import os
 from pathlib import Path
 from typing import Callable
 
@@ -23,7 +24,7 @@ import numpy as np
 from qwen_audio_jax.batching.buckets import Buckets
 from qwen_audio_jax.checkpoint.model_dir import load_params, read_model_dir_config
 from qwen_audio_jax.config import ModelConfig
-from qwen_audio_jax.errors import ConfigError
+from qwen_audio_jax.errors import ConfigError, OutputError
 from qwen_audio_jax.model.params import abstract_params, build_module
 from qwen_audio_jax.sharding.placement import Placement, agree_max, gather_processes
 from qwen_audio_jax.text.processor import Processor
@@ -65,6 +66,7 @@ class TrainingRun:
             raise ConfigError("set `model:` (a model dir written by `qwen-audio-jax convert`).")
         if not cfg.data.train:
             raise ConfigError("set `data.train:` (a JSONL file of preference pairs or SFT examples).")
+        out = _output_dir(cfg.output_dir)
         placement = Placement.create(cfg.mesh)
         procs = jax.process_count()
         if cfg.train.batch_size % procs:
@@ -77,9 +79,7 @@ class TrainingRun:
         pairs, report = validate_examples(examples, processor, cfg.data.max_length, bad_records=bad,
                                           source=cfg.data.train, completion_suffix=suffix, keep_mels=False)  # fmt: skip
         log(f"data: {report.summary()}")
-        out = Path(cfg.output_dir).absolute()
         if jax.process_index() == 0:
-            out.mkdir(parents=True, exist_ok=True)
             (out / "data_report.json").write_text(json.dumps(report.to_dict(), indent=2))
         kept = {p.id for p in pairs}
         local = cfg.train.batch_size // procs
@@ -156,6 +156,20 @@ class TrainingRun:
     def compiled_programs(self) -> int:
         """Train-step programs compiled so far (one per batch-shape bucket seen)."""
         return sum(f._cache_size() for f in self.steps.values())
+
+
+def _output_dir(path: str) -> Path:
+    """output_dir, created and checked writable before anything else runs (one line if it cannot be)."""
+    out = Path(path).absolute()
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"output_dir {out} is a file; choose a directory.")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputError(f"cannot create output_dir {out} ({e.strerror}); choose a writable location.") from e
+    if not os.access(out, os.W_OK):
+        raise OutputError(f"output_dir {out} is not writable; choose a writable location.")
+    return out
 
 
 def _pad_pairs(arrays: dict, pairs: int, pad_id: int) -> dict:

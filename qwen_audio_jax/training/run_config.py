@@ -163,7 +163,9 @@ def load_run_config(path: str | Path | None, overrides: list[str] = ()) -> RunCo
         except OSError as e:
             raise ConfigError(f"cannot read {path}: {e.strerror}.") from e
         except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML ({e}).") from e
+            mark = getattr(e, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            raise ConfigError(f"{path}: not valid YAML ({getattr(e, 'problem', None) or 'parse error'}{where}).") from e
     for item in overrides:
         key, eq, raw = item.partition("=")
         if not eq or not key:
