@@ -43,7 +43,7 @@ class LoadedModel:
 
 
 def default_dtype():
-    """bf16 compute on accelerators, fp32 on CPU (docs/decisions.md, "dtypes")."""
+    """bf16 compute on accelerators, fp32 on CPU (docs/decisions.md §7)."""
     return jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16
 
 

@@ -2,7 +2,7 @@
 
 `assets/qwen2_tokenizer/` holds the Qwen2 byte-level BPE (`vocab.json` + `merges.txt`, gzipped; the same
 151,643 ranks as Qwen2-Audio's tokenizer, Apache-2.0, see assets/qwen2_tokenizer/NOTICE). With Qwen2-Audio's
-six added tokens (REFERENCE 4.2) they make a complete Qwen2-Audio tokenizer directory.
+six added tokens (docs/reference.md §4.2) they make a complete Qwen2-Audio tokenizer directory.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 
 ASSETS = Path(__file__).parent / "assets"
 
-# Qwen2-Audio's added tokens and ids (REFERENCE 4.2).
+# Qwen2-Audio's added tokens and ids (docs/reference.md §4.2).
 QWEN2_AUDIO_ADDED_TOKENS = {
     151643: "<|endoftext|>",
     151644: "<|im_start|>",

@@ -1,7 +1,7 @@
 """Model configuration: frozen dataclasses, presets, and our own `config.json` serialisation.
 
 One model code serves both generations of the family; a config says which one it is (`model_type`) and
-carries the switches where they differ (docs/reference.md, "Qwen-Audio v1"):
+carries the switches where they differ (docs/reference.md §3):
 
 | | Qwen2-Audio | Qwen-Audio v1 |
 |---|---|---|
@@ -139,7 +139,7 @@ class ModelConfig:
 
 
 def qwen2_audio_7b() -> ModelConfig:
-    """Qwen2-Audio-7B and -7B-Instruct: 8,397,094,912 parameters (docs/reference.md, "Checkpoint sizes")."""
+    """Qwen2-Audio-7B and -7B-Instruct: 8,397,094,912 parameters (docs/reference.md §5.3)."""
     return ModelConfig()
 
 

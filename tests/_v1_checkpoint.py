@@ -1,15 +1,15 @@
 """Hugging-Face-style Qwen-Audio (v1) checkpoint directories from the independent oracle (`tests._v1_reference`).
 
-Layout (REFERENCE 3.1 / 3.6, [QA] = QwenLM/Qwen-Audio@0b0e882, [HF] = the Qwen/Qwen-Audio(-Chat) hub repos):
+Layout (docs/reference.md §3.1 / §3.6, [QA] = QwenLM/Qwen-Audio@0b0e882, [HF] = the Qwen/Qwen-Audio(-Chat) hub repos):
 
     config.json                      [QA] config.json's key set (`_v1_reference.config_dict`)
     model.safetensors                shards=1, or
     model-0000X-of-0000N.safetensors + model.safetensors.index.json
                                      {"metadata": {"total_size": bytes}, "weight_map": {name: file}} as on the hub
-    qwen.tiktoken                    dashscope's copy, byte-identical to Qwen-Audio's (REFERENCE 4.1)
+    qwen.tiktoken                    dashscope's copy, byte-identical to Qwen-Audio's (docs/reference.md §4.1)
     tokenizer_config.json            [QA] tokenizer_config.json
     generation_config.json           [QA] chat_generation_config.json (chat=True) or base_generation_config.json
-    mel_filters.npz                  key mel_80, (80, 201) float32 (REFERENCE 3.6)
+    mel_filters.npz                  key mel_80, (80, 201) float32 (docs/reference.md §3.6)
 
 Public: `real_v1_spec()`, `spec_from_config(cfg)`, `make_v1_checkpoint_dir(path, spec=, seed=, shards=, chat=,
 model=, dtype=)`, `load_v1_checkpoint_dir(path, dtype=)`, `checkpoint_state_dict(path)`, and the JSON dicts below.
@@ -29,7 +29,7 @@ from tests._v1_reference import AUDIO_START_ID, V1Model, V1Spec, config_dict, in
 # [QA] tokenizer_config.json (the hub's Qwen-Audio-Chat ships the same remote-code tokenizer).
 TOKENIZER_CONFIG = {"model_max_length": 8192, "tokenizer_class": "QWenTokenizer",
                     "auto_map": {"AutoTokenizer": ["tokenization_qwen.QWenTokenizer", None]}}  # fmt: skip
-# REFERENCE 3.1; [QA] base_generation_config.json and chat_generation_config.json, verbatim.
+# docs/reference.md §3.1; [QA] base_generation_config.json and chat_generation_config.json, verbatim.
 BASE_GENERATION_CONFIG = {"chat_format": "raw", "eos_token_id": 151643, "pad_token_id": 151643,
                           "stop_words_ids": [[151643]], "max_new_tokens": 512, "do_sample": True, "top_k": 0,
                           "top_p": 0.8, "transformers_version": "4.31.0"}  # fmt: skip
@@ -40,7 +40,7 @@ INDEX_NAME = "model.safetensors.index.json"
 
 
 def real_v1_spec() -> V1Spec:
-    """Qwen-Audio(-Chat) 7B ([QA] config.json; REFERENCE 3.1); its state dict holds 8,396,222,464 elements (5.3)."""
+    """Qwen-Audio(-Chat) 7B ([QA] config.json; docs/reference.md §3.1); its state dict holds 8,396,222,464 elements (5.3)."""
     return V1Spec(hidden_size=4096, num_hidden_layers=32, num_attention_heads=32, kv_channels=128,
                   intermediate_size=22016, vocab_size=155947, seq_length=2048, layer_norm_epsilon=1e-5,
                   rotary_emb_base=10000, max_position_embeddings=8192, use_dynamic_ntk=True, use_logn_attn=True,

@@ -1,8 +1,8 @@
-"""An independent PyTorch oracle for Qwen-Audio (v1), written from /work/shared/REFERENCE.md section 3 (and 2 for the
+"""An independent PyTorch oracle for Qwen-Audio (v1), written from /work/shared/docs/reference.md §3 (and 2 for the
 log-mel) and cross-checked against QwenLM/Qwen-Audio@0b0e882 `audio.py`, `modeling_qwen.py`, `tokenization_qwen.py`
 ([QA] below). Nothing here reads or imports `qwen_audio_jax`: it is the yardstick the JAX port is measured against.
 
-Everything runs one request at a time (batch 1, "the reference run alone", REFERENCE 7.9), so 2-D tensors are used
+Everything runs one request at a time (batch 1, "the reference run alone", docs/reference.md §7.9), so 2-D tensors are used
 throughout: `[T, D]` hidden states, `[T, H, Dh]` heads. Public API:
 
     V1Spec, config_dict(spec), V1Model, init_random(spec, seed)
@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-# Ids ([QA] tokenization_qwen.py; REFERENCE 3.5 / 3.3).
+# Ids ([QA] tokenization_qwen.py; docs/reference.md §3.5 / §3.3).
 AUDIO_START_ID = 155163  # <audio>; `</audio>` = audio_start_id + 1 (modeling_qwen.py: eos_pos = ... start_id + 1)
 AUDIO_END_ID = 155164
 AUDIO_PAD_ID = 151851  # [[[AUDIO:modality]]]
@@ -43,7 +43,7 @@ class V1Spec:
     kv_channels: int = 16
     intermediate_size: int = 256
     vocab_size: int = 155947  # the real vocab: tiny models keep the real special ids (up to 155164)
-    seq_length: int = 2048  # NTK / logn threshold (REFERENCE 3.4); tiny tests set e.g. 32
+    seq_length: int = 2048  # NTK / logn threshold (docs/reference.md §3.4); tiny tests set e.g. 32
     layer_norm_epsilon: float = 1e-5
     rotary_emb_base: int = 10000
     max_position_embeddings: int = 8192
@@ -72,7 +72,7 @@ class V1Spec:
 
 
 def config_dict(spec: V1Spec) -> dict:
-    """`config.json` with exactly the keys of [QA] config.json (REFERENCE 3.1), filled from `spec`."""
+    """`config.json` with exactly the keys of [QA] config.json (docs/reference.md §3.1), filled from `spec`."""
     return {
         "architectures": ["QWenLMHeadModel"],
         "auto_map": {"AutoConfig": "configuration_qwen.QWenConfig",
@@ -94,7 +94,7 @@ def config_dict(spec: V1Spec) -> dict:
 
 # ----------------------------------------------------------------------------------------------- position rules
 def ntk_alpha(true_seq_len: int, seq_length: int):
-    """Dynamic-NTK alpha ([QA] modeling_qwen.py QWenModel.get_ntk_alpha; REFERENCE 3.4): 1 for L <= seq_length,
+    """Dynamic-NTK alpha ([QA] modeling_qwen.py QWenModel.get_ntk_alpha; docs/reference.md §3.4): 1 for L <= seq_length,
     3 for L in (s, 2s], 7 for (2s, 4s], ... (same float expression as the original, so boundaries match)."""
     context_value = math.log(true_seq_len / seq_length, 2) + 1  # noqa: FURB163 (the original's expression)
     return max(2 ** math.ceil(context_value) - 1, 1)
@@ -128,7 +128,7 @@ def _apply_rope(t: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.
 
 
 def sinusoids(length: int, channels: int, max_timescale: float = 10000) -> torch.Tensor:
-    """[length, channels] fp32 ([QA] audio.py sinusoids; REFERENCE 3.2): inc = ln(10000)/(channels/2 - 1),
+    """[length, channels] fp32 ([QA] audio.py sinusoids; docs/reference.md §3.2): inc = ln(10000)/(channels/2 - 1),
     inv = exp(-inc * arange(channels/2)), t = arange(length)[:, None] * inv, cat(sin t, cos t)."""
     assert channels % 2 == 0
     log_timescale_increment = np.log(max_timescale) / (channels // 2 - 1)
@@ -156,7 +156,7 @@ class QWenAttention(nn.Module):
         super().__init__()
         self.s = s
         proj = s.kv_channels * s.num_attention_heads
-        self.c_attn = nn.Linear(s.hidden_size, 3 * proj)  # with bias (REFERENCE 3.4, 7.5)
+        self.c_attn = nn.Linear(s.hidden_size, 3 * proj)  # with bias (docs/reference.md §3.4, 7.5)
         self.c_proj = nn.Linear(s.hidden_size, proj, bias=False)  # no_bias (as [QA]: Linear(hidden, proj))
 
     def forward(self, x, cos, sin, logn, past):
@@ -187,7 +187,7 @@ class QWenMLP(nn.Module):
         self.c_proj = nn.Linear(ff, s.hidden_size, bias=False)
 
     def forward(self, x):
-        return self.c_proj(self.w1(x) * F.silu(self.w2(x)))  # w2 is the gate (REFERENCE 3.4, 7.6)
+        return self.c_proj(self.w1(x) * F.silu(self.w2(x)))  # w2 is the gate (docs/reference.md §3.4, 7.6)
 
 
 class QWenBlock(nn.Module):
@@ -210,7 +210,7 @@ class AudioAttention(nn.Module):
         super().__init__()
         self.n_head = n_head
         self.query = nn.Linear(n_state, n_state)
-        self.key = nn.Linear(n_state, n_state, bias=False)  # k has no bias (REFERENCE 7.3)
+        self.key = nn.Linear(n_state, n_state, bias=False)  # k has no bias (docs/reference.md §7.3)
         self.value = nn.Linear(n_state, n_state)
         self.out = nn.Linear(n_state, n_state)
 
@@ -259,7 +259,7 @@ class QWenModel(nn.Module):
 
 
 class V1Model(nn.Module):
-    """QWenLMHeadModel's module tree; `state_dict()` names are exactly REFERENCE 3.6's."""
+    """QWenLMHeadModel's module tree; `state_dict()` names are exactly docs/reference.md §3.6's."""
 
     def __init__(self, spec: V1Spec):
         super().__init__()
@@ -297,7 +297,7 @@ def init_random(spec: V1Spec | None = None, seed: int = 0, dtype: torch.dtype = 
 # ----------------------------------------------------------------------------------------------- front end
 def mel_filters_80() -> torch.Tensor:
     """[80, 201] fp32: Qwen-Audio's mel_filters.npz['mel_80'] when ../shared has it, else librosa's Slaney filters
-    (equal within 1.3e-9, REFERENCE 2)."""
+    (equal within 1.3e-9, docs/reference.md §2)."""
     from tests._paths import MEL_FILTERS_NPZ
 
     if MEL_FILTERS_NPZ.is_file():
@@ -318,9 +318,9 @@ def audio_token_num(mel_len: int) -> int:
 
 def features(waveform_16k) -> tuple[torch.Tensor, int]:
     """mono 16 kHz waveform [L] -> (log-mel [80, 3000] fp32, mel_len = min(L, 480000) // 160) ([QA]
-    tokenization_qwen.py process_audio + audio.py log_mel_spectrogram; REFERENCE 3.2)."""
+    tokenization_qwen.py process_audio + audio.py log_mel_spectrogram; docs/reference.md §3.2)."""
     audio = torch.as_tensor(np.asarray(waveform_16k, dtype=np.float32).reshape(-1))
-    mel_len = min(audio.shape[0], N_SAMPLES) // HOP_LENGTH  # floor (HF uses ceil, REFERENCE 7.8)
+    mel_len = min(audio.shape[0], N_SAMPLES) // HOP_LENGTH  # floor (HF uses ceil, docs/reference.md §7.8)
     audio = F.pad(audio[:N_SAMPLES], (0, max(0, N_SAMPLES - audio.shape[0])))  # pad_or_trim
     stft = torch.stft(audio, N_FFT, HOP_LENGTH, window=torch.hann_window(N_FFT), center=True, pad_mode="reflect",
                       return_complex=True)  # fmt: skip
@@ -333,7 +333,7 @@ def features(waveform_16k) -> tuple[torch.Tensor, int]:
 @torch.no_grad()
 def encode_audio(model: V1Model, mel: torch.Tensor, mel_len: int, n_frames: int | None = None) -> torch.Tensor:
     """One clip's embedding sequence [audio_token_num + 2, D] fp32 = cat(bos, frames, eos) ([QA] audio.py
-    AudioEncoder.forward/encode; REFERENCE 3.2). The mel is cut to after_cnn*2 frames; `n_frames` overrides that
+    AudioEncoder.forward/encode; docs/reference.md §3.2). The mel is cut to after_cnn*2 frames; `n_frames` overrides that
     cut (the original cuts a multi-clip request at the batch maximum, then masks keys / zeroes rows past the clip's
     own after_cnn, which is equivalent to keeping the first after_cnn conv rows, as done here)."""
     if after_cnn(mel_len) < 2:  # the original's AvgPool1d(2, 2) raises on a 1-row input (mel_len < 3)
@@ -348,7 +348,7 @@ def encode_audio(model: V1Model, mel: torch.Tensor, mel_len: int, n_frames: int 
     for block in enc.blocks:
         x = block(x)
     x = F.avg_pool1d(x.T[None], 2, 2)[0].T  # AvgPool1d(2, 2) -> [a // 2, n_state]
-    x = enc.proj(enc.ln_post(x))  # ln_post after the pool (REFERENCE 7.2)
+    x = enc.proj(enc.ln_post(x))  # ln_post after the pool (docs/reference.md §7.2)
     bos, eos = enc.audio_bos_eos_token.weight[0], enc.audio_bos_eos_token.weight[1]
     out = torch.cat([bos[None], x[:n], eos[None]])
     assert out.shape[0] == n + 2
@@ -365,7 +365,7 @@ def _encode_clips(model, clips, joint_clips: bool) -> list[torch.Tensor]:
 # ----------------------------------------------------------------------------------------------- LM forward
 def _embed(model: V1Model, ids: Sequence[int], audio: list[torch.Tensor]) -> torch.Tensor:
     """wte(ids) [T, D] with hidden[a:b+1] = clip sequence for each `<audio>`..`</audio>` pair, in order
-    ([QA] modeling_qwen.py QWenModel.forward, first forward only; REFERENCE 3.3)."""
+    ([QA] modeling_qwen.py QWenModel.forward, first forward only; docs/reference.md §3.3)."""
     ids_t = torch.tensor(list(ids), dtype=torch.long)
     h = model.transformer.wte(ids_t)
     starts = torch.where(ids_t == AUDIO_START_ID)[0].tolist()

@@ -128,7 +128,7 @@ def test_7b_shapes_and_names():
 
     config = qwen2_audio_7b()
     abstract = abstract_params(config)
-    assert count_params(abstract) == 8_397_094_912  # = total_size 16,794,189,824 bytes / 2 (REFERENCE 5.3)
+    assert count_params(abstract) == 8_397_094_912  # = total_size 16,794,189,824 bytes / 2 (docs/reference.md §5.3)
     hf_cfg = to_hf_config(config)
     assert from_hf_config(hf_cfg) == config
     with torch.device("meta"):
@@ -146,7 +146,7 @@ def test_7b_shapes_and_names():
 
 
 def test_published_hub_config_parses():
-    """The sparse hub config.json of Qwen2-Audio-7B-Instruct (REFERENCE 1.2) gives the 7B preset exactly."""
+    """The sparse hub config.json of Qwen2-Audio-7B-Instruct (docs/reference.md §1.2) gives the 7B preset exactly."""
     hub = {
         "architectures": ["Qwen2AudioForConditionalGeneration"],
         "audio_config": {"model_type": "qwen2_audio_encoder", "num_mel_bins": 128, "encoder_layers": 32,

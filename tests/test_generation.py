@@ -157,7 +157,7 @@ def test_recycled_slots_give_the_same_tokens(engine_factory, prepared):
 
 @pytest.mark.parametrize("seconds", [0.5, 1.01, 2.0, 4.05, 9.98, 29.9])
 def test_short_audio_bucket_is_exact(seconds):
-    """docs/decisions.md, "Audio encoder cost": encoding the first A >= L + 2 frames gives the 3000-frame valid
+    """docs/decisions.md §6: encoding the first A >= L + 2 frames gives the 3000-frame valid
     outputs."""
     config = tiny()
     model = build_module(config)

@@ -22,7 +22,7 @@ def plan(config, mesh, batch, max_len, **kw):
     """The planner on a PlanRequest (the tests name the request's fields positionally for brevity)."""
     return planner.plan(config, PlanRequest(mesh=mesh, batch=batch, max_len=max_len, **kw))
 
-TOTAL = 8_397_094_912  # docs/reference.md, "Checkpoint sizes"
+TOTAL = 8_397_094_912  # docs/reference.md §5.3
 # audio_tower by hand: conv1 3*128*1280+1280, conv2 3*1280*1280+1280, positions 1500*1280, final LN 2*1280,
 # per layer: q,k,v,out 4*1280^2 + q,v,out biases 3*1280 + fc1 1280*5120+5120 + fc2 5120*1280+1280 + 2 LNs 4*1280.
 ENCODER_LAYER = 4 * 1280**2 + 3 * 1280 + 1280 * 5120 + 5120 + 5120 * 1280 + 1280 + 4 * 1280

@@ -1,5 +1,5 @@
 """Processor: ids, masks and features identical to transformers 4.57.6 `Qwen2AudioProcessor` (+ its default chat
-template), Qwen-Audio v1 prompts (REFERENCE 3.3), long-audio chunking, completions, collation and typed errors."""
+template), Qwen-Audio v1 prompts (docs/reference.md §3.3), long-audio chunking, completions, collation and typed errors."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ def synth(n: int, seed: int = 0) -> np.ndarray:
     return (0.3 * np.sin(2 * np.pi * (220 + 50 * seed) * t) + 0.05 * rng.standard_normal(n)).astype(np.float32)
 
 
-W_GLASS = synth(64800, 1)  # 4.05 s: 405 mel frames -> 101 audio tokens (REFERENCE 1.4)
+W_GLASS = synth(64800, 1)  # 4.05 s: 405 mel frames -> 101 audio tokens (docs/reference.md §1.4)
 W_7S = synth(16000 * 7 + 37, 2)
 W_SHORT = synth(1000, 3)
 W_30S = synth(480000, 4)
@@ -131,7 +131,7 @@ def test_rendered_chat_is_byte_identical(hf_processor):
 
 
 def test_golden_sequence(processor):
-    """REFERENCE 4.3 through the whole processor: a 64800-sample clip -> 101 audio tokens."""
+    """docs/reference.md §4.3 through the whole processor: a 64800-sample clip -> 101 audio tokens."""
     req = processor.prepare_messages(CONV_GOLDEN)
     assert req.token_ids == [151644, 8948, 198, 2610, 525, 264, 10950, 17847, 13, 151645, 198, 151644, 872, 198,
                              14755, 220, 16, 25, 220, BOS, *[A] * 101, EOS, 198, 3838, 594, 429, 5112, 30, 151645,
@@ -281,7 +281,7 @@ def v1_clip(tmp_path_factory):
 
 
 def test_v1_asr_prompt_ids(v1_processor, v1_clip):
-    """REFERENCE 3.3: `<audio>path</audio>` + the ASR tags."""
+    """docs/reference.md §3.3: `<audio>path</audio>` + the ASR tags."""
     req = v1_processor.prepare_prompt(f"<audio>{v1_clip}</audio>{V1_ASR_TAGS}")
     assert num_audio_tokens(402) == 100 and num_audio_tokens(403) == 101
     assert req.mel_lengths == [402]

@@ -1,5 +1,5 @@
 """Tokenizers: ids and text identical to transformers' Qwen2 tokenizers (fast and slow) on real BPE files, the
-golden Qwen2-Audio sequence of REFERENCE 4.3, and Qwen-Audio v1's special-token table (REFERENCE 3.3 / 3.5)."""
+golden Qwen2-Audio sequence of docs/reference.md §4.3, and Qwen-Audio v1's special-token table (docs/reference.md §3.3 / §3.5)."""
 
 from __future__ import annotations
 
@@ -97,7 +97,7 @@ def test_qwen2_vocab_and_special_ids(qwen2_tokenizer, qwen2_json_tokenizer, hf_f
 
 
 def test_qwen2_golden_sequence(qwen2_tokenizer):
-    """REFERENCE 4.3: the Instruct chat with one 4.05 s clip (101 audio tokens)."""
+    """docs/reference.md §4.3: the Instruct chat with one 4.05 s clip (101 audio tokens)."""
     messages = [{"role": "user", "content": [{"type": "audio", "audio_url": "glass-breaking-151256.mp3"},
                                              {"type": "text", "text": "What's that sound?"}]}]
     text = render_chat(messages, add_generation_prompt=True).replace("<|AUDIO|>", "<|AUDIO|>" * 101)
@@ -177,13 +177,13 @@ def test_v1_special_token_table(qwen_v1_tokenizer):
 
 
 def test_v1_asr_prompt_ids(qwen_v1_tokenizer):
-    """REFERENCE 3.3: the official ASR eval's task tags."""
+    """docs/reference.md §3.3: the official ASR eval's task tags."""
     ids = qwen_v1_tokenizer.encode("<|startoftranscript|><|en|><|transcribe|><|en|><|notimestamps|><|wo_itn|>")
     assert ids == [151852, 151859, 151855, 151859, 151868, 154877]
 
 
 def test_v1_startoftranscription_is_not_special(qwen_v1_tokenizer):
-    """REFERENCE 3.3 caveat: the README's `<|startoftranscription|>` is BPE-split, not a tag."""
+    """docs/reference.md §3.3 caveat: the README's `<|startoftranscription|>` is BPE-split, not a tag."""
     ids = qwen_v1_tokenizer.encode("<|startoftranscription|>")
     assert len(ids) > 1 and all(i < 151643 for i in ids)
     assert qwen_v1_tokenizer.token_to_id("<|startoftranscription|>") is None

@@ -149,7 +149,7 @@ def test_greedy_matches_the_oracle_through_recycled_slots(v1):
         assert got[i].token_ids == want, i
 
 
-# Tag ids (docs/reference.md, "v1 special tokens").
+# Tag ids (docs/reference.md §3.5).
 TAGS = {"<|startoftranscript|>": 151852, "<|startofanalysis|>": 151853, "<|translate|>": 151854,
         "<|transcribe|>": 151855, "<|caption|>": 151856, "<|keyword|>": 151857, "<|unknown|>": 151858,
         "<|en|>": 151859, "<|zh|>": 151860, "<|de|>": 151861, "<|notimestamps|>": 151868, "<|timestamps|>": 151870,

@@ -53,7 +53,7 @@ def tiny():
 
 # ----------------------------------------------------------------------------------------------- (a) real layout
 def _reference_3_6_table() -> dict[str, tuple[int, ...]]:
-    """REFERENCE 3.6, written out (shapes of the 7B Qwen-Audio checkpoint)."""
+    """docs/reference.md §3.6, written out (shapes of the 7B Qwen-Audio checkpoint)."""
     t = {"transformer.wte.weight": (155947, 4096), "transformer.ln_f.weight": (4096,), "lm_head.weight": (155947, 4096)}
     for i in range(32):
         p = f"transformer.h.{i}."
@@ -86,13 +86,13 @@ def test_real_spec_matches_reference_checkpoint_table():
     assert len([k for k in state if k.startswith("transformer.audio.blocks.31.")]) == 15
     assert len(state) == 3 + 32 * 8 + 10 + 32 * 15 == 749
     total = sum(v.numel() for v in state.values())
-    assert total == 8_396_222_464  # REFERENCE 5.3 (= total_size 16,792,444,928 bytes in bf16)
+    assert total == 8_396_222_464  # docs/reference.md §5.3 (= total_size 16,792,444,928 bytes in bf16)
     assert 2 * total == 16_792_444_928
     assert total - sum(p.numel() for p in model.parameters()) == 1500 * 1280  # the stored positional buffer
 
 
 def test_config_json_is_qwen_audios():
-    """[QA] config.json, verbatim (REFERENCE 3.1), against config_dict(real spec); and the round trip."""
+    """[QA] config.json, verbatim (docs/reference.md §3.1), against config_dict(real spec); and the round trip."""
     qa = json.loads("""{"architectures": ["QWenLMHeadModel"], "auto_map": {"AutoConfig":
       "configuration_qwen.QWenConfig", "AutoModelForCausalLM": "modeling_qwen.QWenLMHeadModel"},
       "attn_dropout_prob": 0.0, "bf16": false, "fp16": false, "fp32": false, "emb_dropout_prob": 0.0,
@@ -115,7 +115,7 @@ def test_config_json_is_qwen_audios():
     (32, {1: 1, 32: 1, 33: 3, 47: 3, 64: 3, 65: 7, 128: 7, 129: 15}),
 ])  # fmt: skip
 def test_ntk_alpha_table(seq_length, table):
-    # REFERENCE 3.4: max(2**ceil(log2(L/s) + 1) - 1, 1): 1 up to s, then 3 on (s, 2s], 7 on (2s, 4s], ...
+    # docs/reference.md §3.4: max(2**ceil(log2(L/s) + 1) - 1, 1): 1 up to s, then 3 on (s, 2s], 7 on (2s, 4s], ...
     assert {n: ref.ntk_alpha(n, seq_length) for n in table} == table
 
 
@@ -155,11 +155,11 @@ def test_sinusoids_formula(tiny):
 def test_features_front_end():
     mel, mel_len = ref.features(np.zeros(16000, np.float32))
     assert mel.shape == (80, 3000) and mel.dtype == torch.float32 and mel_len == 100
-    assert torch.allclose(mel, torch.full_like(mel, -1.5))  # REFERENCE 2: silence -> -1.5 everywhere
+    assert torch.allclose(mel, torch.full_like(mel, -1.5))  # docs/reference.md §2: silence -> -1.5 everywhere
     wav = _clip(37777)
     mel, mel_len = ref.features(wav)
-    assert mel_len == 236  # floor(37777 / 160) (REFERENCE 3.2; HF would say 237)
-    # REFERENCE 2's numpy algorithm with 80 mels (rfft path) must agree with the torch.stft path
+    assert mel_len == 236  # floor(37777 / 160) (docs/reference.md §3.2; HF would say 237)
+    # docs/reference.md §2's numpy algorithm with 80 mels (rfft path) must agree with the torch.stft path
     x = np.zeros(480000, np.float32)
     x[: len(wav)] = wav
     xp = np.pad(x, (200, 200), mode="reflect")
@@ -196,7 +196,7 @@ def test_audio_merge_in_order(tiny):
         ref.prompt_forward(tiny, ids, clips[::-1])  # spans no longer fit
     with pytest.raises(ValueError):
         ref.prompt_forward(tiny, ids, clips[:1])
-    # the pad / tag ids' wte rows are never used (REFERENCE 3.3): changing them changes nothing
+    # the pad / tag ids' wte rows are never used (docs/reference.md §3.3): changing them changes nothing
     changed = ref.init_random(TINY, seed=3)
     with torch.no_grad():
         changed.transformer.wte.weight[[ref.AUDIO_START_ID, ref.AUDIO_END_ID, ref.AUDIO_PAD_ID]] += 5.0
@@ -268,7 +268,7 @@ def test_checkpoint_dir_roundtrip(tmp_path, shards):
     gen = json.loads((d / "generation_config.json").read_text())
     assert gen == (CHAT_GENERATION_CONFIG if shards == 1 else BASE_GENERATION_CONFIG)
     assert hashlib.sha256((d / "qwen.tiktoken").read_bytes()).hexdigest() == (
-        "b2b1b8dfb5cc5f024bafc373121c6aba3f66f9a5a0269e243470a1de16a33186")  # REFERENCE 4.1
+        "b2b1b8dfb5cc5f024bafc373121c6aba3f66f9a5a0269e243470a1de16a33186")  # docs/reference.md §4.1
     with np.load(d / "mel_filters.npz") as f:
         assert f["mel_80"].shape == (80, 201) and f["mel_80"].dtype == np.float32
     assert ref.init_random(TINY, seed=8).state_dict()["lm_head.weight"].ne(want["lm_head.weight"]).any()

@@ -1,4 +1,4 @@
-"""Whisper log-mel features (REFERENCE.md section 2): a numpy reference and a jitted, batched JAX version.
+"""Whisper log-mel features (docs/reference.md §2): a numpy reference and a jitted, batched JAX version.
 
 Both reproduce `transformers.WhisperFeatureExtractor(feature_size=n_mels)(wav, sampling_rate=16000,
 padding="max_length", return_attention_mask=True)`: 128 bins for Qwen2-Audio, 80 for Qwen-Audio v1. Per clip:
@@ -103,7 +103,7 @@ def mel_length(num_samples: int, rule: str = "ceil") -> int:
     """Number of valid mel frames for a clip of `num_samples` samples at 16 kHz (clipped at 30 s).
 
     "ceil" is Qwen2-Audio / HF (`feature_attention_mask.sum()` = ceil(L / 160)); "floor" is Qwen-Audio v1's
-    `mel_len = L // 160` (REFERENCE.md section 3.2). They differ by one frame unless L is a multiple of 160.
+    `mel_len = L // 160` (docs/reference.md §3.2). They differ by one frame unless L is a multiple of 160.
     """
     n = min(int(num_samples), N_SAMPLES)
     if rule == "ceil":

@@ -6,7 +6,7 @@ integer arrays (the encoder's key mask and the audio merge): the operators below
     L mel frames --conv2 (stride 2)--> (L - 1) // 2 + 1 --AvgPool(2, 2)--> (that - 2) // 2 + 1 audio tokens
 
 This is transformers' `_get_feat_extract_output_lengths` and Qwen-Audio v1's `get_T_after_cnn` followed by
-its `audio_token_num` (docs/reference.md, "Lengths"); a 30 s clip (3000 frames) gives 1500 and 750.
+its `audio_token_num` (docs/reference.md §1.4); a 30 s clip (3000 frames) gives 1500 and 750.
 """
 
 from __future__ import annotations

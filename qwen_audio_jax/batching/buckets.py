@@ -1,8 +1,8 @@
-"""Static-shape buckets, shared by generation, scoring and training (docs/decisions.md, "Static shapes"):
+"""Static-shape buckets, shared by generation, scoring and training (docs/decisions.md §5):
 every batch is padded to a (rows, length, clips, mel frames) point of a small grid, so a job over a large
 corpus compiles a bounded number of programs.
 
-Mel frames (docs/decisions.md, "Audio encoder cost"): a clip of L valid frames gives the reference's valid
+Mel frames (docs/decisions.md §6): a clip of L valid frames gives the reference's valid
 encoder outputs from any prefix of A >= L + 2 frames (the conv stem reads one frame past the last valid conv2
 input, plus conv2's own right neighbour), so a batch is encoded at the smallest bucket >= max(L) + 2 instead
 of always 3000.

@@ -144,7 +144,7 @@ def save_params(model_dir: Path, params: dict, overwrite: bool = False) -> None:
 
 def load_params(model_dir: str | Path, abstract: dict | None = None) -> dict:
     """Restores params. `abstract`: a tree of jax.ShapeDtypeStruct (dtype and sharding of each leaf); each host
-    then reads only its shards, straight into the target sharding (DESIGN decision 9). Without it: host numpy."""
+    then reads only its shards, straight into the target sharding (docs/decisions.md §9). Without it: host numpy."""
     path = Path(model_dir).absolute() / PARAMS_DIR
     if not path.is_dir():
         raise CheckpointError(f"{model_dir}: no {PARAMS_DIR}/ directory; the model dir is incomplete.")

@@ -1,4 +1,4 @@
-"""Writing outputs without ever destroying what this tool did not write (docs/decisions.md, "Nothing lost").
+"""Writing outputs without ever destroying what this tool did not write (docs/decisions.md §15).
 
 * Every directory the tool writes (model dirs, HF exports, demo work dirs, training output dirs) carries a
   marker file; `--overwrite` replaces a directory only if it has that marker (or is empty), never an

@@ -6,7 +6,7 @@ claimed by a rule, every target param must have its sources, and every shape and
 `config.json` implies. Then tensors stream one at a time into one stacked group at a time, and each group is
 written to Orbax before the next is built, so peak memory is about one group.
 
-Lossless by default (docs/decisions.md, "Lossless conversion"): `dtype="auto"` keeps each tensor's source
+Lossless by default (docs/decisions.md §13): `dtype="auto"` keeps each tensor's source
 dtype (the hub's bf16 stays bf16, an fp32 fine-tune stays fp32), so convert -> export-hf is bit-exact.
 """
 

@@ -1,5 +1,5 @@
 """Declarative map between Hugging Face tensor names and our param paths, with the transform each needs, for
-both generations (docs/reference.md, "Checkpoint names").
+both generations (docs/reference.md §3.6, §5.1).
 
 One `ParamRule` per target param. A stacked rule gathers the L per-layer HF tensors `...{i}...` into one
 [L, ...] array (our layers are scanned). A rule with a `part` takes one of several equal row blocks of its
@@ -153,7 +153,7 @@ def qwen_audio_v1_rules(config: ModelConfig) -> list[ParamRule]:
     return t.rules
 
 
-# transformers v5 runtime names (docs/reference.md, "transformers v5 names"). Checkpoints saved by v5 use the
+# transformers v5 runtime names (docs/reference.md §5.2). Checkpoints saved by v5 use the
 # v4 names on disk, but a state dict taken from a live v5 model (or saved with save_original_format=False)
 # uses these.
 _V5_PREFIXES = (

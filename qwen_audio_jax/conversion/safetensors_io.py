@@ -2,8 +2,8 @@
 
 The format: 8-byte little-endian header length N, N bytes of JSON {name: {dtype, shape, data_offsets}}, then
 the raw little-endian tensor bytes. bf16 maps to `ml_dtypes.bfloat16`, which numpy understands, so a 16 GB
-bf16 checkpoint is read tensor by tensor with a seek and a read: no whole-file load, no torch (DESIGN
-decision 8). Every header is validated up front so a corrupt or truncated file fails before any output.
+bf16 checkpoint is read tensor by tensor with a seek and a read: no whole-file load, no torch
+(docs/decisions.md §8). Every header is validated up front so a corrupt or truncated file fails before any output.
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ from qwen_audio_jax.jobs.driver import run_file
 from qwen_audio_jax.jobs.generate import GenerateJob
 from qwen_audio_jax.jobs.tasks import AUDIO
 
-# The official evaluation's decoding (docs/reference.md, "Evaluation prompts and scoring").
+# The official evaluation's decoding (docs/reference.md §9).
 EVAL_OPTIONS = GenerationOptions(max_new_tokens=256, min_new_tokens=1)
 PREDICTIONS = "predictions.jsonl"
 REQUESTS = "requests.jsonl"

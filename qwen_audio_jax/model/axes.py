@@ -2,7 +2,7 @@
 
 The model owns these names (as MaxText's `common_types` does); which mesh axis carries each one is decided by
 the rule table in `qwen_audio_jax/sharding/rules.py`, per job, so the model code never names a mesh axis
-(docs/decisions.md, "Sharding is data").
+(docs/decisions.md §3).
 """
 
 from __future__ import annotations

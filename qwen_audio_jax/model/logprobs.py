@@ -2,7 +2,7 @@
 
 The lm_head + log_softmax run over chunks of positions inside a rematerialised scan, so the [B, T, V] fp32
 logits (8 x 2048 x 156032 x 4 bytes = 10 GB for the 7B vocab) never exist at once, in the forward or the
-backward pass. Log-probs are fp32 whatever the compute dtype (docs/decisions.md, "dtypes").
+backward pass. Log-probs are fp32 whatever the compute dtype (docs/decisions.md §7).
 """
 
 from __future__ import annotations

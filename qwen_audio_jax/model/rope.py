@@ -8,7 +8,7 @@ i > ntk_context by `log(i) / log(ntk_context)`. Both are identity up to `ntk_con
 Alpha takes few values (1, 3, 7, 15, ...), so the inverse frequencies of each are a small host-computed table
 (float64, rounded once to fp32, as the reference computes them in fp32 from a Python float base) and a row
 carries only its index into it: `ntk_index(L)`, computed on the host from the row's own true length, never
-from a padded one (docs/reference.md, "Qwen-7B RoPE").
+from a padded one (docs/reference.md §3.4).
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """One placement path for every job: params, batches and caches go onto a mesh, results come back, the same
-way on one device (a 1x1x1 mesh), many devices and many hosts (docs/decisions.md, "One placement path").
+way on one device (a 1x1x1 mesh), many devices and many hosts (docs/decisions.md §12).
 
     placement = Placement.create("data=2,fsdp=4")      # or Placement.create(None): one device
     params = jax.device_put(params, placement.param_shardings(config))

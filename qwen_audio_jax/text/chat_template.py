@@ -4,10 +4,10 @@ Qwen2-Audio renders messages with a Jinja template exactly as transformers' `Pro
 (sandboxed environment, `trim_blocks` + `lstrip_blocks`, the same globals and filters), so the rendered string is
 byte-identical to `Qwen2AudioProcessor.apply_chat_template(messages, tokenize=False, add_generation_prompt=...)`.
 The template is the checkpoint's own when its directory has one, else transformers 4.57.6's
-`Qwen2AudioProcessor.default_chat_template` (REFERENCE 1.7), copied verbatim below.
+`Qwen2AudioProcessor.default_chat_template` (docs/reference.md §1.7), copied verbatim below.
 
 Qwen-Audio v1 has no Jinja template: its chat turns are tokenized piece by piece by `make_context`
-(qwen_generation_utils.py, REFERENCE 3.3), which `make_context_v1` reproduces id for id.
+(qwen_generation_utils.py, docs/reference.md §3.3), which `make_context_v1` reproduces id for id.
 """
 
 from __future__ import annotations

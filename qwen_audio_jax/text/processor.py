@@ -4,10 +4,10 @@ One request at a time (`prepare_*` -> `PreparedRequest`), so a bad request fails
 (`prepare_many` returns the error in its slot); batches are assembled afterwards (`collate` -> `ModelInputs`),
 which is also where prompt-length buckets plug in (`pad_to_length`).
 
-Qwen2-Audio (REFERENCE 1.6): each `<|AUDIO|>` placeholder becomes N = ((L-1)//2+1-2)//2+1 copies of itself, L the
+Qwen2-Audio (docs/reference.md §1.6): each `<|AUDIO|>` placeholder becomes N = ((L-1)//2+1-2)//2+1 copies of itself, L the
 clip's mel length (ceil(samples/160), at most 3000), exactly as transformers 4.57.6 `Qwen2AudioProcessor.__call__`
 expands it, including its wrapping of a bare `<|AUDIO|>` in `<|audio_bos|>`/`<|audio_eos|>`.
-Qwen-Audio v1 (REFERENCE 3.3): each `<audio>path</audio>` span becomes `<audio>` + N x 151851 + `</audio>` with
+Qwen-Audio v1 (docs/reference.md §3.3): each `<audio>path</audio>` span becomes `<audio>` + N x 151851 + `</audio>` with
 L = floor(samples/160) and 80 mel bins; chat turns go through `make_context_v1`.
 Long audio: "truncate" keeps the first 30 s (the reference); "chunk" turns one input into k clips of <= 30 s, each
 its own bos/eos-delimited span in place of the single placeholder.

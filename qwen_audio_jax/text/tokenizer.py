@@ -1,9 +1,9 @@
 """Tokenizers for Qwen2-Audio (Hugging Face `tokenizers`) and Qwen-Audio v1 (`tiktoken`), behind one interface.
 
-Both models share the same 151,643 byte-level BPE ranks (REFERENCE 4.1); they differ in the special tokens
+Both models share the same 151,643 byte-level BPE ranks (docs/reference.md §4.1); they differ in the special tokens
 appended after them. `Qwen2AudioTokenizer` reproduces transformers' `Qwen2TokenizerFast.from_pretrained(dir)`
 (and the slow `Qwen2Tokenizer`, which agrees on these files); `QwenAudioV1Tokenizer` reproduces Qwen-Audio's
-`QWenTokenizer` (REFERENCE 3.5). `load_tokenizer(model_dir)` picks one from the files present.
+`QWenTokenizer` (docs/reference.md §3.5). `load_tokenizer(model_dir)` picks one from the files present.
 
 Special and added tokens written inside text are always matched as single tokens (transformers'
 default `split_special_tokens=False`; Qwen-Audio's `allowed_special="all"`). No BOS is ever prepended.
@@ -20,7 +20,7 @@ from pathlib import Path
 
 from qwen_audio_jax.errors import ConfigError
 
-# Qwen2 / Qwen-Audio pre-tokenizer regex (REFERENCE 4.1): digits split one by one, NFC applied first.
+# Qwen2 / Qwen-Audio pre-tokenizer regex (docs/reference.md §4.1): digits split one by one, NFC applied first.
 PAT_STR = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
 
 ENDOFTEXT, IM_START, IM_END = "<|endoftext|>", "<|im_start|>", "<|im_end|>"
@@ -332,7 +332,7 @@ def _load_tiktoken_ranks(path: Path) -> dict[bytes, int]:
 
 
 class QwenAudioV1Tokenizer(Tokenizer):
-    """Qwen-Audio (v1) tokenizer: `qwen.tiktoken` ranks + the special-token table of REFERENCE 3.5."""
+    """Qwen-Audio (v1) tokenizer: `qwen.tiktoken` ranks + the special-token table of docs/reference.md §3.5."""
 
     variant = "qwen_audio_v1"
 
@@ -403,7 +403,7 @@ class QwenAudioV1Tokenizer(Tokenizer):
         # chatml stop words [[im_end], [im_start]] (qwen_generation_utils.get_stop_words_ids) plus eod.
         return tuple(sorted((self.endoftext_id, self.im_start_id, self.im_end_id)))
 
-    # v1's model overwrites the embeddings of the whole <audio> pad... </audio> span (REFERENCE 3.3).
+    # v1's model overwrites the embeddings of the whole <audio> pad... </audio> span (docs/reference.md §3.3).
     audio_token_id = property(lambda self: self.special_tokens[V1_AUDIO_PAD])
     audio_bos_id = property(lambda self: self.special_tokens[V1_AUDIO_START])
     audio_eos_id = property(lambda self: self.special_tokens[V1_AUDIO_END])
