@@ -31,22 +31,37 @@ HF_CONFIG = {
     "architectures": ["Qwen2AudioForConditionalGeneration"],
     "model_type": "qwen2_audio",
     "audio_token_index": 151646,
-    "audio_config": {"model_type": "qwen2_audio_encoder", "d_model": 512, "encoder_layers": 8,
-                     "encoder_attention_heads": 8, "encoder_ffn_dim": 2048, "num_mel_bins": 128,
-                     "max_source_positions": 1500},
-    "text_config": {"model_type": "qwen2", "vocab_size": 156032, "hidden_size": 1024, "intermediate_size": 2816,
-                    "num_hidden_layers": 16, "num_attention_heads": 16, "num_key_value_heads": 16,
-                    "rms_norm_eps": 1e-5, "max_position_embeddings": 8192, "tie_word_embeddings": False},
-}  # fmt: skip
+    "audio_config": {
+        "model_type": "qwen2_audio_encoder",
+        "d_model": 512,
+        "encoder_layers": 8,
+        "encoder_attention_heads": 8,
+        "encoder_ffn_dim": 2048,
+        "num_mel_bins": 128,
+        "max_source_positions": 1500,
+    },
+    "text_config": {
+        "model_type": "qwen2",
+        "vocab_size": 156032,
+        "hidden_size": 1024,
+        "intermediate_size": 2816,
+        "num_hidden_layers": 16,
+        "num_attention_heads": 16,
+        "num_key_value_heads": 16,
+        "rms_norm_eps": 1e-5,
+        "max_position_embeddings": 8192,
+        "tie_word_embeddings": False,
+    },
+}
 
 
 def write_synthetic(directory: Path, shard_bytes: int = 1 << 30) -> int:
     """Random tensors with the exact HF names/shapes, streamed into shards. Returns total bytes."""
-    from qwen_audio_jax.config import ModelConfig
+    from flax import traverse_util
+
     from qwen_audio_jax.conversion.name_map import hf_shape, qwen2_audio_rules
     from qwen_audio_jax.conversion.safetensors_io import write_safetensors
     from qwen_audio_jax.model.params import abstract_params
-    from flax import traverse_util
 
     directory.mkdir(parents=True)
     (directory / "config.json").write_text(json.dumps(HF_CONFIG))
@@ -81,9 +96,9 @@ def write_synthetic(directory: Path, shard_bytes: int = 1 << 30) -> int:
 
 
 def largest_group_bytes(directory: Path) -> int:
-    from qwen_audio_jax.config import ModelConfig
-    from qwen_audio_jax.model.params import abstract_params
     import jax
+
+    from qwen_audio_jax.model.params import abstract_params
 
     config = from_hf_config(json.loads((directory / "config.json").read_text()))
     return max(int(np.prod(x.shape)) * 4 for x in jax.tree_util.tree_leaves(abstract_params(config)))
@@ -101,8 +116,13 @@ print(json.dumps({{"seconds": time.perf_counter() - t, "peak_rss": int(hwm) * 10
 
 
 def run_child(body: str) -> dict:
-    out = subprocess.run([sys.executable, "-c", _CHILD.format(body=body)], capture_output=True, text=True,
-                         env={**os.environ, "JAX_PLATFORMS": "cpu"}, cwd=REPO)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-c", _CHILD.format(body=body)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+        cwd=REPO,
+    )
     if out.returncode:
         raise SystemExit(out.stderr[-3000:])
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -127,20 +147,24 @@ def main() -> None:
             f"Qwen2AudioForConditionalGeneration.from_pretrained({str(src)!r}, torch_dtype=torch.float32)"
         )
         bound = 2 * group + (1 << 30)
-        print(json.dumps({
-            "benchmark": "convert",
-            "checkpoint_bytes": total,
-            "largest_group_bytes": group,
-            "jax_convert_s": round(ours["seconds"], 2),
-            "jax_convert_MBps": round(total / 1e6 / ours["seconds"], 1),
-            "jax_peak_rss_bytes": ours["peak_rss"],
-            "rss_bound_bytes": bound,
-            "rss_within_bound": ours["peak_rss"] < bound,
-            "reference": "transformers from_pretrained (load only)",
-            "reference_s": round(ref["seconds"], 2),
-            "reference_peak_rss_bytes": ref["peak_rss"],
-            "machine": f"{platform.machine()} {os.cpu_count()} cores, {platform.system()}",
-        }))  # fmt: skip
+        print(
+            json.dumps(
+                {
+                    "benchmark": "convert",
+                    "checkpoint_bytes": total,
+                    "largest_group_bytes": group,
+                    "jax_convert_s": round(ours["seconds"], 2),
+                    "jax_convert_MBps": round(total / 1e6 / ours["seconds"], 1),
+                    "jax_peak_rss_bytes": ours["peak_rss"],
+                    "rss_bound_bytes": bound,
+                    "rss_within_bound": ours["peak_rss"] < bound,
+                    "reference": "transformers from_pretrained (load only)",
+                    "reference_s": round(ref["seconds"], 2),
+                    "reference_peak_rss_bytes": ref["peak_rss"],
+                    "machine": f"{platform.machine()} {os.cpu_count()} cores, {platform.system()}",
+                }
+            )
+        )
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)

@@ -30,10 +30,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 SPEC = dict(audio_d=384, audio_layers=4, audio_heads=6, audio_ffn=1536, hidden=384, layers=8, heads=6, kv_heads=6,
-            inter=1024, vocab=156032)  # fmt: skip
+            inter=1024, vocab=156032)
 CLIPS = [("librispeech_1272_16k.flac", 5.9), ("glass_breaking_48k_stereo.mp3", 4.05), ("spanish_48k.mp3", 6.0),
          ("librispeech_1089_24k.wav", 9.0), ("chongqing_dialect_zh.wav", 8.0), ("music_97s_16k.wav", 10.0),
-         ("librispeech_1089_24k.wav", 4.5), ("music_97s_16k.wav", 7.0)]  # fmt: skip
+         ("librispeech_1089_24k.wav", 4.5), ("music_97s_16k.wav", 7.0)]
 
 
 def batch_audio() -> tuple[list[np.ndarray], str]:
@@ -97,9 +97,9 @@ from qwen_audio_jax.generation.options import GenerationOptions
     audio, source = batch_audio()
     prompts = ["What does the speaker say?", "Describe the sound.", "Translate the speech into English.",
                "Transcribe the speech.", "Which dialect is this?", "What instruments do you hear?",
-               "Summarise the audio.", "Describe the mood."]  # fmt: skip
+               "Summarise the audio.", "Describe the mood."]
     prepared = [model.processor.prepare_messages([{"role": "user", "content": [
-        {"type": "audio", "audio": a}, {"type": "text", "text": p}]}]) for a, p in zip(audio, prompts)]  # fmt: skip
+        {"type": "audio", "audio": a}, {"type": "text", "text": p}]}]) for a, p in zip(audio, prompts)]
     stop = (151645, 151643)
 
     # ---- JAX ----------------------------------------------------------------------------------------------------
@@ -119,12 +119,12 @@ from qwen_audio_jax.generation.options import GenerationOptions
         input_ids=torch.from_numpy(batch.tokens).long(), attention_mask=torch.from_numpy(batch.attention_mask).long(),
         input_features=torch.from_numpy(batch.mel),
         feature_attention_mask=(torch.arange(3000)[None] < torch.from_numpy(batch.mel_lengths)[:, None]).long(),
-    )  # fmt: skip
+    )
 
     def hf_generate(k):
         with torch.no_grad():
             return hf.generate(**hf_inputs, max_new_tokens=k, min_new_tokens=k, do_sample=False,
-                               eos_token_id=list(stop), pad_token_id=151643)  # fmt: skip
+                               eos_token_id=list(stop), pad_token_id=151643)
 
     ref_total = median_time(lambda: hf_generate(n_new), args.repeats)
     ref_prefill = median_time(lambda: hf_generate(1), args.repeats)
@@ -161,7 +161,7 @@ from qwen_audio_jax.generation.options import GenerationOptions
         "speedup_audio_encoder": round(ref_encode / jax_encode, 2),
         "machine": f"{platform.machine()} {os.cpu_count()} cores, {platform.system()}, jax {jax.__version__} "
                    f"({jax.default_backend()}), torch {torch.__version__} ({torch.get_num_threads()} threads)",
-    }  # fmt: skip
+    }
     print(json.dumps(result))
 
 

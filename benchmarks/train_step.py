@@ -29,8 +29,18 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-SPEC = dict(audio_d=384, audio_layers=4, audio_heads=6, audio_ffn=1536, hidden=384, layers=8, heads=6, kv_heads=6,
-            inter=1024, vocab=156032)  # fmt: skip
+SPEC = dict(
+    audio_d=384,
+    audio_layers=4,
+    audio_heads=6,
+    audio_ffn=1536,
+    hidden=384,
+    layers=8,
+    heads=6,
+    kv_heads=6,
+    inter=1024,
+    vocab=156032,
+)
 
 
 def main() -> None:
@@ -42,8 +52,9 @@ def main() -> None:
     import jax.numpy as jnp
     import torch
 
-    from qwen_audio_jax.bundled import write_tokenizer_dir
     from qwen_audio_jax.batching.buckets import Buckets
+    from qwen_audio_jax.bundled import write_tokenizer_dir
+    from qwen_audio_jax.model.params import build_module
     from qwen_audio_jax.text.processor import Processor
     from qwen_audio_jax.text.tokenizer import Qwen2AudioTokenizer
     from qwen_audio_jax.training.data import PreferenceExample
@@ -51,22 +62,40 @@ def main() -> None:
     from qwen_audio_jax.training.optimizer import OptimConfig, make_optimizer
     from qwen_audio_jax.training.pipeline import ExamplePreparer, batch_shape, collate_step
     from qwen_audio_jax.training.step import StepConfig, TrainBatch, TrainState, train_step
-    from qwen_audio_jax.model.params import build_module
     from tests._hf_models import TinySpec, build_hf_model, jax_twin
     from tests._synthetic_prefs import SOUNDS, synth
 
     rng = np.random.default_rng(0)
     tok = Qwen2AudioTokenizer.from_dir(write_tokenizer_dir(tempfile.mkdtemp()))
     processor = Processor(tok)
-    examples = [PreferenceExample(str(i), {"messages": [{"role": "user", "content": [
-        {"type": "audio", "audio": synth(i % 4, rng)}, {"type": "text", "text": "What sound is this?"}]}]},
-        SOUNDS[i % 4], SOUNDS[(i + 1) % 4]) for i in range(4)]  # fmt: skip
+    examples = [
+        PreferenceExample(
+            str(i),
+            {
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [
+                            {"type": "audio", "audio": synth(i % 4, rng)},
+                            {"type": "text", "text": "What sound is this?"},
+                        ],
+                    }
+                ]
+            },
+            SOUNDS[i % 4],
+            SOUNDS[(i + 1) % 4],
+        )
+        for i in range(4)
+    ]
     micro = [ExamplePreparer(examples, processor, True, "<|im_end|>")(i) for i in range(4)]
     shape = batch_shape([micro], Buckets())
     arrays = collate_step([micro], shape, 151643, 128)
     tokens_per_step = int(arrays["mask"].sum())
 
-    policy_hf, ref_hf = build_hf_model(TinySpec("bench", **SPEC), seed=0), build_hf_model(TinySpec("bench", **SPEC), seed=0)
+    policy_hf, ref_hf = (
+        build_hf_model(TinySpec("bench", **SPEC), seed=0),
+        build_hf_model(TinySpec("bench", **SPEC), seed=0),
+    )
     config, params = jax_twin(policy_hf)
 
     # ---- JAX ------------------------------------------------------------------------------------------------
@@ -90,8 +119,9 @@ def main() -> None:
     # ---- PyTorch ----------------------------------------------------------------------------------------------
     for p in policy_hf.audio_tower.parameters():
         p.requires_grad_(False)
-    opt = torch.optim.AdamW([p for p in policy_hf.parameters() if p.requires_grad], lr=1e-5, betas=(0.9, 0.98),
-                            eps=1e-6, weight_decay=0.05)  # fmt: skip
+    opt = torch.optim.AdamW(
+        [p for p in policy_hf.parameters() if p.requires_grad], lr=1e-5, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.05
+    )
     t_ = arrays["tokens"][0].reshape(-1, arrays["tokens"].shape[-1])
     m_ = arrays["mask"][0].reshape(t_.shape)
     c_ = arrays["completion_mask"][0].reshape(t_.shape)
@@ -99,9 +129,14 @@ def main() -> None:
     real = lengths > 0
     mel = np.zeros((2 * real.sum(), 128, 3000), np.float32)
     mel[:, :, : arrays["mel"].shape[-1]] = np.concatenate([arrays["mel"][0][real]] * 2)
-    inputs = dict(input_ids=torch.from_numpy(t_).long(), attention_mask=torch.from_numpy(m_).long(),
-                  input_features=torch.from_numpy(mel),
-                  feature_attention_mask=(torch.arange(3000)[None] < torch.from_numpy(np.concatenate([lengths[real]] * 2))[:, None]).long())  # fmt: skip
+    inputs = dict(
+        input_ids=torch.from_numpy(t_).long(),
+        attention_mask=torch.from_numpy(m_).long(),
+        input_features=torch.from_numpy(mel),
+        feature_attention_mask=(
+            torch.arange(3000)[None] < torch.from_numpy(np.concatenate([lengths[real]] * 2))[:, None]
+        ).long(),
+    )
     w = torch.from_numpy((c_[:, 1:] * m_[:, 1:]).astype(np.float32))
     targets = torch.from_numpy(t_[:, 1:]).long()
 
@@ -127,18 +162,22 @@ def main() -> None:
         torch_step()
         times.append(time.perf_counter() - t)
     ref_step = statistics.median(times[1:])
-    print(json.dumps({
-        "benchmark": "train_step",
-        "loss": "dpo sigmoid",
-        "params": sum(p.numel() for p in policy_hf.parameters()),
-        "pairs": 4,
-        "tokens_per_step": tokens_per_step,
-        "jax": {"step_s": round(jax_step, 3), "tokens_per_s": round(tokens_per_step / jax_step, 1)},
-        "reference": {"step_s": round(ref_step, 3), "tokens_per_s": round(tokens_per_step / ref_step, 1)},
-        "speedup": round(ref_step / jax_step, 2),
-        "machine": f"{platform.machine()} {os.cpu_count()} cores, {platform.system()}, jax {jax.__version__} "
-                   f"({jax.default_backend()}), torch {torch.__version__} ({torch.get_num_threads()} threads)",
-    }))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "benchmark": "train_step",
+                "loss": "dpo sigmoid",
+                "params": sum(p.numel() for p in policy_hf.parameters()),
+                "pairs": 4,
+                "tokens_per_step": tokens_per_step,
+                "jax": {"step_s": round(jax_step, 3), "tokens_per_s": round(tokens_per_step / jax_step, 1)},
+                "reference": {"step_s": round(ref_step, 3), "tokens_per_s": round(tokens_per_step / ref_step, 1)},
+                "speedup": round(ref_step / jax_step, 2),
+                "machine": f"{platform.machine()} {os.cpu_count()} cores, {platform.system()}, jax {jax.__version__} "
+                f"({jax.default_backend()}), torch {torch.__version__} ({torch.get_num_threads()} threads)",
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

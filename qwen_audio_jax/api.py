@@ -1,17 +1,18 @@
 """Python entry points: `load` a model dir, then `generate` or `score` lists of requests.
 
-    import qwen_audio_jax as qaj
-    model = qaj.load("qwen2-audio-7b-instruct-jax")
-    [out] = qaj.generate(model, [{"id": "1", "messages": [{"role": "user", "content": [
-        {"type": "audio", "audio": "clip.wav"}, {"type": "text", "text": "What is this sound?"}]}]}])
-    print(out["text"])
+import qwen_audio_jax as qaj
+model = qaj.load("qwen2-audio-7b-instruct-jax")
+[out] = qaj.generate(model, [{"id": "1", "messages": [{"role": "user", "content": [
+    {"type": "audio", "audio": "clip.wav"}, {"type": "text", "text": "What is this sound?"}]}]}])
+print(out["text"])
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -47,8 +48,15 @@ def default_dtype():
     return jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16
 
 
-def load(model_dir: str | Path, *, dtype=None, placement: Placement | None = None, mesh: str | None = None,
-         long_audio: str = "truncate", attention: str = "auto") -> LoadedModel:  # fmt: skip
+def load(
+    model_dir: str | Path,
+    *,
+    dtype=None,
+    placement: Placement | None = None,
+    mesh: str | None = None,
+    long_audio: str = "truncate",
+    attention: str = "auto",
+) -> LoadedModel:
     """Loads config, params (cast to the compute dtype while restoring) and the processor of a model dir.
 
     placement (or a `mesh` spec string such as "data=2,fsdp=4"; default one device): params are restored

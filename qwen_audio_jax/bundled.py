@@ -33,8 +33,14 @@ def qwen2_audio_tokenizer_config(eos_token: str = "<|im_end|>", chat_template: s
     config = {
         "add_prefix_space": False,
         "added_tokens_decoder": {
-            str(i): {"content": t, "lstrip": False, "normalized": False, "rstrip": False,
-                     "single_word": False, "special": True}
+            str(i): {
+                "content": t,
+                "lstrip": False,
+                "normalized": False,
+                "rstrip": False,
+                "single_word": False,
+                "special": True,
+            }
             for i, t in QWEN2_AUDIO_ADDED_TOKENS.items()
         },
         "additional_special_tokens": ["<|im_start|>", "<|im_end|>", "<|AUDIO|>", "<|audio_bos|>", "<|audio_eos|>"],
@@ -47,7 +53,7 @@ def qwen2_audio_tokenizer_config(eos_token: str = "<|im_end|>", chat_template: s
         "split_special_tokens": False,
         "tokenizer_class": "Qwen2Tokenizer",
         "unk_token": None,
-    }  # fmt: skip
+    }
     if chat_template is not None:
         config["chat_template"] = chat_template
     return config

@@ -6,7 +6,7 @@ carries the switches where they differ (docs/reference.md §3):
 | | Qwen2-Audio | Qwen-Audio v1 |
 |---|---|---|
 | mel bins, clip length rule | 128, ceil(samples / 160) | 80, floor(samples / 160) |
-| audio encoder | masked keys only (a fixed 30 s input in the reference) | runs over each clip's own length: later frames zeroed |
+| audio encoder | masked keys only (a fixed 30 s input) | each clip over its own length (later frames zeroed) |
 | audio delimiters | `<|audio_bos|>` / `<|audio_eos|>` embedding rows | learned `audio_bos_eos_token` vectors |
 | RoPE | plain | dynamic NTK + logn attention past `ntk_context` tokens |
 
@@ -116,7 +116,7 @@ class ModelConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
+    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
         d = dict(d)
         try:
             audio = AudioEncoderConfig(**d.pop("audio"))
@@ -131,7 +131,7 @@ class ModelConfig:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod
-    def load(cls, path: str | Path) -> "ModelConfig":
+    def load(cls, path: str | Path) -> ModelConfig:
         try:
             return cls.from_dict(json.loads(Path(path).read_text()))
         except (OSError, json.JSONDecodeError) as e:
@@ -149,7 +149,11 @@ def qwen_audio_7b() -> ModelConfig:
     return ModelConfig(
         audio=AudioEncoderConfig(num_mel_bins=80, per_clip_length=True),
         decoder=DecoderConfig(
-            vocab_size=155947, intermediate_size=11008, rms_norm_eps=1e-5, dynamic_ntk=True, logn_attention=True,
+            vocab_size=155947,
+            intermediate_size=11008,
+            rms_norm_eps=1e-5,
+            dynamic_ntk=True,
+            logn_attention=True,
         ),
         model_type=QWEN_AUDIO_V1,
         audio_token_id=151851,

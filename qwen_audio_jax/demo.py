@@ -15,15 +15,25 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
-PREPROCESSOR = {"chunk_length": 30, "feature_extractor_type": "WhisperFeatureExtractor", "feature_size": 128,
-                "hop_length": 160, "n_fft": 400, "n_samples": 480000, "nb_max_frames": 3000,
-                "padding_side": "right", "padding_value": 0.0, "processor_class": "Qwen2AudioProcessor",
-                "return_attention_mask": True, "sampling_rate": 16000}  # fmt: skip
+PREPROCESSOR = {
+    "chunk_length": 30,
+    "feature_extractor_type": "WhisperFeatureExtractor",
+    "feature_size": 128,
+    "hop_length": 160,
+    "n_fft": 400,
+    "n_samples": 480000,
+    "nb_max_frames": 3000,
+    "padding_side": "right",
+    "padding_value": 0.0,
+    "processor_class": "Qwen2AudioProcessor",
+    "return_attention_mask": True,
+    "sampling_rate": 16000,
+}
 
 
 def build_tiny_model_dir(path: Path, seed: int = 0) -> Path:
@@ -53,8 +63,10 @@ def synthesize_clips(directory: Path) -> dict[str, Path]:
     clips = {
         "tone": 0.3 * np.sin(2 * np.pi * 440 * t),
         "chirp": 0.3 * np.sin(2 * np.pi * (200 + 900 * np.arange(3 * sr) / (3 * sr)) * np.arange(3 * sr) / sr),
-        "bursts": np.random.default_rng(0).standard_normal(int(1.5 * sr)) * (np.arange(int(1.5 * sr)) % 4000 < 800) * 0.2,
-    }  # fmt: skip
+        "bursts": np.random.default_rng(0).standard_normal(int(1.5 * sr))
+        * (np.arange(int(1.5 * sr)) % 4000 < 800)
+        * 0.2,
+    }
     directory.mkdir(parents=True, exist_ok=True)
     out = {}
     for name, x in clips.items():
@@ -62,8 +74,11 @@ def synthesize_clips(directory: Path) -> dict[str, Path]:
         sf.write(out[name], x.astype(np.float32), sr)
     if shutil.which("espeak-ng"):
         speech = directory / "speech.wav"
-        subprocess.run(["espeak-ng", "-w", str(speech), "Mister Quilter is the apostle of the middle classes."],
-                       check=False, capture_output=True)  # fmt: skip
+        subprocess.run(
+            ["espeak-ng", "-w", str(speech), "Mister Quilter is the apostle of the middle classes."],
+            check=False,
+            capture_output=True,
+        )
         if speech.exists() and speech.stat().st_size > 1000:
             out["speech"] = speech
     return out
@@ -72,21 +87,45 @@ def synthesize_clips(directory: Path) -> dict[str, Path]:
 def _requests(clips: dict[str, Path], missing: Path) -> list[dict]:
     audio = clips.get("speech", clips["tone"])
     return [
-        {"id": "chat", "messages": [{"role": "user", "content": [
-            {"type": "audio", "audio": str(audio)}, {"type": "text", "text": "What does the speaker say?"}]}]},
-        {"id": "two-clips", "messages": [{"role": "user", "content": [
-            {"type": "audio", "audio": str(clips["chirp"])}, {"type": "audio", "audio": str(clips["bursts"])},
-            {"type": "text", "text": "Which clip is louder?"}]}]},
-        {"id": "base-caption", "prompt": "<|audio_bos|><|AUDIO|><|audio_eos|>Generate the caption in English:",
-         "audio": [str(clips["tone"])]},
+        {
+            "id": "chat",
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "audio", "audio": str(audio)},
+                        {"type": "text", "text": "What does the speaker say?"},
+                    ],
+                }
+            ],
+        },
+        {
+            "id": "two-clips",
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "audio", "audio": str(clips["chirp"])},
+                        {"type": "audio", "audio": str(clips["bursts"])},
+                        {"type": "text", "text": "Which clip is louder?"},
+                    ],
+                }
+            ],
+        },
+        {
+            "id": "base-caption",
+            "prompt": "<|audio_bos|><|AUDIO|><|audio_eos|>Generate the caption in English:",
+            "audio": [str(clips["tone"])],
+        },
         {"id": "task-asr", "task": "asr", "audio": str(audio), "lang": "en"},
         {"id": "text-only", "messages": [{"role": "user", "content": "Name three musical instruments."}]},
         {"id": "broken", "messages": [{"role": "user", "content": [{"type": "audio", "audio": str(missing)}]}]},
-    ]  # fmt: skip
+    ]
 
 
-def run_demo(workdir: str | Path | None = None, keep: bool = False, max_new_tokens: int = 16,
-             log: Callable[[str], None] = print) -> dict:  # fmt: skip
+def run_demo(
+    workdir: str | Path | None = None, keep: bool = False, max_new_tokens: int = 16, log: Callable[[str], None] = print
+) -> dict:
     from qwen_audio_jax import api
     from qwen_audio_jax.conversion.hf_to_jax import convert
     from qwen_audio_jax.conversion.jax_to_hf import export_hf
@@ -106,8 +145,9 @@ def run_demo(workdir: str | Path | None = None, keep: bool = False, max_new_toke
         log(f"[1/5] built a tiny random-weight Qwen2-Audio and wrote it as an HF checkpoint: {work / 'hf-checkpoint'}")
 
         t = time.perf_counter()
-        convert(work / "hf-checkpoint", work / "model", dtype="float32", overwrite=True, progress=False,
-                log=lambda m: None)  # fmt: skip
+        convert(
+            work / "hf-checkpoint", work / "model", dtype="float32", overwrite=True, progress=False, log=lambda m: None
+        )
         timings["convert_s"] = time.perf_counter() - t
         log(f"[2/5] qwen-audio-jax convert -> {work / 'model'} ({timings['convert_s']:.1f} s)")
 
@@ -121,19 +161,24 @@ def run_demo(workdir: str | Path | None = None, keep: bool = False, max_new_toke
         job = GenerateJob(model, GenerationOptions(max_new_tokens=max_new_tokens), batch_size=4)
         summary = run_file(job, work / "requests.jsonl", work / "results.jsonl", overwrite=True, progress=False)
         timings["generate_s"] = time.perf_counter() - t
-        log(f"[4/5] qwen-audio-jax generate: {summary['requests']} requests, {summary['errors']} error(s), "
-            f"{summary['tokens']} tokens in {timings['generate_s']:.1f} s (incl. compilation) -> results.jsonl")  # fmt: skip
+        log(
+            f"[4/5] qwen-audio-jax generate: {summary['requests']} requests, {summary['errors']} error(s), "
+            f"{summary['tokens']} tokens in {timings['generate_s']:.1f} s (incl. compilation) -> results.jsonl"
+        )
         for line in (work / "results.jsonl").read_text().splitlines():
             r = json.loads(line)
             shown = f"error: {r['error']}" if r["error"] else f"{r['finish_reason']:6s} {r['text'][:50]!r}"
             log(f"      {r['id']:13s} {shown}")
 
-        scores = run_list(ScoreJob(model, batch_size=4), [
-            {"id": "mc", "messages": requests[0]["messages"], "completions": ["A speech.", "A dog barking."]}
-        ])  # fmt: skip
+        scores = run_list(
+            ScoreJob(model, batch_size=4),
+            [{"id": "mc", "messages": requests[0]["messages"], "completions": ["A speech.", "A dog barking."]}],
+        )
         log(f"[5/5] qwen-audio-jax score: log p(completion) = {[round(x, 2) for x in scores[0]['logprob']]}")
-        log("The weights are random, so the text above is noise; point --model at a converted checkpoint for "
-            "real output.")
+        log(
+            "The weights are random, so the text above is noise; point --model at a converted checkpoint for "
+            "real output."
+        )
         return {"workdir": str(work), "generate": summary, "timings": timings}
     finally:
         if not keep and workdir is None:

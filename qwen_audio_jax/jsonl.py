@@ -9,8 +9,8 @@ be written back as UTF-8). A failure is one sentence naming the file, the line a
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from qwen_audio_jax.errors import DataError
 

@@ -38,11 +38,15 @@ def setup_compilation_cache(flag: str | Path | None = None) -> Path | None:
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise OutputError(f"cannot create the compilation cache {path} ({e.strerror}); pass --compilation-cache "
-                          "DIR with a writable DIR, or --compilation-cache '' to run without it.") from e  # fmt: skip
+        raise OutputError(
+            f"cannot create the compilation cache {path} ({e.strerror}); pass --compilation-cache "
+            "DIR with a writable DIR, or --compilation-cache '' to run without it."
+        ) from e
     if not os.access(path, os.W_OK):
-        raise OutputError(f"the compilation cache {path} is not writable; pass --compilation-cache DIR with a "
-                          "writable DIR, or --compilation-cache '' to run without it.")  # fmt: skip
+        raise OutputError(
+            f"the compilation cache {path} is not writable; pass --compilation-cache DIR with a "
+            "writable DIR, or --compilation-cache '' to run without it."
+        )
     jax.config.update("jax_compilation_cache_dir", str(path))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)

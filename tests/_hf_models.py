@@ -7,8 +7,8 @@ import dataclasses
 import numpy as np
 
 from qwen_audio_jax.config import ModelConfig  # noqa: F401
-from qwen_audio_jax.conversion.hf_config import from_hf_config
 from qwen_audio_jax.conversion.hf_checkpoint import StateDictSource
+from qwen_audio_jax.conversion.hf_config import from_hf_config
 from qwen_audio_jax.conversion.hf_to_jax import params_from_hf
 
 VOCAB = 151936 + 160  # real special ids (151643..151648) fit, room for a few more
@@ -30,10 +30,12 @@ class TinySpec:
     audio_token_id: int = 151646
 
 
-MHA = TinySpec("mha", audio_d=64, audio_layers=2, audio_heads=4, audio_ffn=128, hidden=64, layers=2, heads=4,
-               kv_heads=4, inter=128)  # fmt: skip
-GQA = TinySpec("gqa", audio_d=48, audio_layers=3, audio_heads=3, audio_ffn=96, hidden=96, layers=3, heads=6,
-               kv_heads=2, inter=160)  # fmt: skip
+MHA = TinySpec(
+    "mha", audio_d=64, audio_layers=2, audio_heads=4, audio_ffn=128, hidden=64, layers=2, heads=4, kv_heads=4, inter=128
+)
+GQA = TinySpec(
+    "gqa", audio_d=48, audio_layers=3, audio_heads=3, audio_ffn=96, hidden=96, layers=3, heads=6, kv_heads=2, inter=160
+)
 SPECS = (MHA, GQA)
 
 
@@ -42,17 +44,30 @@ def hf_config_dict(spec: TinySpec) -> dict:
         model_type="qwen2_audio",
         audio_token_index=spec.audio_token_id,
         audio_config=dict(
-            model_type="qwen2_audio_encoder", d_model=spec.audio_d, encoder_layers=spec.audio_layers,
-            encoder_attention_heads=spec.audio_heads, encoder_ffn_dim=spec.audio_ffn, num_mel_bins=128,
+            model_type="qwen2_audio_encoder",
+            d_model=spec.audio_d,
+            encoder_layers=spec.audio_layers,
+            encoder_attention_heads=spec.audio_heads,
+            encoder_ffn_dim=spec.audio_ffn,
+            num_mel_bins=128,
             max_source_positions=1500,
         ),
         text_config=dict(
-            model_type="qwen2", vocab_size=spec.vocab, hidden_size=spec.hidden, intermediate_size=spec.inter,
-            num_hidden_layers=spec.layers, num_attention_heads=spec.heads, num_key_value_heads=spec.kv_heads,
-            rms_norm_eps=1e-5, max_position_embeddings=8192, rope_theta=10000.0, tie_word_embeddings=False,
-            bos_token_id=151643, eos_token_id=151645,
+            model_type="qwen2",
+            vocab_size=spec.vocab,
+            hidden_size=spec.hidden,
+            intermediate_size=spec.inter,
+            num_hidden_layers=spec.layers,
+            num_attention_heads=spec.heads,
+            num_key_value_heads=spec.kv_heads,
+            rms_norm_eps=1e-5,
+            max_position_embeddings=8192,
+            rope_theta=10000.0,
+            tie_word_embeddings=False,
+            bos_token_id=151643,
+            eos_token_id=151645,
         ),
-    )  # fmt: skip
+    )
 
 
 def build_hf_model(spec: TinySpec, seed: int = 0, dtype=None):
@@ -81,8 +96,14 @@ def jax_twin(hf_model) -> tuple[ModelConfig, dict]:
     return config, params
 
 
-def random_batch(rng: np.random.Generator, clip_seconds: list[list[float]], text_lens: list[int],
-                 pad_side: str = "left", audio_ids=(151646, 151647, 151648), text_vocab: int = 151643):  # fmt: skip
+def random_batch(
+    rng: np.random.Generator,
+    clip_seconds: list[list[float]],
+    text_lens: list[int],
+    pad_side: str = "left",
+    audio_ids=(151646, 151647, 151648),
+    text_vocab: int = 151643,
+):
     """A processor-like batch: per request, random text ids around bos + N x <|AUDIO|> + eos per clip.
     audio_ids: (<|AUDIO|>, <|audio_bos|>, <|audio_eos|>); text ids are drawn below `text_vocab` (also the pad id).
 

@@ -11,10 +11,20 @@ import pytest
 from tests._hf_models import GQA, build_hf_model
 from tests._tokenizer_dirs import make_qwen2_audio_tokenizer_dir
 
-PREPROCESSOR = {"chunk_length": 30, "feature_extractor_type": "WhisperFeatureExtractor", "feature_size": 128,
-                "hop_length": 160, "n_fft": 400, "n_samples": 480000, "nb_max_frames": 3000,
-                "padding_side": "right", "padding_value": 0.0, "processor_class": "Qwen2AudioProcessor",
-                "return_attention_mask": True, "sampling_rate": 16000}  # fmt: skip
+PREPROCESSOR = {
+    "chunk_length": 30,
+    "feature_extractor_type": "WhisperFeatureExtractor",
+    "feature_size": 128,
+    "hop_length": 160,
+    "n_fft": 400,
+    "n_samples": 480000,
+    "nb_max_frames": 3000,
+    "padding_side": "right",
+    "padding_value": 0.0,
+    "processor_class": "Qwen2AudioProcessor",
+    "return_attention_mask": True,
+    "sampling_rate": 16000,
+}
 
 
 def make_tiny_hf_dir(path: Path, seed: int = 11) -> Path:

@@ -27,22 +27,61 @@ def varied_requests() -> list[dict]:
     a resampled 24 kHz clip."""
     story = " ".join(["The quick brown fox jumps over the lazy dog while the band plays on."] * 18)
     return [
-        {"id": "asr", "messages": [{"role": "user", "content": [
-            {"type": "audio", "audio": clip("librispeech_1272_16k.flac", 5.9, 1)},
-            {"type": "text", "text": "What does the person say?"}]}]},
-        {"id": "two-clips", "messages": [{"role": "user", "content": [
-            {"type": "audio", "audio": clip("glass_breaking_48k_stereo.mp3", 4.05, 2)},
-            {"type": "audio", "audio": clip("spanish_48k.mp3", 3.2, 3)},
-            {"type": "text", "text": "Compare the two sounds."}]}]},
+        {
+            "id": "asr",
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "audio", "audio": clip("librispeech_1272_16k.flac", 5.9, 1)},
+                        {"type": "text", "text": "What does the person say?"},
+                    ],
+                }
+            ],
+        },
+        {
+            "id": "two-clips",
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "audio", "audio": clip("glass_breaking_48k_stereo.mp3", 4.05, 2)},
+                        {"type": "audio", "audio": clip("spanish_48k.mp3", 3.2, 3)},
+                        {"type": "text", "text": "Compare the two sounds."},
+                    ],
+                }
+            ],
+        },
         {"id": "text-only", "messages": [{"role": "user", "content": "Write a haiku about the sea."}]},
-        {"id": "base-caption", "prompt": "<|audio_bos|><|AUDIO|><|audio_eos|>Generate the caption in English:",
-         "audio": [clip("librispeech_1272_middle_classes.wav", 0.93, 4)]},
-        {"id": "long-prompt", "messages": [
-            {"role": "system", "content": "You are a careful listener."},
-            {"role": "user", "content": [{"type": "text", "text": story},
-                                         {"type": "audio", "audio": synth_clip(2.5, 5)},
-                                         {"type": "text", "text": "Summarise the story and the sound."}]}]},
-        {"id": "resampled", "messages": [{"role": "user", "content": [
-            {"type": "audio", "audio": clip("librispeech_1089_24k.wav", 9.0, 6)},
-            {"type": "text", "text": "Transcribe."}]}]},
-    ]  # fmt: skip
+        {
+            "id": "base-caption",
+            "prompt": "<|audio_bos|><|AUDIO|><|audio_eos|>Generate the caption in English:",
+            "audio": [clip("librispeech_1272_middle_classes.wav", 0.93, 4)],
+        },
+        {
+            "id": "long-prompt",
+            "messages": [
+                {"role": "system", "content": "You are a careful listener."},
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "text", "text": story},
+                        {"type": "audio", "audio": synth_clip(2.5, 5)},
+                        {"type": "text", "text": "Summarise the story and the sound."},
+                    ],
+                },
+            ],
+        },
+        {
+            "id": "resampled",
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "audio", "audio": clip("librispeech_1089_24k.wav", 9.0, 6)},
+                        {"type": "text", "text": "Transcribe."},
+                    ],
+                }
+            ],
+        },
+    ]

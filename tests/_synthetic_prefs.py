@@ -39,13 +39,24 @@ def write_preference_set(directory: Path, n: int, seed: int, preference: bool = 
         wrong = (kind + 1 + int(rng.integers(0, len(SOUNDS) - 1))) % len(SOUNDS)
         wav = directory / f"s{seed}_{i}.wav"
         sf.write(wav, synth(kind, rng), SR)
-        messages = [{"role": "user", "content": [{"type": "audio", "audio": wav.name},
-                                                 {"type": "text", "text": "What sound is this?"}]}]  # fmt: skip
+        messages = [
+            {
+                "role": "user",
+                "content": [{"type": "audio", "audio": wav.name}, {"type": "text", "text": "What sound is this?"}],
+            }
+        ]
         if not preference:
             lines.append({"id": f"{seed}-{i}", "messages": messages + [{"role": "assistant", "content": SOUNDS[kind]}]})
         else:
-            lines.append({"id": f"{seed}-{i}", "messages": messages, "chosen": SOUNDS[kind], "rejected": SOUNDS[wrong],
-                          "label": kind})  # fmt: skip
+            lines.append(
+                {
+                    "id": f"{seed}-{i}",
+                    "messages": messages,
+                    "chosen": SOUNDS[kind],
+                    "rejected": SOUNDS[wrong],
+                    "label": kind,
+                }
+            )
     path = directory / ("prefs.jsonl" if preference else "sft.jsonl")
     path.write_text("".join(json.dumps(x) + "\n" for x in lines))
     return path

@@ -42,9 +42,13 @@ def qwen_tiktoken_file() -> Path:
     return path
 
 
-def make_qwen2_audio_tokenizer_dir(path: str | Path, *, eos_token: str = "<|im_end|>",
-                                   chat_template: str | None = None,
-                                   processor_chat_template: str | None = None) -> Path:
+def make_qwen2_audio_tokenizer_dir(
+    path: str | Path,
+    *,
+    eos_token: str = "<|im_end|>",
+    chat_template: str | None = None,
+    processor_chat_template: str | None = None,
+) -> Path:
     """vocab.json + merges.txt + tokenizer_config.json (the slow-tokenizer layout, as Qwen2-Audio's hub repo).
 
     `chat_template` goes into tokenizer_config.json; `processor_chat_template` into chat_template.json (the file
@@ -58,8 +62,9 @@ def make_qwen2_audio_tokenizer_dir(path: str | Path, *, eos_token: str = "<|im_e
     config = qwen2_audio_tokenizer_config(eos_token=eos_token, chat_template=chat_template)
     (path / "tokenizer_config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False), encoding="utf-8")
     if processor_chat_template is not None:
-        (path / "chat_template.json").write_text(json.dumps({"chat_template": processor_chat_template}),
-                                                 encoding="utf-8")
+        (path / "chat_template.json").write_text(
+            json.dumps({"chat_template": processor_chat_template}), encoding="utf-8"
+        )
     return path
 
 

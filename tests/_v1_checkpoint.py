@@ -27,24 +27,59 @@ import torch
 from tests._v1_reference import AUDIO_START_ID, V1Model, V1Spec, config_dict, init_random, mel_filters_80
 
 # [QA] tokenizer_config.json (the hub's Qwen-Audio-Chat ships the same remote-code tokenizer).
-TOKENIZER_CONFIG = {"model_max_length": 8192, "tokenizer_class": "QWenTokenizer",
-                    "auto_map": {"AutoTokenizer": ["tokenization_qwen.QWenTokenizer", None]}}  # fmt: skip
+TOKENIZER_CONFIG = {
+    "model_max_length": 8192,
+    "tokenizer_class": "QWenTokenizer",
+    "auto_map": {"AutoTokenizer": ["tokenization_qwen.QWenTokenizer", None]},
+}
 # docs/reference.md §3.1; [QA] base_generation_config.json and chat_generation_config.json, verbatim.
-BASE_GENERATION_CONFIG = {"chat_format": "raw", "eos_token_id": 151643, "pad_token_id": 151643,
-                          "stop_words_ids": [[151643]], "max_new_tokens": 512, "do_sample": True, "top_k": 0,
-                          "top_p": 0.8, "transformers_version": "4.31.0"}  # fmt: skip
-CHAT_GENERATION_CONFIG = {"chat_format": "chatml", "eos_token_id": 151643, "pad_token_id": 151643,
-                          "max_window_size": 6144, "max_new_tokens": 512, "do_sample": True, "top_k": 0,
-                          "top_p": 0.5, "transformers_version": "4.31.0"}  # fmt: skip
+BASE_GENERATION_CONFIG = {
+    "chat_format": "raw",
+    "eos_token_id": 151643,
+    "pad_token_id": 151643,
+    "stop_words_ids": [[151643]],
+    "max_new_tokens": 512,
+    "do_sample": True,
+    "top_k": 0,
+    "top_p": 0.8,
+    "transformers_version": "4.31.0",
+}
+CHAT_GENERATION_CONFIG = {
+    "chat_format": "chatml",
+    "eos_token_id": 151643,
+    "pad_token_id": 151643,
+    "max_window_size": 6144,
+    "max_new_tokens": 512,
+    "do_sample": True,
+    "top_k": 0,
+    "top_p": 0.5,
+    "transformers_version": "4.31.0",
+}
 INDEX_NAME = "model.safetensors.index.json"
 
 
 def real_v1_spec() -> V1Spec:
-    """Qwen-Audio(-Chat) 7B ([QA] config.json; docs/reference.md §3.1); its state dict holds 8,396,222,464 elements (5.3)."""
-    return V1Spec(hidden_size=4096, num_hidden_layers=32, num_attention_heads=32, kv_channels=128,
-                  intermediate_size=22016, vocab_size=155947, seq_length=2048, layer_norm_epsilon=1e-5,
-                  rotary_emb_base=10000, max_position_embeddings=8192, use_dynamic_ntk=True, use_logn_attn=True,
-                  audio_n_state=1280, audio_n_head=20, audio_n_layer=32, audio_n_mels=80, audio_n_ctx=1500)  # fmt: skip
+    """Qwen-Audio(-Chat) 7B ([QA] config.json; docs/reference.md §3.1); its state dict holds 8,396,222,464
+    elements (§5.3)."""
+    return V1Spec(
+        hidden_size=4096,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        kv_channels=128,
+        intermediate_size=22016,
+        vocab_size=155947,
+        seq_length=2048,
+        layer_norm_epsilon=1e-5,
+        rotary_emb_base=10000,
+        max_position_embeddings=8192,
+        use_dynamic_ntk=True,
+        use_logn_attn=True,
+        audio_n_state=1280,
+        audio_n_head=20,
+        audio_n_layer=32,
+        audio_n_mels=80,
+        audio_n_ctx=1500,
+    )
 
 
 def spec_from_config(cfg: dict) -> V1Spec:
@@ -53,14 +88,25 @@ def spec_from_config(cfg: dict) -> V1Spec:
     assert cfg["rotary_pct"] == 1.0 and cfg["no_bias"] and not cfg["tie_word_embeddings"], cfg
     assert a["avg_pool"] and a["add_audio_bos_eos_token"] and a["audio_start_id"] == AUDIO_START_ID, cfg
     assert a["output_dim"] == cfg["hidden_size"], cfg
-    return V1Spec(hidden_size=cfg["hidden_size"], num_hidden_layers=cfg["num_hidden_layers"],
-                  num_attention_heads=cfg["num_attention_heads"], kv_channels=cfg["kv_channels"],
-                  intermediate_size=cfg["intermediate_size"], vocab_size=cfg["vocab_size"],
-                  seq_length=cfg["seq_length"], layer_norm_epsilon=cfg["layer_norm_epsilon"],
-                  rotary_emb_base=cfg["rotary_emb_base"], max_position_embeddings=cfg["max_position_embeddings"],
-                  use_dynamic_ntk=cfg["use_dynamic_ntk"], use_logn_attn=cfg["use_logn_attn"],
-                  audio_n_state=a["n_state"], audio_n_head=a["n_head"], audio_n_layer=a["n_layer"],
-                  audio_n_mels=a["n_mels"], audio_n_ctx=a["n_ctx"])  # fmt: skip
+    return V1Spec(
+        hidden_size=cfg["hidden_size"],
+        num_hidden_layers=cfg["num_hidden_layers"],
+        num_attention_heads=cfg["num_attention_heads"],
+        kv_channels=cfg["kv_channels"],
+        intermediate_size=cfg["intermediate_size"],
+        vocab_size=cfg["vocab_size"],
+        seq_length=cfg["seq_length"],
+        layer_norm_epsilon=cfg["layer_norm_epsilon"],
+        rotary_emb_base=cfg["rotary_emb_base"],
+        max_position_embeddings=cfg["max_position_embeddings"],
+        use_dynamic_ntk=cfg["use_dynamic_ntk"],
+        use_logn_attn=cfg["use_logn_attn"],
+        audio_n_state=a["n_state"],
+        audio_n_head=a["n_head"],
+        audio_n_layer=a["n_layer"],
+        audio_n_mels=a["n_mels"],
+        audio_n_ctx=a["n_ctx"],
+    )
 
 
 def _shard_names(names: list[str], sizes: dict[str, int], shards: int) -> list[list[str]]:
@@ -78,9 +124,15 @@ def _shard_names(names: list[str], sizes: dict[str, int], shards: int) -> list[l
     return groups
 
 
-def make_v1_checkpoint_dir(path: str | Path, spec: V1Spec | None = None, seed: int = 0, shards: int = 1,
-                           chat: bool = True, model: V1Model | None = None,
-                           dtype: torch.dtype = torch.float32) -> Path:
+def make_v1_checkpoint_dir(
+    path: str | Path,
+    spec: V1Spec | None = None,
+    seed: int = 0,
+    shards: int = 1,
+    chat: bool = True,
+    model: V1Model | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> Path:
     """Write a Qwen-Audio checkpoint dir for `model` (default: `init_random(spec or V1Spec(), seed)`), cast to `dtype`
     (the hub files are bf16; fp32 keeps parity tests exact). Returns `path`."""
     from safetensors.torch import save_file

@@ -1,9 +1,10 @@
-"""An independent PyTorch oracle for Qwen-Audio (v1), written from /work/shared/docs/reference.md §3 (and 2 for the
-log-mel) and cross-checked against QwenLM/Qwen-Audio@0b0e882 `audio.py`, `modeling_qwen.py`, `tokenization_qwen.py`
-([QA] below). Nothing here reads or imports `qwen_audio_jax`: it is the yardstick the JAX port is measured against.
+"""An independent PyTorch oracle for Qwen-Audio (v1), written from the project's reference text (docs/reference.md
+§3, and §2 for the log-mel) and cross-checked against QwenLM/Qwen-Audio@0b0e882 `audio.py`, `modeling_qwen.py`,
+`tokenization_qwen.py` ([QA] below). Nothing here reads or imports `qwen_audio_jax`: it is the yardstick the JAX
+port is measured against.
 
-Everything runs one request at a time (batch 1, "the reference run alone", docs/reference.md §7.9), so 2-D tensors are used
-throughout: `[T, D]` hidden states, `[T, H, Dh]` heads. Public API:
+Everything runs one request at a time (batch 1, "the reference run alone", docs/reference.md §7.9), so 2-D tensors
+are used throughout: `[T, D]` hidden states, `[T, H, Dh]` heads. Public API:
 
     V1Spec, config_dict(spec), V1Model, init_random(spec, seed)
     features(waveform_16k) -> (mel [80, 3000] fp32, mel_len)          encode_audio(model, mel, mel_len) -> [span, D]
@@ -75,21 +76,49 @@ def config_dict(spec: V1Spec) -> dict:
     """`config.json` with exactly the keys of [QA] config.json (docs/reference.md §3.1), filled from `spec`."""
     return {
         "architectures": ["QWenLMHeadModel"],
-        "auto_map": {"AutoConfig": "configuration_qwen.QWenConfig",
-                     "AutoModelForCausalLM": "modeling_qwen.QWenLMHeadModel"},
-        "attn_dropout_prob": 0.0, "bf16": False, "fp16": False, "fp32": False, "emb_dropout_prob": 0.0,
-        "intermediate_size": spec.intermediate_size, "initializer_range": 0.02, "kv_channels": spec.kv_channels,
-        "layer_norm_epsilon": spec.layer_norm_epsilon, "model_type": "qwen", "hidden_size": spec.hidden_size,
-        "num_attention_heads": spec.num_attention_heads, "num_hidden_layers": spec.num_hidden_layers,
-        "max_position_embeddings": spec.max_position_embeddings, "no_bias": True, "onnx_safe": None,
-        "rotary_emb_base": spec.rotary_emb_base, "rotary_pct": 1.0, "scale_attn_weights": True,
-        "seq_length": spec.seq_length, "tie_word_embeddings": False, "tokenizer_type": "QWenTokenizer",
-        "transformers_version": "4.31.0", "use_cache": True, "vocab_size": spec.vocab_size,
-        "use_dynamic_ntk": spec.use_dynamic_ntk, "use_logn_attn": spec.use_logn_attn,
-        "audio": {"n_mels": spec.audio_n_mels, "n_ctx": spec.audio_n_ctx, "n_state": spec.audio_n_state,
-                  "n_head": spec.audio_n_head, "n_layer": spec.audio_n_layer, "output_dim": spec.audio_output_dim,
-                  "avg_pool": True, "add_audio_bos_eos_token": True, "audio_start_id": AUDIO_START_ID},
-    }  # fmt: skip
+        "auto_map": {
+            "AutoConfig": "configuration_qwen.QWenConfig",
+            "AutoModelForCausalLM": "modeling_qwen.QWenLMHeadModel",
+        },
+        "attn_dropout_prob": 0.0,
+        "bf16": False,
+        "fp16": False,
+        "fp32": False,
+        "emb_dropout_prob": 0.0,
+        "intermediate_size": spec.intermediate_size,
+        "initializer_range": 0.02,
+        "kv_channels": spec.kv_channels,
+        "layer_norm_epsilon": spec.layer_norm_epsilon,
+        "model_type": "qwen",
+        "hidden_size": spec.hidden_size,
+        "num_attention_heads": spec.num_attention_heads,
+        "num_hidden_layers": spec.num_hidden_layers,
+        "max_position_embeddings": spec.max_position_embeddings,
+        "no_bias": True,
+        "onnx_safe": None,
+        "rotary_emb_base": spec.rotary_emb_base,
+        "rotary_pct": 1.0,
+        "scale_attn_weights": True,
+        "seq_length": spec.seq_length,
+        "tie_word_embeddings": False,
+        "tokenizer_type": "QWenTokenizer",
+        "transformers_version": "4.31.0",
+        "use_cache": True,
+        "vocab_size": spec.vocab_size,
+        "use_dynamic_ntk": spec.use_dynamic_ntk,
+        "use_logn_attn": spec.use_logn_attn,
+        "audio": {
+            "n_mels": spec.audio_n_mels,
+            "n_ctx": spec.audio_n_ctx,
+            "n_state": spec.audio_n_state,
+            "n_head": spec.audio_n_head,
+            "n_layer": spec.audio_n_layer,
+            "output_dim": spec.audio_output_dim,
+            "avg_pool": True,
+            "add_audio_bos_eos_token": True,
+            "audio_start_id": AUDIO_START_ID,
+        },
+    }
 
 
 # ----------------------------------------------------------------------------------------------- position rules
@@ -322,8 +351,9 @@ def features(waveform_16k) -> tuple[torch.Tensor, int]:
     audio = torch.as_tensor(np.asarray(waveform_16k, dtype=np.float32).reshape(-1))
     mel_len = min(audio.shape[0], N_SAMPLES) // HOP_LENGTH  # floor (HF uses ceil, docs/reference.md §7.8)
     audio = F.pad(audio[:N_SAMPLES], (0, max(0, N_SAMPLES - audio.shape[0])))  # pad_or_trim
-    stft = torch.stft(audio, N_FFT, HOP_LENGTH, window=torch.hann_window(N_FFT), center=True, pad_mode="reflect",
-                      return_complex=True)  # fmt: skip
+    stft = torch.stft(
+        audio, N_FFT, HOP_LENGTH, window=torch.hann_window(N_FFT), center=True, pad_mode="reflect", return_complex=True
+    )
     magnitudes = stft[..., :-1].abs() ** 2  # [201, 3000]: drop the last frame
     log_spec = torch.clamp(mel_filters_80() @ magnitudes, min=1e-10).log10()
     log_spec = torch.maximum(log_spec, log_spec.max() - 8.0)
@@ -333,8 +363,8 @@ def features(waveform_16k) -> tuple[torch.Tensor, int]:
 @torch.no_grad()
 def encode_audio(model: V1Model, mel: torch.Tensor, mel_len: int, n_frames: int | None = None) -> torch.Tensor:
     """One clip's embedding sequence [audio_token_num + 2, D] fp32 = cat(bos, frames, eos) ([QA] audio.py
-    AudioEncoder.forward/encode; docs/reference.md §3.2). The mel is cut to after_cnn*2 frames; `n_frames` overrides that
-    cut (the original cuts a multi-clip request at the batch maximum, then masks keys / zeroes rows past the clip's
+    AudioEncoder.forward/encode; docs/reference.md §3.2). The mel is cut to after_cnn*2 frames; `n_frames` overrides
+    that cut (the original cuts a multi-clip request at the batch maximum, then masks keys / zeroes rows past the clip's
     own after_cnn, which is equivalent to keeping the first after_cnn conv rows, as done here)."""
     if after_cnn(mel_len) < 2:  # the original's AvgPool1d(2, 2) raises on a 1-row input (mel_len < 3)
         raise ValueError(f"mel_len {mel_len} < 3: the clip is too short (under 480 samples)")
@@ -414,8 +444,16 @@ def prompt_logits(model: V1Model, ids: Sequence[int], clips=(), *, joint_clips: 
 
 
 @torch.no_grad()
-def greedy(model: V1Model, ids: Sequence[int], clips=(), max_new_tokens: int = 16, stop_ids: Sequence[int] = (),
-           *, use_cache: bool = True, joint_clips: bool = False) -> list[int]:
+def greedy(
+    model: V1Model,
+    ids: Sequence[int],
+    clips=(),
+    max_new_tokens: int = 16,
+    stop_ids: Sequence[int] = (),
+    *,
+    use_cache: bool = True,
+    joint_clips: bool = False,
+) -> list[int]:
     """Greedy decoding -> the new ids (a stop id, when produced, included and last). `use_cache=False` recomputes
     the whole sequence each step (audio merged at the prompt's spans only) with the prefill alpha held fixed."""
     audio = _encode_clips(model, clips, joint_clips)

@@ -67,17 +67,28 @@ def main(specs: list[str]) -> dict:
     def train(mesh_spec):
         """Two DPO steps (batch of 6 pairs: padded on meshes whose batch axes do not divide it)."""
         out = work / f"run-{mesh_spec or 'none'}"
-        overrides = [f"model={work / 'model'}", f"data.train={work / 'prefs.jsonl'}", f"output_dir={out}",
-                     "train.steps=2", "train.batch_size=6", "train.num_threads=1", "checkpoint.every=100"]  # fmt: skip
+        overrides = [
+            f"model={work / 'model'}",
+            f"data.train={work / 'prefs.jsonl'}",
+            f"output_dir={out}",
+            "train.steps=2",
+            "train.batch_size=6",
+            "train.num_threads=1",
+            "checkpoint.every=100",
+        ]
         if mesh_spec:
             overrides.append(f"mesh={mesh_spec}")
-        run_ = TrainingRun.build(load_run_config(str(REPO / "configs" / "dpo_tiny.yaml"), overrides), log=lambda m: None)
+        run_ = TrainingRun.build(
+            load_run_config(str(REPO / "configs" / "dpo_tiny.yaml"), overrides), log=lambda m: None
+        )
         train_run(run_, progress=False, log=lambda m: None)
         return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
 
     _, ref_tokens, ref_odd, ref_scores = run(Placement.create(None))
-    out = {"reference": {"tokens": ref_tokens, "odd_batch": ref_odd, "scores": ref_scores, "dpo": train(None)},
-           "meshes": {}}  # fmt: skip
+    out = {
+        "reference": {"tokens": ref_tokens, "odd_batch": ref_odd, "scores": ref_scores, "dpo": train(None)},
+        "meshes": {},
+    }
     names = traverse_util.flatten_dict(logical_axes(config), sep="/")
     for spec in specs:
         mesh = make_mesh(spec)
@@ -86,14 +97,18 @@ def main(specs: list[str]) -> dict:
         actual = {k: str(v.sharding.spec) for k, v in flat.items()}
         expected = {k: str(spec_for(tuple(names[k]), v.shape, mesh, LOGICAL_RULES)) for k, v in flat.items()}
         out["meshes"][spec] = {
-            "tokens": tokens, "odd_batch": odd, "scores": scores, "batch_size": engine.batch_size, "dpo": train(spec),
-            "actual": actual, "expected": expected,
+            "tokens": tokens,
+            "odd_batch": odd,
+            "scores": scores,
+            "batch_size": engine.batch_size,
+            "dpo": train(spec),
+            "actual": actual,
+            "expected": expected,
             # weight matrices (2+ dims besides the stacked layer axis) that ended up on every device whole
             "replicated_matrices": sorted(
-                k for k, v in flat.items()
-                if v.ndim - (names[k][0] == LAYERS) >= 2 and v.sharding.is_fully_replicated
+                k for k, v in flat.items() if v.ndim - (names[k][0] == LAYERS) >= 2 and v.sharding.is_fully_replicated
             ),
-        }  # fmt: skip
+        }
     return out
 
 

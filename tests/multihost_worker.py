@@ -32,11 +32,22 @@ def main(pid: int, port: int, work: Path) -> None:
     model = api.load(work / "model", mesh="data=2,fsdp=2,tensor=2")
     job = GenerateJob(model, GenerationOptions(max_new_tokens=spec["max_new_tokens"]), batch_size=4)
     run_file(job, work / "requests.jsonl", work / "multi_results.jsonl", overwrite=True, progress=False)
-    run_file(ScoreJob(model, batch_size=4), work / "score_requests.jsonl", work / "multi_scores.jsonl",
-             overwrite=True, progress=False)  # fmt: skip
+    run_file(
+        ScoreJob(model, batch_size=4),
+        work / "score_requests.jsonl",
+        work / "multi_scores.jsonl",
+        overwrite=True,
+        progress=False,
+    )
 
-    overrides = [f"model={work / 'model'}", f"data.train={work / 'prefs.jsonl'}", f"output_dir={work / 'multi_run'}",
-                 "mesh=data=2,fsdp=2,tensor=2", "checkpoint.every=2", "train.num_threads=1"]  # fmt: skip
+    overrides = [
+        f"model={work / 'model'}",
+        f"data.train={work / 'prefs.jsonl'}",
+        f"output_dir={work / 'multi_run'}",
+        "mesh=data=2,fsdp=2,tensor=2",
+        "checkpoint.every=2",
+        "train.num_threads=1",
+    ]
     train(TrainingRun.build(load_run_config(spec["config"], overrides + ["train.steps=3"])), progress=False)
     # A second run of the same command resumes from the step-3 checkpoint and takes one more step.
     train(TrainingRun.build(load_run_config(spec["config"], overrides + ["train.steps=4"])), progress=False)

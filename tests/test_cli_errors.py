@@ -47,13 +47,30 @@ def ws(tmp_path_factory, tiny_model_dir, tiny_hf_dir):  # noqa: F811
 
 
 def _gen(ws, *extra, inp=None, out=None, model=None):
-    return ["generate", "--model", str(model or ws["model"]), "--input", str(inp or ws["root"] / "req.jsonl"),
-            "--output", str(out or ws["root"] / "out.jsonl"), "--no-progress", *extra]  # fmt: skip
+    return [
+        "generate",
+        "--model",
+        str(model or ws["model"]),
+        "--input",
+        str(inp or ws["root"] / "req.jsonl"),
+        "--output",
+        str(out or ws["root"] / "out.jsonl"),
+        "--no-progress",
+        *extra,
+    ]
 
 
 def _train(ws, *overrides, command="dpo"):
-    return [command, "--config", DPO, "--no-progress", f"model={ws['model']}",
-            f"data.train={ws['root'] / 'req.jsonl'}", f"output_dir={ws['root'] / 'run'}", *overrides]  # fmt: skip
+    return [
+        command,
+        "--config",
+        DPO,
+        "--no-progress",
+        f"model={ws['model']}",
+        f"data.train={ws['root'] / 'req.jsonl'}",
+        f"output_dir={ws['root'] / 'run'}",
+        *overrides,
+    ]
 
 
 CASES = {
@@ -62,14 +79,22 @@ CASES = {
     "convert inside its source": (lambda w: ["convert", str(w["hf"]), str(w["hf"] / "sub")], "the input"),
     "export into its source": (lambda w: ["export-hf", str(w["model"]), str(w["model"]), "--overwrite"], "the input"),
     "export over the source's parent": (
-        lambda w: ["export-hf", str(w["model"]), str(w["model"].parent), "--overwrite"], "the input"),
+        lambda w: ["export-hf", str(w["model"]), str(w["model"].parent), "--overwrite"],
+        "the input",
+    ),
     "convert over a foreign dir": (
-        lambda w: ["convert", str(w["hf"]), str(w["root"] / "foreign"), "--overwrite"], "not written by"),
+        lambda w: ["convert", str(w["hf"]), str(w["root"] / "foreign"), "--overwrite"],
+        "not written by",
+    ),
     "export over a foreign dir": (
-        lambda w: ["export-hf", str(w["model"]), str(w["root"] / "foreign"), "--overwrite"], "not written by"),
+        lambda w: ["export-hf", str(w["model"]), str(w["root"] / "foreign"), "--overwrite"],
+        "not written by",
+    ),
     "output is the input": (lambda w: _gen(w, "--overwrite", out=w["root"] / "req.jsonl"), "is the input file"),
     "output over a non-results file": (
-        lambda w: _gen(w, "--overwrite", out=w["root"] / "notes.jsonl"), "not a results file"),
+        lambda w: _gen(w, "--overwrite", out=w["root"] / "notes.jsonl"),
+        "not a results file",
+    ),
     "output is a directory": (lambda w: _gen(w, out=w["root"] / "foreign"), "is a directory"),
     "resume and overwrite": (lambda w: _gen(w, "--resume", "--overwrite"), "contradict"),
     "retry-errors without resume": (lambda w: _gen(w, "--retry-errors"), "--resume"),
@@ -88,10 +113,14 @@ CASES = {
     "negative stop id": (lambda w: _gen(w, "--stop-id", "-2"), "--stop-id"),
     "bad mesh": (lambda w: _gen(w, "--mesh", "data=2,gpu=4"), "mesh"),
     "shard size banana": (
-        lambda w: ["export-hf", str(w["model"]), str(w["root"] / "x"), "--max-shard-size", "banana"], "banana"),
+        lambda w: ["export-hf", str(w["model"]), str(w["root"] / "x"), "--max-shard-size", "banana"],
+        "banana",
+    ),
     "shard size 0": (lambda w: ["export-hf", str(w["model"]), str(w["root"] / "x"), "--max-shard-size", "0"], "0"),
     "shard size -5GB": (
-        lambda w: ["export-hf", str(w["model"]), str(w["root"] / "x"), "--max-shard-size=-5GB"], "-5GB"),
+        lambda w: ["export-hf", str(w["model"]), str(w["root"] / "x"), "--max-shard-size=-5GB"],
+        "-5GB",
+    ),
     "train steps -1": (lambda w: _train(w, "train.steps=-1"), "train.steps"),
     "train batch 0": (lambda w: _train(w, "train.batch_size=0"), "train.batch_size"),
     "train grad accum 0": (lambda w: _train(w, "train.grad_accum=0"), "train.grad_accum"),
@@ -101,7 +130,9 @@ CASES = {
     "train bad yaml": (lambda w: ["dpo", "--config", str(w["root"] / "bad.yaml")], "YAML"),
     "sft with a preference loss": (lambda w: _train(w, "--loss", "sigmoid", command="sft"), "unrecognized"),
     "augment with a precomputed reference": (
-        lambda w: _train(w, "augment.spec_augment=true", "reference.mode=precomputed"), "precomputed"),
+        lambda w: _train(w, "augment.spec_augment=true", "reference.mode=precomputed"),
+        "precomputed",
+    ),
     # ---- no traceback for a user error
     "input missing": (lambda w: _gen(w, inp=w["root"] / "nope.jsonl"), "not found"),
     "input is a directory": (lambda w: _gen(w, inp=w["root"] / "foreign"), "directory"),
@@ -110,11 +141,16 @@ CASES = {
     "model is an HF dir": (lambda w: _gen(w, model=w["hf"], out=w["root"] / "o2.jsonl"), "convert it first"),
     "unwritable compilation cache": (
         lambda w: _gen(w, "--compilation-cache", str(w["root"] / "foreign.txt" / "cache"), out=w["root"] / "o3.jsonl"),
-        "compilation cache"),
+        "compilation cache",
+    ),
     "training output under a file": (
-        lambda w: _train(w, f"output_dir={w['root'] / 'foreign.txt' / 'run'}"), "output_dir"),
+        lambda w: _train(w, f"output_dir={w['root'] / 'foreign.txt' / 'run'}"),
+        "output_dir",
+    ),
     "plan for an unknown device": (
-        lambda w: ["plan", "--model", "tiny", "--batch", "1", "--max-len", "8", "--device", "tpu-v9"], "unknown device"),
+        lambda w: ["plan", "--model", "tiny", "--batch", "1", "--max-len", "8", "--device", "tpu-v9"],
+        "unknown device",
+    ),
 }
 
 
@@ -137,7 +173,9 @@ def test_bad_input_is_one_line_and_loses_nothing(ws, name, capsys):
 def _write(path: Path, lines) -> Path:
     with open(path, "wb") as f:
         for line in lines:
-            f.write(line if isinstance(line, bytes) else (json.dumps(line) if isinstance(line, dict) else line).encode())
+            f.write(
+                line if isinstance(line, bytes) else (json.dumps(line) if isinstance(line, dict) else line).encode()
+            )
             f.write(b"\n")
     return path
 
@@ -193,8 +231,21 @@ def test_one_bad_line_is_one_error_line(ws, tmp_path):
 
 def test_resume_retry_errors(ws, tmp_path):
     clip = tmp_path / "late.wav"
-    inp = _write(tmp_path / "in.jsonl", [_chat("ok"), {"id": "late", "messages": [{"role": "user", "content": [
-        {"type": "audio", "audio": str(clip)}, {"type": "text", "text": "What is it?"}]}]}])  # fmt: skip
+    inp = _write(
+        tmp_path / "in.jsonl",
+        [
+            _chat("ok"),
+            {
+                "id": "late",
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [{"type": "audio", "audio": str(clip)}, {"type": "text", "text": "What is it?"}],
+                    }
+                ],
+            },
+        ],
+    )
     out = tmp_path / "out.jsonl"
     args = _gen(ws, "--max-new-tokens", "3", "--compilation-cache", "", inp=inp, out=out)
     assert main(args) == 0
@@ -226,8 +277,25 @@ def test_relative_paths_work(ws, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "req.jsonl").write_text(json.dumps(_chat("a")) + "\n")
     rel_model = os.path.relpath(ws["model"], tmp_path)
-    assert main(["generate", "--model", rel_model, "--input", "req.jsonl", "--output", "res/out.jsonl",
-                 "--max-new-tokens", "2", "--no-progress", "--compilation-cache", ""]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "generate",
+                "--model",
+                rel_model,
+                "--input",
+                "req.jsonl",
+                "--output",
+                "res/out.jsonl",
+                "--max-new-tokens",
+                "2",
+                "--no-progress",
+                "--compilation-cache",
+                "",
+            ]
+        )
+        == 0
+    )
     assert _read(tmp_path / "res" / "out.jsonl")[0]["error"] is None
     assert main(["convert", os.path.relpath(ws["hf"], tmp_path), "m", "--no-progress"]) == 0
     assert main(["export-hf", "m", "hf", "--no-progress"]) == 0 and Path("hf/config.json").is_file()
@@ -241,8 +309,22 @@ def test_training_data_with_bad_lines_trains_and_counts_them(ws, tmp_path):
         f.write(b'{"id": "latin", "prompt": "caf\xe9", "chosen": "a", "rejected": "b"}\n')
         f.write(b'{"id": "sur", "prompt": "\\ud800", "chosen": "a", "rejected": "b"}\n')
     out = tmp_path / "run"
-    assert main(["dpo", "--config", DPO, "--no-progress", f"model={ws['model']}", f"data.train={data}",
-                 f"output_dir={out}", "train.steps=2", "train.batch_size=2"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "dpo",
+                "--config",
+                DPO,
+                "--no-progress",
+                f"model={ws['model']}",
+                f"data.train={data}",
+                f"output_dir={out}",
+                "train.steps=2",
+                "train.batch_size=2",
+            ]
+        )
+        == 0
+    )
     report = json.loads((out / "data_report.json").read_text())
     assert report["dropped"]["bad_records"] == 2 and report["kept"] == 8
 
@@ -251,8 +333,16 @@ def test_resumed_training_with_changed_settings_is_refused(ws, tmp_path, capsys)
     from tests._synthetic_prefs import write_preference_set
 
     data = write_preference_set(tmp_path / "d", 4, seed=5)
-    args = ["dpo", "--config", DPO, "--no-progress", f"model={ws['model']}", f"data.train={data}",
-            f"output_dir={tmp_path / 'run'}", "train.batch_size=2"]  # fmt: skip
+    args = [
+        "dpo",
+        "--config",
+        DPO,
+        "--no-progress",
+        f"model={ws['model']}",
+        f"data.train={data}",
+        f"output_dir={tmp_path / 'run'}",
+        "train.batch_size=2",
+    ]
     assert main(args + ["train.steps=1"]) == 0
     capsys.readouterr()
     assert main(args + ["train.steps=2", "optim.learning_rate=0.5"]) == 2

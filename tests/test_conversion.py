@@ -14,7 +14,7 @@ from flax import traverse_util  # noqa: E402
 
 from qwen_audio_jax.checkpoint.model_dir import load_params, param_metadata, read_model_dir_config  # noqa: E402
 from qwen_audio_jax.cli.main import main  # noqa: E402
-from qwen_audio_jax.config import ModelConfig, qwen2_audio_7b  # noqa: E402
+from qwen_audio_jax.config import qwen2_audio_7b  # noqa: E402
 from qwen_audio_jax.conversion.hf_config import from_hf_config, to_hf_config  # noqa: E402
 from qwen_audio_jax.conversion.name_map import hf_shape, qwen2_audio_rules  # noqa: E402
 from qwen_audio_jax.conversion.safetensors_io import SafetensorsFile, write_safetensors  # noqa: E402
@@ -29,16 +29,23 @@ def _hf_logits(model, batch):
     tokens, mask, mel, _, frame_mask = batch
     with torch.no_grad():
         return model(
-            input_ids=torch.from_numpy(tokens).long(), attention_mask=torch.from_numpy(mask).long(),
+            input_ids=torch.from_numpy(tokens).long(),
+            attention_mask=torch.from_numpy(mask).long(),
             input_features=torch.from_numpy(mel).to(model.dtype),
             feature_attention_mask=torch.from_numpy(frame_mask).long(),
-        ).logits  # fmt: skip
+        ).logits
 
 
 @pytest.fixture(scope="module")
 def batch():
-    return random_batch(np.random.default_rng(3), [[1.2], [0.6, 0.9]], [7, 4], pad_side="right",
-                        audio_ids=(500, 501, 502), text_vocab=499)  # fmt: skip
+    return random_batch(
+        np.random.default_rng(3),
+        [[1.2], [0.6, 0.9]],
+        [7, 4],
+        pad_side="right",
+        audio_ids=(500, 501, 502),
+        text_vocab=499,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -92,8 +99,10 @@ def test_round_trip_is_exact(hf_dir, tmp_path, batch, dtype):
     original = Qwen2AudioForConditionalGeneration.from_pretrained(hf_dir, torch_dtype=torch_dtype).eval()
     assert _convert(hf_dir, tmp_path / "jax", "--dtype", dtype) == 0
     assert (tmp_path / "jax" / "preprocessor_config.json").exists()
-    assert main(["export-hf", str(tmp_path / "jax"), str(tmp_path / "back"), "--max-shard-size", "200KB",
-                 "--no-progress"]) == 0  # fmt: skip
+    assert (
+        main(["export-hf", str(tmp_path / "jax"), str(tmp_path / "back"), "--max-shard-size", "200KB", "--no-progress"])
+        == 0
+    )
     assert len(list((tmp_path / "back").glob("*.safetensors"))) >= 3
     reloaded = Qwen2AudioForConditionalGeneration.from_pretrained(tmp_path / "back", torch_dtype=torch_dtype).eval()
     for (n1, p1), (n2, p2) in zip(original.state_dict().items(), reloaded.state_dict().items()):
@@ -132,7 +141,9 @@ def test_7b_shapes_and_names():
     hf_cfg = to_hf_config(config)
     assert from_hf_config(hf_cfg) == config
     with torch.device("meta"):
-        hf = Qwen2AudioForConditionalGeneration(Qwen2AudioConfig(**{k: v for k, v in hf_cfg.items() if k != "model_type"}))
+        hf = Qwen2AudioForConditionalGeneration(
+            Qwen2AudioConfig(**{k: v for k, v in hf_cfg.items() if k != "model_type"})
+        )
     hf_shapes = {k: tuple(v.shape) for k, v in hf.state_dict().items()}
     flat = traverse_util.flatten_dict(abstract, sep="/")
     mapped = {}
@@ -149,16 +160,36 @@ def test_published_hub_config_parses():
     """The sparse hub config.json of Qwen2-Audio-7B-Instruct (docs/reference.md §1.2) gives the 7B preset exactly."""
     hub = {
         "architectures": ["Qwen2AudioForConditionalGeneration"],
-        "audio_config": {"model_type": "qwen2_audio_encoder", "num_mel_bins": 128, "encoder_layers": 32,
-                         "encoder_attention_heads": 20, "encoder_ffn_dim": 5120, "d_model": 1280,
-                         "activation_function": "gelu", "scale_embedding": False, "max_source_positions": 1500},
-        "audio_token_index": 151646, "ignore_index": -100, "model_type": "qwen2_audio",
-        "text_config": {"bos_token_id": 151643, "eos_token_id": 151645, "intermediate_size": 11008,
-                        "max_position_embeddings": 8192, "model_type": "qwen2", "rope_theta": 10000,
-                        "rms_norm_eps": 1e-5, "sliding_window": 32768, "torch_dtype": "bfloat16",
-                        "use_mrope": False, "vocab_size": 156032},
-        "transformers_version": "4.38.1", "vocab_size": 156032,
-    }  # fmt: skip
+        "audio_config": {
+            "model_type": "qwen2_audio_encoder",
+            "num_mel_bins": 128,
+            "encoder_layers": 32,
+            "encoder_attention_heads": 20,
+            "encoder_ffn_dim": 5120,
+            "d_model": 1280,
+            "activation_function": "gelu",
+            "scale_embedding": False,
+            "max_source_positions": 1500,
+        },
+        "audio_token_index": 151646,
+        "ignore_index": -100,
+        "model_type": "qwen2_audio",
+        "text_config": {
+            "bos_token_id": 151643,
+            "eos_token_id": 151645,
+            "intermediate_size": 11008,
+            "max_position_embeddings": 8192,
+            "model_type": "qwen2",
+            "rope_theta": 10000,
+            "rms_norm_eps": 1e-5,
+            "sliding_window": 32768,
+            "torch_dtype": "bfloat16",
+            "use_mrope": False,
+            "vocab_size": 156032,
+        },
+        "transformers_version": "4.38.1",
+        "vocab_size": 156032,
+    }
     assert from_hf_config(hub) == qwen2_audio_7b()
 
 
@@ -189,8 +220,13 @@ def _shards(d: Path) -> list[Path]:
 
 def test_missing_shard(broken, tmp_path, capsys):
     _shards(broken)[1].unlink()
-    _expect_error(capsys, tmp_path / "out", ["convert", str(broken), str(tmp_path / "out")], _shards(broken)[0].name[:6],
-                  "missing")  # fmt: skip
+    _expect_error(
+        capsys,
+        tmp_path / "out",
+        ["convert", str(broken), str(tmp_path / "out")],
+        _shards(broken)[0].name[:6],
+        "missing",
+    )
 
 
 def test_truncated_shard(broken, tmp_path, capsys):
@@ -220,8 +256,14 @@ def _rewrite_tensor(d: Path, name: str, fn):
 
 def test_wrong_shape(broken, tmp_path, capsys):
     shard = _rewrite_tensor(broken, "language_model.model.norm.weight", lambda x: np.ones(x.shape[0] + 1, x.dtype))
-    _expect_error(capsys, tmp_path / "out", ["convert", str(broken), str(tmp_path / "out")], shard.name,
-                  "language_model.model.norm.weight", "shape")  # fmt: skip
+    _expect_error(
+        capsys,
+        tmp_path / "out",
+        ["convert", str(broken), str(tmp_path / "out")],
+        shard.name,
+        "language_model.model.norm.weight",
+        "shape",
+    )
 
 
 def test_wrong_dtype(broken, tmp_path, capsys):

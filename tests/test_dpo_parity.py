@@ -8,13 +8,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from qwen_audio_jax.training.loss import LossConfig, per_pair_losses, preference_loss
-from qwen_audio_jax.training.pipeline import ExamplePreparer, batch_shape, collate_step
 from qwen_audio_jax.batching.buckets import Buckets
-from qwen_audio_jax.training.step import StepConfig, TrainBatch, batch_loss
 from qwen_audio_jax.model.params import build_module
 from qwen_audio_jax.text.processor import Processor
 from qwen_audio_jax.training.data import PreferenceExample
+from qwen_audio_jax.training.loss import LossConfig, per_pair_losses, preference_loss
+from qwen_audio_jax.training.pipeline import ExamplePreparer, batch_shape, collate_step
+from qwen_audio_jax.training.step import StepConfig, TrainBatch, batch_loss
 from tests._requests import synth_clip
 from tests._tokenizer_fixtures import qwen2_tok_dir, qwen2_tokenizer  # noqa: F401
 
@@ -25,14 +25,24 @@ def _sigmoid_np(x):
     return 1 / (1 + math.exp(-x))
 
 
-@pytest.mark.parametrize("kind,beta,eps", [("sigmoid", 0.1, 0.0), ("sigmoid", 0.5, 0.2), ("robust", 0.1, 0.1),
-                                           ("hinge", 0.1, 0.0), ("hinge", 1.0, 0.0), ("ipo", 0.1, 0.0),
-                                           ("sft", 0.1, 0.0)])  # fmt: skip
+@pytest.mark.parametrize(
+    "kind,beta,eps",
+    [
+        ("sigmoid", 0.1, 0.0),
+        ("sigmoid", 0.5, 0.2),
+        ("robust", 0.1, 0.1),
+        ("hinge", 0.1, 0.0),
+        ("hinge", 1.0, 0.0),
+        ("ipo", 0.1, 0.0),
+        ("sft", 0.1, 0.0),
+    ],
+)
 def test_each_loss_matches_hand_computation(kind, beta, eps):
     h = (PI_C - PI_R) - (REF_C - REF_R)  # = 2.5
     want = {
         "sigmoid": -math.log(_sigmoid_np(beta * h)) * (1 - eps) - math.log(_sigmoid_np(-beta * h)) * eps,
-        "robust": (-math.log(_sigmoid_np(beta * h)) * (1 - eps) + math.log(_sigmoid_np(-beta * h)) * eps) / (1 - 2 * eps),
+        "robust": (-math.log(_sigmoid_np(beta * h)) * (1 - eps) + math.log(_sigmoid_np(-beta * h)) * eps)
+        / (1 - 2 * eps),
         "hinge": max(0.0, 1 - beta * h),
         "ipo": ((PI_C / N_C - PI_R / N_R) - (REF_C / N_C - REF_R / N_R) - 1 / (2 * beta)) ** 2,
         "sft": -PI_C / N_C,
@@ -57,13 +67,30 @@ def test_weighted_combination_and_rewards():
 def pairs_batch(qwen2_tokenizer):  # noqa: F811
     processor = Processor(qwen2_tokenizer)
     examples = [
-        PreferenceExample("a", {"messages": [{"role": "user", "content": [
-            {"type": "audio", "audio": synth_clip(1.3, 1)}, {"type": "text", "text": "What is it?"}]}]},
-            "A low hum.", "A bird singing loudly in the morning."),
+        PreferenceExample(
+            "a",
+            {
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [
+                            {"type": "audio", "audio": synth_clip(1.3, 1)},
+                            {"type": "text", "text": "What is it?"},
+                        ],
+                    }
+                ]
+            },
+            "A low hum.",
+            "A bird singing loudly in the morning.",
+        ),
         PreferenceExample("b", {"messages": [{"role": "user", "content": "Say hi."}]}, "Hi!", "No."),
-        PreferenceExample("c", {"prompt": "<|audio_bos|><|AUDIO|><|audio_eos|>Caption:", "audio": [synth_clip(0.7, 2)]},
-                          " Bells.", " A long silence then bells."),
-    ]  # fmt: skip
+        PreferenceExample(
+            "c",
+            {"prompt": "<|audio_bos|><|AUDIO|><|audio_eos|>Caption:", "audio": [synth_clip(0.7, 2)]},
+            " Bells.",
+            " A long silence then bells.",
+        ),
+    ]
     prep = ExamplePreparer(examples, processor, preference=True)
     micro = [prep(i) for i in range(3)]
     arrays = collate_step([micro], batch_shape([micro], Buckets()), 151643, 128)
@@ -113,9 +140,15 @@ def test_dpo_loss_and_gradients_match_pytorch(pairs_batch, kind, max_completion)
         fm = (torch.arange(3000)[None] < torch.from_numpy(np.concatenate([lengths[real]] * 2))[:, None]).long()
         full_mel = np.zeros((2 * real.sum(), 128, 3000), np.float32)
         full_mel[:, :, : mel.shape[-1]] = np.concatenate([mel[real]] * 2)
-        logits = model(input_ids=torch.from_numpy(tokens).long(), attention_mask=torch.from_numpy(mask).long(),
-                       input_features=torch.from_numpy(full_mel), feature_attention_mask=fm).logits  # fmt: skip
-        logp = torch.log_softmax(logits.float(), -1)[:, :-1].gather(-1, torch.from_numpy(tokens[:, 1:]).long()[..., None])[..., 0]
+        logits = model(
+            input_ids=torch.from_numpy(tokens).long(),
+            attention_mask=torch.from_numpy(mask).long(),
+            input_features=torch.from_numpy(full_mel),
+            feature_attention_mask=fm,
+        ).logits
+        logp = torch.log_softmax(logits.float(), -1)[:, :-1].gather(
+            -1, torch.from_numpy(tokens[:, 1:]).long()[..., None]
+        )[..., 0]
         w = torch.from_numpy((comp[:, 1:] * mask[:, 1:]).astype(np.float32))
         return (logp * w).sum(-1), w.sum(-1)
 
@@ -143,14 +176,21 @@ def test_dpo_loss_and_gradients_match_pytorch(pairs_batch, kind, max_completion)
     hf = dict(policy_hf.named_parameters())
     checks = {
         "lm_head.weight": (grads["lm_head"]["kernel"].T, "language_model.lm_head.weight"),
-        "down_proj L1": (grads["language_model"]["layers"]["mlp"]["down_proj"]["kernel"][1].T,
-                         "language_model.model.layers.1.mlp.down_proj.weight"),
-        "q_proj bias L0": (grads["language_model"]["layers"]["self_attn"]["q_proj"]["bias"][0],
-                           "language_model.model.layers.0.self_attn.q_proj.bias"),
+        "down_proj L1": (
+            grads["language_model"]["layers"]["mlp"]["down_proj"]["kernel"][1].T,
+            "language_model.model.layers.1.mlp.down_proj.weight",
+        ),
+        "q_proj bias L0": (
+            grads["language_model"]["layers"]["self_attn"]["q_proj"]["bias"][0],
+            "language_model.model.layers.0.self_attn.q_proj.bias",
+        ),
         "projector": (grads["multi_modal_projector"]["linear"]["kernel"].T, "multi_modal_projector.linear.weight"),
         "encoder fc1 L0": (grads["audio_tower"]["layers"]["fc1"]["kernel"][0].T, "audio_tower.layers.0.fc1.weight"),
-        "embed_tokens": (grads["language_model"]["embed_tokens"]["embedding"], "language_model.model.embed_tokens.weight"),
-    }  # fmt: skip
+        "embed_tokens": (
+            grads["language_model"]["embed_tokens"]["embedding"],
+            "language_model.model.embed_tokens.weight",
+        ),
+    }
     for label, (got, name) in checks.items():
         want = hf[name].grad.numpy()
         err = np.linalg.norm(np.asarray(got) - want) / np.linalg.norm(want)

@@ -55,8 +55,18 @@ def test_evaluation_tokenizer_removes_only_all_punctuation_tokens():
 
 
 def test_english_normaliser_numbers_contractions_british_spellings_fillers():
-    assert asr_tokens("I'M NOT GOING TO THE THEATRE WITH TWENTY FIVE PEOPLE", "en") == \
-        ["i", "am", "not", "going", "to", "the", "theater", "with", "25", "people"]  # fmt: skip
+    assert asr_tokens("I'M NOT GOING TO THE THEATRE WITH TWENTY FIVE PEOPLE", "en") == [
+        "i",
+        "am",
+        "not",
+        "going",
+        "to",
+        "the",
+        "theater",
+        "with",
+        "25",
+        "people",
+    ]
     assert asr_tokens("Don't worry, it's fine.", "en") == ["do", "not", "worry", "it", "is", "fine"]
     assert asr_tokens("THE COLOUR OF THE SKY", "en") == ["the", "color", "of", "the", "sky"]
     assert asr_tokens("Hmm, I think so uh.", "en") == ["i", "think", "so"]
@@ -75,7 +85,9 @@ def test_chinese_normaliser_verbalises_numbers_and_removes_punctuation():
     tn = TextNorm()
     # the examples of SpeechIO's README (cn_tn.py), punctuation turned into spaces
     assert tn("这块黄金重达324.75克") == "这块黄金重达三百二十四点七五克"
-    assert tn("她出生于86年8月18日，她弟弟出生于1995年3月1日") == "她出生于八六年八月十八日 她弟弟出生于一九九五年三月一日"
+    assert (
+        tn("她出生于86年8月18日，她弟弟出生于1995年3月1日") == "她出生于八六年八月十八日 她弟弟出生于一九九五年三月一日"
+    )
     assert tn("电影中梁朝伟扮演的陈永仁的编号27149") == "电影中梁朝伟扮演的陈永仁的编号二七一四九"
     assert tn("现场有7/12的观众投出了赞成票") == "现场有十二分之七的观众投出了赞成票"
     assert tn("随便来几个价格12块5，34.5元，20.1万") == "随便来几个价格十二块五 三十四点五元 二十点一万"
@@ -89,8 +101,17 @@ def test_chinese_normaliser_verbalises_numbers_and_removes_punctuation():
 
 def test_num2chn_edge_cases():
     # 10..19 drop the leading 一; zeros inside are read once; 2 -> 两 before 百/千/万 but not before 十
-    assert [num2chn(s) for s in ["10", "15", "105", "1000000", "20", "2000", "22000", "0.5", "0"]] == \
-        ["十", "十五", "一百零五", "一百万", "二十", "两千", "两万两千", "零点五", "零"]  # fmt: skip
+    assert [num2chn(s) for s in ["10", "15", "105", "1000000", "20", "2000", "22000", "0.5", "0"]] == [
+        "十",
+        "十五",
+        "一百零五",
+        "一百万",
+        "二十",
+        "两千",
+        "两万两千",
+        "零点五",
+        "零",
+    ]
     assert num2chn("2024", alt_two=False, use_units=False) == "二零二四"
 
 
@@ -131,8 +152,12 @@ def test_english_wer_per_source_and_overall_with_tags_and_missing():
     assert r.overall == {"count": 6, "wer": 7 / 34}
     assert r.missing == ["ls4"] and r.unmatched_predictions == ["zzz"]
     ex = {e["id"]: e for e in r.examples}
-    assert (ex["cv1"]["substitutions"], ex["cv1"]["insertions"], ex["cv1"]["deletions"], ex["cv1"]["ref_len"]) == \
-        (2, 0, 2, 6)  # fmt: skip
+    assert (ex["cv1"]["substitutions"], ex["cv1"]["insertions"], ex["cv1"]["deletions"], ex["cv1"]["ref_len"]) == (
+        2,
+        0,
+        2,
+        6,
+    )
     assert ex["ls4"]["missing"] is True and ex["ls4"]["prediction"] is None and ex["ls4"]["deletions"] == 2
     assert ex["ls3"]["normalized_prediction"] == "the color of sky"
     assert "EnglishTextNormalizer" in r.normalizer["en"]
@@ -193,7 +218,8 @@ def test_bleu_hand_computed_13a():
     # hyp "the cat sat on a mat" vs ref "the cat sat on the mat": n-gram precisions 5/6, 3/5, 2/4, 1/3, equal
     # lengths so BP = 1: BLEU = 100 * (5/6 * 3/5 * 2/4 * 1/3) ** (1/4) = 100 * (1/12) ** 0.25 = 53.728...
     assert corpus_bleu(["the cat sat on a mat"], ["the cat sat on the mat"], "13a") == pytest.approx(
-        100 * (1 / 12) ** 0.25, abs=1e-9)
+        100 * (1 / 12) ** 0.25, abs=1e-9
+    )
     assert bleu_tokenizer("ja") == "ja-mecab" and bleu_tokenizer("zh-CN") == "zh" and bleu_tokenizer("de") == "13a"
 
 
@@ -207,7 +233,11 @@ def test_s2tt_bleu_matches_sacrebleu_per_tokenizer_and_overall_rule():
             entries.append(E(rid, ref, src, "en", target_language=tgt))
             preds[rid] = hyp
     r = score_predictions("s2tt", entries, preds)
-    for src, tok, rows in [("covost2_en_de", "13a", de), ("covost2_en_zh", "zh", zh), ("covost2_en_ja", "ja-mecab", ja)]:
+    for src, tok, rows in [
+        ("covost2_en_de", "13a", de),
+        ("covost2_en_zh", "zh", zh),
+        ("covost2_en_ja", "ja-mecab", ja),
+    ]:
         want = sacrebleu.corpus_bleu([h for _, _, h in rows], [[ref for _, ref, _ in rows]], tokenize=tok).score
         assert r.sources[src] == {"count": 2, "bleu": want}
     assert r.overall == {"count": 6, "bleu": None}  # three tokenizers: no overall figure, and a note says why
@@ -249,9 +279,13 @@ def test_vsc_accuracy_per_source():
 
 
 def test_aqa_accuracy_and_yes_no_subset_for_clotho_sources():
-    entries = [E("1", "yes", "clothoaqa_test", question="Is it raining?"), E("2", "no", "clothoaqa_test", question="q"),
-               E("3", "dog", "clothoaqa_test", question="q"), E("4", "Yes", "clothoaqa_test", question="q"),
-               E("5", "yes", "other_aqa", question="q")]  # fmt: skip
+    entries = [
+        E("1", "yes", "clothoaqa_test", question="Is it raining?"),
+        E("2", "no", "clothoaqa_test", question="q"),
+        E("3", "dog", "clothoaqa_test", question="q"),
+        E("4", "Yes", "clothoaqa_test", question="q"),
+        E("5", "yes", "other_aqa", question="q"),
+    ]
     preds = {"1": "yes", "2": "yes", "3": "dog", "4": " Yes ", "5": "yes"}
     r = score_predictions("aqa", entries, preds)
     # clotho: yes ok, no wrong, dog ok, "Yes" ok after strip: 3/4; yes/no items 1, 2, 4 (case-insensitive pick): 2/3
@@ -262,10 +296,14 @@ def test_aqa_accuracy_and_yes_no_subset_for_clotho_sources():
 
 # ---- caption ---------------------------------------------------------------------------------------------------
 def test_python_ptb_tokenizer_follows_the_java_conventions():
-    assert python_ptb_tokenize("A dog's barking (loudly) and can't stop.") == \
-        "a dog 's barking -lrb- loudly -rrb- and ca n't stop"  # fmt: skip
-    assert python_ptb_tokenize('The high-pitched "sound" ... changes; birds -- chirp!') == \
-        "the high-pitched sound changes birds chirp"  # fmt: skip
+    assert (
+        python_ptb_tokenize("A dog's barking (loudly) and can't stop.")
+        == "a dog 's barking -lrb- loudly -rrb- and ca n't stop"
+    )
+    assert (
+        python_ptb_tokenize('The high-pitched "sound" ... changes; birds -- chirp!')
+        == "the high-pitched sound changes birds chirp"
+    )
 
 
 @pytest.mark.skipif(shutil.which("java") is None, reason="needs java for the Stanford PTBTokenizer jar")
@@ -294,10 +332,20 @@ def test_caption_scores_hand_computed_bleu1_and_rouge_l():
 
 
 def test_caption_task_reports_what_is_not_computed():
-    entries = [ManifestEntry("c1", "/a.wav", ("A dog barks.", "A dog is barking."), "clotho_eval", "en"),
-               ManifestEntry("c2", "/b.wav", ("Birds sing.",), "clotho_eval", "en")]  # fmt: skip
+    entries = [
+        ManifestEntry("c1", "/a.wav", ("A dog barks.", "A dog is barking."), "clotho_eval", "en"),
+        ManifestEntry("c2", "/b.wav", ("Birds sing.",), "clotho_eval", "en"),
+    ]
     r = score_predictions("caption", entries, {"c1": "A dog barks."}, caption_tokenizer="python")
-    assert r.missing == ["c2"] and set(r.overall) == {"count", "Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "ROUGE_L", "CIDEr"}
+    assert r.missing == ["c2"] and set(r.overall) == {
+        "count",
+        "Bleu_1",
+        "Bleu_2",
+        "Bleu_3",
+        "Bleu_4",
+        "ROUGE_L",
+        "CIDEr",
+    }
     assert r.not_computed == ["METEOR", "SPICE", "SPIDEr"]
     assert r.sources["clotho_eval"]["ROUGE_L"] == pytest.approx(0.5)  # c1 perfect (1.0), c2 empty (0.0)
 
@@ -329,8 +377,15 @@ def test_manifest_reader_reports_every_malformed_line(tmp_path):
     assert entries[0].audio == str(tmp_path / "clips" / "a.wav")
     assert entries[1].audio == "/abs/e.wav" and entries[2].audio == "https://host/f.wav"
     assert entries[2].prompt == "Transcribe:"
-    assert [(p.line, p.id) for p in problems] == [(2, None), (3, None), (4, "b"), (5, "c"), (6, "a"), (8, None),
-                                                  (9, "d")]  # fmt: skip
+    assert [(p.line, p.id) for p in problems] == [
+        (2, None),
+        (3, None),
+        (4, "b"),
+        (5, "c"),
+        (6, "a"),
+        (8, None),
+        (9, "d"),
+    ]
     assert "rename it to 'reference'" in problems[2].message and "m.jsonl line 4" in problems[2].message
     assert "already used on line 1" in problems[4].message
 
@@ -338,12 +393,22 @@ def test_manifest_reader_reports_every_malformed_line(tmp_path):
 def test_manifest_task_specific_fields(tmp_path):
     base = {"audio": "a.wav", "source": "s", "language": "en"}
     path = tmp_path / "m.jsonl"
-    _write_lines(path, [json.dumps({"id": "1", **base, "reference": "Hallo"}),
-                        json.dumps({"id": "2", **base, "reference": "Hallo", "target_language": "de"})])  # fmt: skip
+    _write_lines(
+        path,
+        [
+            json.dumps({"id": "1", **base, "reference": "Hallo"}),
+            json.dumps({"id": "2", **base, "reference": "Hallo", "target_language": "de"}),
+        ],
+    )
     entries, problems = read_manifest(path, "s2tt")
     assert [e.id for e in entries] == ["2"] and problems[0].line == 1 and "target_language" in problems[0].message
-    _write_lines(path, [json.dumps({"id": "1", **base, "reference": ["a cat", "a kitten"]}),
-                        json.dumps({"id": "2", **base, "reference": []})])  # fmt: skip
+    _write_lines(
+        path,
+        [
+            json.dumps({"id": "1", **base, "reference": ["a cat", "a kitten"]}),
+            json.dumps({"id": "2", **base, "reference": []}),
+        ],
+    )
     entries, problems = read_manifest(path, "caption")
     assert entries[0].reference == ("a cat", "a kitten") and [p.line for p in problems] == [2]
     with pytest.raises(DataError, match="must be a string for asr"):  # a list is not an ASR reference
@@ -365,14 +430,17 @@ def test_manifest_missing_or_empty_file_raises(tmp_path):
 
 def test_read_predictions_tolerant(tmp_path):
     path = tmp_path / "out.jsonl"
-    _write_lines(path, [
-        json.dumps({"id": "a", "text": "hello", "token_ids": [1], "finish_reason": "stop", "error": None}),
-        json.dumps({"id": "b", "text": None, "token_ids": [], "finish_reason": None, "error": "generation failed"}),
-        "{broken",
-        json.dumps({"text": "no id"}),
-        json.dumps({"id": "a", "text": "again", "error": None}),
-        json.dumps({"id": "c", "error": None}),
-    ])  # fmt: skip
+    _write_lines(
+        path,
+        [
+            json.dumps({"id": "a", "text": "hello", "token_ids": [1], "finish_reason": "stop", "error": None}),
+            json.dumps({"id": "b", "text": None, "token_ids": [], "finish_reason": None, "error": "generation failed"}),
+            "{broken",
+            json.dumps({"text": "no id"}),
+            json.dumps({"id": "a", "text": "again", "error": None}),
+            json.dumps({"id": "c", "error": None}),
+        ],
+    )
     preds = read_predictions(path)
     assert dict(preds) == {"a": "hello", "b": None}
     assert [(p.line, p.id) for p in preds.problems] == [(3, None), (4, None), (5, "a"), (6, "c")]

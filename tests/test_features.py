@@ -33,7 +33,7 @@ FEATURE_TOL = 1e-4
 FILTER_TOL = 1e-6
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _extractor(n_mels: int):
     transformers = pytest.importorskip("transformers")
     pytest.importorskip("torch")  # the extractor's default path when torch is installed
@@ -108,8 +108,16 @@ def test_filter_bank_is_cached_and_not_shared_mutably():
 # ------------------------------------------------------------------------------------------ lengths and masks
 @pytest.mark.parametrize(
     "num_samples, ceil, floor",
-    [(1, 1, 0), (159, 1, 0), (160, 1, 1), (161, 2, 1), (64800, 405, 405), (64801, 406, 405), (N_SAMPLES, 3000, 3000),
-     (N_SAMPLES + 1000, 3000, 3000)],
+    [
+        (1, 1, 0),
+        (159, 1, 0),
+        (160, 1, 1),
+        (161, 2, 1),
+        (64800, 405, 405),
+        (64801, 406, 405),
+        (N_SAMPLES, 3000, 3000),
+        (N_SAMPLES + 1000, 3000, 3000),
+    ],
 )
 def test_mel_length_rules(num_samples, ceil, floor):
     assert mel_length(num_samples) == mel_length(num_samples, "ceil") == ceil

@@ -46,30 +46,53 @@ def _read(path):
 
 
 def _chat(rid, audio, text="What is this?"):
-    return {"id": rid, "messages": [{"role": "user", "content": [{"type": "audio", "audio": audio},
-                                                                 {"type": "text", "text": text}]}]}  # fmt: skip
+    return {
+        "id": rid,
+        "messages": [{"role": "user", "content": [{"type": "audio", "audio": audio}, {"type": "text", "text": text}]}],
+    }
 
 
 def test_generate_contract_and_errors(tiny_model_dir, clips, tmp_path):  # noqa: F811
     good, corrupt, missing = clips
     requests = [
         _chat("chat", good[0]),
-        {"id": "raw", "prompt": "<|audio_bos|><|AUDIO|><|audio_eos|>Generate the caption in English:", "audio": [good[1]]},
+        {
+            "id": "raw",
+            "prompt": "<|audio_bos|><|AUDIO|><|audio_eos|>Generate the caption in English:",
+            "audio": [good[1]],
+        },
         {"id": "task", "task": "asr", "audio": good[2]},
         {"id": "text", "messages": [{"role": "user", "content": "Hello there"}]},
         _chat("missing-audio", missing),
         _chat("corrupt-audio", corrupt),
-        {"id": "mismatch", "prompt": "<|audio_bos|><|AUDIO|><|audio_eos|> and <|audio_bos|><|AUDIO|><|audio_eos|>",
-         "audio": [good[0]]},
+        {
+            "id": "mismatch",
+            "prompt": "<|audio_bos|><|AUDIO|><|audio_eos|> and <|audio_bos|><|AUDIO|><|audio_eos|>",
+            "audio": [good[0]],
+        },
         {"id": "too-long", "messages": [{"role": "user", "content": "word " * 9000}]},
         "{not json",
         {"messages": [{"role": "user", "content": "no id"}]},
         _chat("chat2", good[3], "Describe it."),
-    ]  # fmt: skip
+    ]
     inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     _write(inp, requests)
-    argv = ["generate", "--model", str(tiny_model_dir), "--input", str(inp), "--output", str(out),
-            "--max-new-tokens", str(NEW), "--batch-size", "2", "--no-progress", "--compilation-cache", ""]  # fmt: skip
+    argv = [
+        "generate",
+        "--model",
+        str(tiny_model_dir),
+        "--input",
+        str(inp),
+        "--output",
+        str(out),
+        "--max-new-tokens",
+        str(NEW),
+        "--batch-size",
+        "2",
+        "--no-progress",
+        "--compilation-cache",
+        "",
+    ]
     assert main(argv) == 0
     results = {r["id"]: r for r in _read(out)}
     assert len(_read(out)) == len(requests) == len(results)
@@ -97,9 +120,23 @@ def test_resume_after_sigkill(tiny_model_dir, clips, tmp_path):  # noqa: F811
     inp = tmp_path / "in.jsonl"
     _write(inp, requests)
     # No compilation cache here: every run starts cold, which keeps the kill landing mid-run.
-    base = [sys.executable, "-m", "qwen_audio_jax.cli.main", "generate", "--model", str(tiny_model_dir),
-            "--input", str(inp), "--max-new-tokens", "24", "--batch-size", "2", "--no-progress",
-            "--compilation-cache", ""]  # fmt: skip
+    base = [
+        sys.executable,
+        "-m",
+        "qwen_audio_jax.cli.main",
+        "generate",
+        "--model",
+        str(tiny_model_dir),
+        "--input",
+        str(inp),
+        "--max-new-tokens",
+        "24",
+        "--batch-size",
+        "2",
+        "--no-progress",
+        "--compilation-cache",
+        "",
+    ]
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     full = tmp_path / "full.jsonl"
     subprocess.run(base + ["--output", str(full)], check=True, env=env, cwd=REPO, capture_output=True)
@@ -130,15 +167,36 @@ def test_score_matches_transformers(tiny_model_dir, tiny_hf_dir, clips, tmp_path
     good, _, missing = clips
     requests = [
         {**_chat("chat", good[0]), "completion": "It is a dog barking loudly."},
-        {"id": "raw", "prompt": "<|audio_bos|><|AUDIO|><|audio_eos|>Generate the caption in English:",
-         "audio": [good[1]], "completion": " A bell rings."},
+        {
+            "id": "raw",
+            "prompt": "<|audio_bos|><|AUDIO|><|audio_eos|>Generate the caption in English:",
+            "audio": [good[1]],
+            "completion": " A bell rings.",
+        },
         {"id": "mc", "messages": [{"role": "user", "content": "Pick one."}], "completions": ["Yes.", "No, never."]},
         {**_chat("bad", missing), "completion": "x"},
-    ]  # fmt: skip
+    ]
     inp, out = tmp_path / "in.jsonl", tmp_path / "scores.jsonl"
     _write(inp, requests)
-    assert main(["score", "--model", str(tiny_model_dir), "--input", str(inp), "--output", str(out),
-                 "--batch-size", "2", "--no-progress", "--compilation-cache", ""]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "score",
+                "--model",
+                str(tiny_model_dir),
+                "--input",
+                str(inp),
+                "--output",
+                str(out),
+                "--batch-size",
+                "2",
+                "--no-progress",
+                "--compilation-cache",
+                "",
+            ]
+        )
+        == 0
+    )
     got = {r["id"]: r for r in _read(out)}
     assert "missing.wav" in got["bad"]["error"]
 
@@ -158,8 +216,10 @@ def test_score_matches_transformers(tiny_model_dir, tiny_hf_dir, clips, tmp_path
         total = sum(float(logp[t - 1, p.token_ids[t]]) for t in range(1, len(mask)) if mask[t])
         return total, int(mask[1:].sum())
 
-    for rid, record, completion in [("chat", requests[0], requests[0]["completion"]),
-                                    ("raw", requests[1], requests[1]["completion"])]:  # fmt: skip
+    for rid, record, completion in [
+        ("chat", requests[0], requests[0]["completion"]),
+        ("raw", requests[1], requests[1]["completion"]),
+    ]:
         want, n = reference({k: v for k, v in record.items() if k != "completion"}, completion)
         assert got[rid]["num_tokens"] == n > 0
         assert abs(got[rid]["logprob"] - want) <= 1e-4

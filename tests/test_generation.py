@@ -8,12 +8,12 @@ import pytest
 from scipy import stats
 
 from qwen_audio_jax.audio.features import log_mel_numpy, mel_length
-from qwen_audio_jax.config import tiny
+from qwen_audio_jax.audio.lengths import encoder_lengths
 from qwen_audio_jax.batching.buckets import Buckets
+from qwen_audio_jax.config import tiny
 from qwen_audio_jax.generation.engine import Engine, EngineRequest, ListSource
 from qwen_audio_jax.generation.options import GenerationOptions
 from qwen_audio_jax.generation.sampling import SamplingParams, argmax_first, select_next
-from qwen_audio_jax.audio.lengths import encoder_lengths
 from qwen_audio_jax.model.params import build_module, init_params
 from qwen_audio_jax.text.processor import Processor
 from tests._requests import synth_clip, varied_requests
@@ -55,8 +55,16 @@ def test_sampled_frequencies_match_the_distribution(temperature, top_k, top_p):
     logits = np.random.default_rng(0).normal(size=12).astype(np.float32) * 1.5
     n = 20_000
     params = _rows(n, temperature=temperature, top_k=top_k, top_p=top_p)
-    draw = jax.jit(lambda keys: select_next(jnp.broadcast_to(logits, (n, 12)), keys, params,
-                                            jnp.zeros((n, 12), bool), jnp.zeros(n, jnp.int32), jnp.asarray([11])))  # fmt: skip
+    draw = jax.jit(
+        lambda keys: select_next(
+            jnp.broadcast_to(logits, (n, 12)),
+            keys,
+            params,
+            jnp.zeros((n, 12), bool),
+            jnp.zeros(n, jnp.int32),
+            jnp.asarray([11]),
+        )
+    )
     samples = np.concatenate([np.asarray(draw(_keys(n, seed))) for seed in range(3)])
     counts = np.bincount(samples, minlength=12)
     p = _expected_distribution(logits.astype(np.float64), temperature, top_k, top_p)
@@ -70,12 +78,21 @@ def test_rows_follow_their_own_settings():
     """One batch, different settings per row: greedy rows are the argmax, top-k=1 rows too, sampling rows vary
     with their keys, and a top-k row never leaves its k best tokens."""
     logits = jnp.asarray(np.random.default_rng(2).normal(size=(4, 40)), jnp.float32)
-    params = SamplingParams.rows([(0.0, 0, 1.0, 1.0, 0), (0.8, 1, 1.0, 1.0, 0), (1.0, 0, 1.0, 1.0, 0),
-                                  (1.0, 3, 1.0, 1.0, 0)])  # fmt: skip
+    params = SamplingParams.rows(
+        [(0.0, 0, 1.0, 1.0, 0), (0.8, 1, 1.0, 1.0, 0), (1.0, 0, 1.0, 1.0, 0), (1.0, 3, 1.0, 1.0, 0)]
+    )
     greedy = np.asarray(jnp.argmax(logits, -1))
     top3 = np.argsort(np.asarray(logits), -1)[:, -3:]
-    drawn = np.stack([np.asarray(select_next(logits, _keys(4, s), params, jnp.zeros((4, 40), bool),
-                                             jnp.zeros(4, jnp.int32), jnp.asarray([0]))) for s in range(200)])  # fmt: skip
+    drawn = np.stack(
+        [
+            np.asarray(
+                select_next(
+                    logits, _keys(4, s), params, jnp.zeros((4, 40), bool), jnp.zeros(4, jnp.int32), jnp.asarray([0])
+                )
+            )
+            for s in range(200)
+        ]
+    )
     assert (drawn[:, 0] == greedy[0]).all() and (drawn[:, 1] == greedy[1]).all()
     assert len(set(drawn[:, 2])) > 5
     assert np.isin(drawn[:, 3], top3[3]).all() and len(set(drawn[:, 3])) == 3
@@ -100,7 +117,12 @@ def test_argmax_first_equals_jnp_argmax(vocab):
 
 def test_sampling_is_seeded():
     logits = jnp.asarray(np.random.default_rng(1).normal(size=(4, 50)), jnp.float32)
-    params, seen, n, stop = _rows(4, temperature=1.0), jnp.zeros((4, 50), bool), jnp.zeros(4, jnp.int32), jnp.asarray([0])
+    params, seen, n, stop = (
+        _rows(4, temperature=1.0),
+        jnp.zeros((4, 50), bool),
+        jnp.zeros(4, jnp.int32),
+        jnp.asarray([0]),
+    )
     a = select_next(logits, _keys(4, 5), params, seen, n, stop)
     b = select_next(logits, _keys(4, 5), params, seen, n, stop)
     c = select_next(logits, _keys(4, 6), params, seen, n, stop)
@@ -207,8 +229,10 @@ def test_bounded_compilation(engine_factory, qwen2_tokenizer):  # noqa: F811
     opts = GenerationOptions(max_new_tokens=12)
 
     def job(**sampling):
-        return [EngineRequest(i, p, opts.for_request({"max_new_tokens": n, **sampling}, str(i)))
-                for i, (p, (_, n)) in enumerate(zip(prepared, records))]  # fmt: skip
+        return [
+            EngineRequest(i, p, opts.for_request({"max_new_tokens": n, **sampling}, str(i)))
+            for i, (p, (_, n)) in enumerate(zip(prepared, records))
+        ]
 
     out = dict(engine.run(ListSource(job())))
     assert len(out) == 60 and all(len(out[i].token_ids) <= n for i, (_, n) in enumerate(records))

@@ -27,8 +27,9 @@ def prepared(qwen2_tokenizer):  # noqa: F811
 
 def _hf_generate(hf, prepared, max_new_tokens=NEW_TOKENS, **kw):
     batch = collate(prepared, pad_id=151643, padding_side="left")
-    inputs = dict(input_ids=torch.from_numpy(batch.tokens).long(),
-                  attention_mask=torch.from_numpy(batch.attention_mask).long())  # fmt: skip
+    inputs = dict(
+        input_ids=torch.from_numpy(batch.tokens).long(), attention_mask=torch.from_numpy(batch.attention_mask).long()
+    )
     if batch.mel is not None:
         inputs["input_features"] = torch.from_numpy(batch.mel)
         inputs["feature_attention_mask"] = (
@@ -70,8 +71,10 @@ def test_recycled_slots_match_transformers(models, prepared):
     budgets = [64, 5, 33, 1, 48, 12]
     small = Engine(engine.config, engine.params, batch_size=2)
     opts = GenerationOptions(max_new_tokens=NEW_TOKENS, stop_ids=STOP)
-    reqs = [EngineRequest(i, p, opts.for_request({"max_new_tokens": n}, str(i)))
-            for i, (p, n) in enumerate(zip(prepared, budgets))]  # fmt: skip
+    reqs = [
+        EngineRequest(i, p, opts.for_request({"max_new_tokens": n}, str(i)))
+        for i, (p, n) in enumerate(zip(prepared, budgets))
+    ]
     got = dict(small.run(ListSource(reqs)))
     assert small.stats.prefills >= 4
     for i, (p, n) in enumerate(zip(prepared, budgets)):
@@ -81,16 +84,19 @@ def test_recycled_slots_match_transformers(models, prepared):
 def test_top_k_1_sampling_is_greedy(models, prepared):
     _, engine = models
     greedy = engine.generate(prepared, GenerationOptions(max_new_tokens=16, stop_ids=STOP))
-    sampled = engine.generate(prepared, GenerationOptions(max_new_tokens=16, stop_ids=STOP, temperature=0.7,
-                                                          top_k=1, seed=123))  # fmt: skip
+    sampled = engine.generate(
+        prepared, GenerationOptions(max_new_tokens=16, stop_ids=STOP, temperature=0.7, top_k=1, seed=123)
+    )
     assert [g.token_ids for g in sampled] == [g.token_ids for g in greedy]
 
 
 def test_repetition_penalty_and_min_new_tokens_match_transformers(models, prepared):
     hf, engine = models
     want = _hf_generate(hf, prepared[:3], do_sample=False, repetition_penalty=1.3, min_new_tokens=NEW_TOKENS)
-    got = engine.generate(prepared[:3], GenerationOptions(max_new_tokens=NEW_TOKENS, stop_ids=STOP,
-                                                          repetition_penalty=1.3, min_new_tokens=NEW_TOKENS))
+    got = engine.generate(
+        prepared[:3],
+        GenerationOptions(max_new_tokens=NEW_TOKENS, stop_ids=STOP, repetition_penalty=1.3, min_new_tokens=NEW_TOKENS),
+    )
     assert [g.token_ids for g in got] == want
     assert all(len(g.token_ids) == NEW_TOKENS for g in got)
 

@@ -13,19 +13,27 @@ PACKAGE = REPO / "qwen_audio_jax"
 
 # Lower number = lower layer. A module may import from a strictly lower layer, or from its own subpackage.
 LAYERS = {
-    "errors": 0, "_exports": 0,
-    "config": 1, "runtime": 1, "jsonl": 1, "bundled": 1,
+    "errors": 0,
+    "_exports": 0,
+    "config": 1,
+    "runtime": 1,
+    "jsonl": 1,
+    "bundled": 1,
     "audio": 2,
-    "text": 3, "model": 3, "eval": 3,
-    "sharding": 4, "checkpoint": 4,
+    "text": 3,
+    "model": 3,
+    "eval": 3,
+    "sharding": 4,
+    "checkpoint": 4,
     "conversion": 5,
     "batching": 6,
-    "generation": 7, "training": 7,
+    "generation": 7,
+    "training": 7,
     "jobs": 8,
     "api": 9,
     "demo": 10,
     "cli": 11,
-}  # fmt: skip
+}
 
 
 def _modules() -> dict[str, Path]:
@@ -48,7 +56,9 @@ def _imports(path: Path, module: str) -> list[tuple[int, str]]:
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
-                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
+                base = ".".join(
+                    package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else [])
+                )
             if base.startswith("qwen_audio_jax"):
                 for a in node.names:  # `from pkg import module` imports the module
                     sub = f"{base}.{a.name}"
@@ -77,8 +87,10 @@ def test_imports_follow_the_layers():
             if target_top == top:
                 continue
             if target_rank >= rank:
-                bad.append(f"{path.relative_to(REPO)}:{line} imports {target} "
-                           f"({top!r} is layer {rank}, {target_top!r} is layer {target_rank})")  # fmt: skip
+                bad.append(
+                    f"{path.relative_to(REPO)}:{line} imports {target} "
+                    f"({top!r} is layer {rank}, {target_top!r} is layer {target_rank})"
+                )
     assert not bad, "imports that run upward or sideways:\n" + "\n".join(bad)
 
 
@@ -92,7 +104,7 @@ def test_module_graph_has_no_cycle():
         stack.append(m)
         for t in sorted(graph[m]):
             if state.get(t) == 1:
-                cycle = stack[stack.index(t):] + [t]
+                cycle = stack[stack.index(t) :] + [t]
                 raise AssertionError("import cycle: " + " -> ".join(cycle))
             if t not in state:
                 visit(t)
@@ -108,6 +120,6 @@ def test_the_checker_catches_an_upward_import(tmp_path):
     """The rule can fail: a model module importing the engine is reported with its file and line."""
     fake = tmp_path / "bad.py"
     fake.write_text("import os\n\ndef f():\n    from qwen_audio_jax.generation.engine import Engine\n")
-    (line, target), = _imports(fake, "qwen_audio_jax.model.bad")
+    ((line, target),) = _imports(fake, "qwen_audio_jax.model.bad")
     assert (line, target) == (4, "qwen_audio_jax.generation.engine")
     assert _layer(target)[1] > _layer("qwen_audio_jax.model.bad")[1]

@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from qwen_audio_jax.sharding.mesh import make_mesh, parse_mesh_spec
 from qwen_audio_jax.errors import ConfigError
+from qwen_audio_jax.sharding.mesh import make_mesh, parse_mesh_spec
 from tests._paths import REPO
 
 pytestmark = pytest.mark.mesh
@@ -20,8 +20,14 @@ MESHES = ["data=8", "fsdp=8", "data=2,fsdp=2,tensor=2", "tensor=4,data=2"]
 @pytest.fixture(scope="module")
 def result():
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
-    proc = subprocess.run([sys.executable, "-m", "tests.mesh_worker", *MESHES], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=1200)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "tests.mesh_worker", *MESHES],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     line = next(x for x in proc.stdout.splitlines() if x.startswith("MESH_RESULT "))
     return json.loads(line[len("MESH_RESULT ") :])
@@ -43,8 +49,13 @@ def test_scores_equal_single_device(result, spec):
 
 # Under pure tensor parallelism these stay whole on every device by the rule table's design: their dims are
 # model widths (split over fsdp, not tensor), and the embedding rows are never split (see sharding/rules.py).
-TP_REPLICATED = ["audio_tower/conv1/kernel", "audio_tower/conv2/kernel", "audio_tower/embed_positions",
-                 "language_model/embed_tokens/embedding", "multi_modal_projector/linear/kernel"]  # fmt: skip
+TP_REPLICATED = [
+    "audio_tower/conv1/kernel",
+    "audio_tower/conv2/kernel",
+    "audio_tower/embed_positions",
+    "language_model/embed_tokens/embedding",
+    "multi_modal_projector/linear/kernel",
+]
 
 
 @pytest.mark.parametrize("spec", MESHES)
@@ -75,8 +86,10 @@ def test_hand_checked_shardings(result):
     assert got["language_model/embed_tokens/embedding"] == "P(None, 'fsdp')"
     assert got["language_model/norm/scale"] == "P(None,)"
     # tiny() has 2 KV heads x 16 = 32 fused columns: tensor=4 divides 32, so k_proj is split there too.
-    assert result["meshes"]["tensor=4,data=2"]["actual"]["language_model/layers/self_attn/k_proj/kernel"] == \
-        "P(None, None, 'tensor')"  # fmt: skip
+    assert (
+        result["meshes"]["tensor=4,data=2"]["actual"]["language_model/layers/self_attn/k_proj/kernel"]
+        == "P(None, None, 'tensor')"
+    )
     assert result["meshes"]["data=2,fsdp=2,tensor=2"]["batch_size"] == 8  # 6 rounded up to data*fsdp = 4
 
 

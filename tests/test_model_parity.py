@@ -74,12 +74,16 @@ def test_full_model_logits(pair, batch):
             feature_attention_mask=torch.from_numpy(frame_mask).long(),
         ).logits.numpy()
     model = build_module(config)
-    got = np.asarray(model.apply(params, jnp.asarray(tokens), jnp.asarray(mask), jnp.asarray(mel), jnp.asarray(lengths)))
+    got = np.asarray(
+        model.apply(params, jnp.asarray(tokens), jnp.asarray(mask), jnp.asarray(mel), jnp.asarray(lengths))
+    )
     valid = mask.astype(bool)
     assert got.shape == want.shape
     np.testing.assert_allclose(got[valid], want[valid], atol=LOGITS_ATOL, rtol=0)
     # The audio actually reached the logits: zeroing the mel changes the audio requests only.
-    alt = np.asarray(model.apply(params, jnp.asarray(tokens), jnp.asarray(mask), jnp.zeros_like(mel), jnp.asarray(lengths)))
+    alt = np.asarray(
+        model.apply(params, jnp.asarray(tokens), jnp.asarray(mask), jnp.zeros_like(mel), jnp.asarray(lengths))
+    )
     assert np.abs(alt[0][valid[0]] - got[0][valid[0]]).max() > 1e-3
     np.testing.assert_allclose(alt[2][valid[2]], got[2][valid[2]], atol=1e-6)
 

@@ -64,9 +64,17 @@ def multihost_run(work):
     port = _free_port()
     # Output goes to files, not pipes: a worker filling an unread 64 KiB pipe would block and look hung.
     logs = [(open(work / f"worker{pid}.out", "w+"), open(work / f"worker{pid}.err", "w+")) for pid in range(2)]
-    procs = [subprocess.Popen([sys.executable, "-m", "tests.multihost_worker", str(pid), str(port), str(work)],
-                              cwd=REPO, env=env, stdout=out, stderr=err, text=True)
-             for pid, (out, err) in enumerate(logs)]  # fmt: skip
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "tests.multihost_worker", str(pid), str(port), str(work)],
+            cwd=REPO,
+            env=env,
+            stdout=out,
+            stderr=err,
+            text=True,
+        )
+        for pid, (out, err) in enumerate(logs)
+    ]
     deadline, hung = time.time() + TIMEOUT_S, False
     while any(p.poll() is None for p in procs):
         if time.time() > deadline:
@@ -95,8 +103,13 @@ def test_generate_split_across_processes_equals_single_process(multihost_run):
     multi = [json.loads(x) for x in (work / "multi_results.jsonl").read_text().splitlines()]
     assert not list(work.glob("multi_results.jsonl.part-*")), "part files must be merged and removed"
     model = api.load(work / "model")
-    run_file(GenerateJob(model, GenerationOptions(max_new_tokens=12), batch_size=4), work / "requests.jsonl",
-             work / "single_results.jsonl", overwrite=True, progress=False)  # fmt: skip
+    run_file(
+        GenerateJob(model, GenerationOptions(max_new_tokens=12), batch_size=4),
+        work / "requests.jsonl",
+        work / "single_results.jsonl",
+        overwrite=True,
+        progress=False,
+    )
     single = [json.loads(x) for x in (work / "single_results.jsonl").read_text().splitlines()]
     assert sorted(r["id"] for r in multi) == sorted(r["id"] for r in single)  # every request exactly once
     want = {r["id"]: (r["token_ids"], r["error"] is None) for r in single}
@@ -108,8 +121,13 @@ def test_score_split_across_processes_equals_single_process(multihost_run):
     work = multihost_run
     multi = [json.loads(x) for x in (work / "multi_scores.jsonl").read_text().splitlines()]
     assert not list(work.glob("multi_scores.jsonl.part-*"))
-    run_file(ScoreJob(api.load(work / "model"), batch_size=4), work / "score_requests.jsonl",
-             work / "single_scores.jsonl", overwrite=True, progress=False)  # fmt: skip
+    run_file(
+        ScoreJob(api.load(work / "model"), batch_size=4),
+        work / "score_requests.jsonl",
+        work / "single_scores.jsonl",
+        overwrite=True,
+        progress=False,
+    )
     single = {r["id"]: r for r in map(json.loads, (work / "single_scores.jsonl").read_text().splitlines())}
     assert sorted(r["id"] for r in multi) == sorted(single)
     for r in multi:
@@ -121,8 +139,13 @@ def test_score_split_across_processes_equals_single_process(multihost_run):
 
 def test_dpo_steps_with_checkpoint_restore_equal_single_process(multihost_run):
     work = multihost_run
-    overrides = [f"model={work / 'model'}", f"data.train={work / 'prefs.jsonl'}", f"output_dir={work / 'single_run'}",
-                 "checkpoint.every=2", "train.num_threads=1"]  # fmt: skip
+    overrides = [
+        f"model={work / 'model'}",
+        f"data.train={work / 'prefs.jsonl'}",
+        f"output_dir={work / 'single_run'}",
+        "checkpoint.every=2",
+        "train.num_threads=1",
+    ]
     train(TrainingRun.build(load_run_config(CONFIG, overrides + ["train.steps=3"])), progress=False)
     train(TrainingRun.build(load_run_config(CONFIG, overrides + ["train.steps=4"])), progress=False)
     read = lambda d: [json.loads(x) for x in (work / d / "metrics.jsonl").read_text().splitlines()]  # noqa: E731

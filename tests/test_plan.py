@@ -22,6 +22,7 @@ def plan(config, mesh, batch, max_len, **kw):
     """The planner on a PlanRequest (the tests name the request's fields positionally for brevity)."""
     return planner.plan(config, PlanRequest(mesh=mesh, batch=batch, max_len=max_len, **kw))
 
+
 TOTAL = 8_397_094_912  # docs/reference.md §5.3
 # audio_tower by hand: conv1 3*128*1280+1280, conv2 3*1280*1280+1280, positions 1500*1280, final LN 2*1280,
 # per layer: q,k,v,out 4*1280^2 + q,v,out biases 3*1280 + fc1 1280*5120+5120 + fc2 5120*1280+1280 + 2 LNs 4*1280.
@@ -176,20 +177,75 @@ def test_inputs():
 
 def test_cli_table_and_json(capsys, tmp_path):
     # 8 x 4096 cache slots, prompts of 1024 tokens (~750 audio + text) on one H100.
-    assert main(["plan", "--model", "qwen2_audio_7b", "--mesh", "tensor=1", "--batch", "8", "--max-len", "4096",
-                 "--prompt-len", "1024", "--device", "h100"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "plan",
+                "--model",
+                "qwen2_audio_7b",
+                "--mesh",
+                "tensor=1",
+                "--batch",
+                "8",
+                "--max-len",
+                "4096",
+                "--prompt-len",
+                "1024",
+                "--device",
+                "h100",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     labels = ("weights", "optimizer state", "gradients", "DPO reference", "KV cache", "activations", "total")
     for label in (*labels, "16,794,189,824"):
         assert label in out
     assert "90% usable" in out and "fits" in out and "does not fit" not in out
 
-    assert main(["plan", "--model", "qwen2_audio_7b", "--mesh", "fsdp=8", "--batch", "8", "--max-len", "2048",
-                 "--train", "--device-memory", "16GiB"]) == 3  # fmt: skip  (a valid plan that does not fit)
+    assert (
+        main(
+            [
+                "plan",
+                "--model",
+                "qwen2_audio_7b",
+                "--mesh",
+                "fsdp=8",
+                "--batch",
+                "8",
+                "--max-len",
+                "2048",
+                "--train",
+                "--device-memory",
+                "16GiB",
+            ]
+        )
+        == 3
+    )  # fmt: skip  (a valid plan that does not fit)
     assert "does not fit" in capsys.readouterr().out
 
-    assert main(["plan", "--model", "tiny", "--mesh", "data=2,fsdp=4", "--batch", "8", "--max-len", "64",
-                 "--train", "--remat", "full", "--device", "tpu-v5e", "--json"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "plan",
+                "--model",
+                "tiny",
+                "--mesh",
+                "data=2,fsdp=4",
+                "--batch",
+                "8",
+                "--max-len",
+                "64",
+                "--train",
+                "--remat",
+                "full",
+                "--device",
+                "tpu-v5e",
+                "--json",
+            ]
+        )
+        == 0
+    )
     d = json.loads(capsys.readouterr().out)
     expected = plan(tiny(), {"data": 2, "fsdp": 4}, 8, 64, train=True, remat="full")
     assert d["total"] == expected.total and d["weights"] == expected.weights and d["fits"] is True

@@ -1,5 +1,6 @@
 """Processor: ids, masks and features identical to transformers 4.57.6 `Qwen2AudioProcessor` (+ its default chat
-template), Qwen-Audio v1 prompts (docs/reference.md §3.3), long-audio chunking, completions, collation and typed errors."""
+template), Qwen-Audio v1 prompts (docs/reference.md §3.3), long-audio chunking, completions, collation and typed
+errors."""
 
 from __future__ import annotations
 
@@ -42,20 +43,28 @@ def conv(*parts, system=None):
 
 
 def user(*items):
-    return {"role": "user", "content": [{"type": "audio", "audio": x} if isinstance(x, np.ndarray)
-                                        else {"type": "text", "text": x} for x in items]}
+    return {
+        "role": "user",
+        "content": [
+            {"type": "audio", "audio": x} if isinstance(x, np.ndarray) else {"type": "text", "text": x} for x in items
+        ],
+    }
 
 
 CONV_GOLDEN = conv(user(W_GLASS, "What's that sound?"))
 CONV_SYSTEM = conv(user(W_7S, "Transcribe this."), system="You are a careful transcriber.")
-CONV_MULTI = conv(user(W_GLASS, "What's that sound?"),
-                  {"role": "assistant", "content": "It is the sound of glass shattering."},
-                  user(W_ODD, "How about this one?"))
+CONV_MULTI = conv(
+    user(W_GLASS, "What's that sound?"),
+    {"role": "assistant", "content": "It is the sound of glass shattering."},
+    user(W_ODD, "How about this one?"),
+)
 CONV_TWO_CLIPS = conv(user("Compare:", W_SHORT, W_30S, "Which is longer?"))
 CONV_TEXT = conv({"role": "user", "content": "Tell me a joke about 12345 cats.\n"})
 RAW_PROMPT = {"prompt": "<|audio_bos|><|AUDIO|><|audio_eos|>Generate the caption in English:", "audio": [W_7S]}
-BARE_PROMPT = {"prompt": "Listen <|AUDIO|>, then <|AUDIO|><|audio_eos|> and <|audio_bos|><|AUDIO|>.",
-               "audio": [W_ODD, W_SHORT, W_GLASS]}
+BARE_PROMPT = {
+    "prompt": "Listen <|AUDIO|>, then <|AUDIO|><|audio_eos|> and <|audio_bos|><|AUDIO|>.",
+    "audio": [W_ODD, W_SHORT, W_GLASS],
+}
 
 CASES = {
     "golden": [CONV_GOLDEN],
@@ -115,8 +124,9 @@ def test_matches_transformers(case, padding_side, processor, hf_processor):
     requests = CASES[case]
     ours = processor(requests, padding_side=padding_side)
     assert_same_inputs(ours, hf_inputs(hf_processor, requests, padding_side))
-    assert ours.clips_per_row.tolist() == [len(processor.prepare(r).mels) if isinstance(r, dict)
-                                           else len(audio_parts(r)) for r in requests]
+    assert ours.clips_per_row.tolist() == [
+        len(processor.prepare(r).mels) if isinstance(r, dict) else len(audio_parts(r)) for r in requests
+    ]
 
 
 @pytest.mark.parity
@@ -127,15 +137,48 @@ def test_rendered_chat_is_byte_identical(hf_processor):
                 continue
             for add in (True, False):
                 assert render_chat(r, add_generation_prompt=add) == hf_processor.apply_chat_template(
-                    r, add_generation_prompt=add, tokenize=False)
+                    r, add_generation_prompt=add, tokenize=False
+                )
 
 
 def test_golden_sequence(processor):
     """docs/reference.md §4.3 through the whole processor: a 64800-sample clip -> 101 audio tokens."""
     req = processor.prepare_messages(CONV_GOLDEN)
-    assert req.token_ids == [151644, 8948, 198, 2610, 525, 264, 10950, 17847, 13, 151645, 198, 151644, 872, 198,
-                             14755, 220, 16, 25, 220, BOS, *[A] * 101, EOS, 198, 3838, 594, 429, 5112, 30, 151645,
-                             198, 151644, 77091, 198]
+    assert req.token_ids == [
+        151644,
+        8948,
+        198,
+        2610,
+        525,
+        264,
+        10950,
+        17847,
+        13,
+        151645,
+        198,
+        151644,
+        872,
+        198,
+        14755,
+        220,
+        16,
+        25,
+        220,
+        BOS,
+        *[A] * 101,
+        EOS,
+        198,
+        3838,
+        594,
+        429,
+        5112,
+        30,
+        151645,
+        198,
+        151644,
+        77091,
+        198,
+    ]
     assert req.mel_lengths == [405] and num_audio_tokens(405) == 101
     assert len(req.mels) == 1 and req.mels[0].shape == (128, 3000) and req.mels[0].dtype == np.float32
 
@@ -162,7 +205,8 @@ def test_long_audio_truncate_and_chunk(qwen2_tokenizer, hf_processor):
     req = Processor(qwen2_tokenizer, long_audio="chunk").prepare_prompt(prompt, [long])
     assert req.mel_lengths == [3000, 3000, 1000]
     assert req.token_ids[: 750 + 2 + 750 + 2 + 250 + 2] == (
-        [BOS] + [A] * 750 + [EOS] + [BOS] + [A] * 750 + [EOS] + [BOS] + [A] * 250 + [EOS])
+        [BOS] + [A] * 750 + [EOS] + [BOS] + [A] * 750 + [EOS] + [BOS] + [A] * 250 + [EOS]
+    )
     # Same as three explicit clips in transformers.
     chunks = [long[:480000], long[480000:960000], long[960000:]]
     three = {"prompt": "<|audio_bos|><|AUDIO|><|audio_eos|>" * 3 + "Transcribe:", "audio": chunks}
@@ -226,13 +270,15 @@ def test_missing_audio_file_names_the_file(processor, tmp_path):
 
 
 def test_prepare_many_isolates_errors(processor, tmp_path):
-    out = processor.prepare_many([
-        {"messages": CONV_GOLDEN},
-        {"prompt": "<|AUDIO|>", "audio": [str(tmp_path / "gone.wav")]},
-        {"prompt": "<|AUDIO|><|AUDIO|>", "audio": [W_SHORT]},
-        {"nothing": 1},
-        {"prompt": "plain text"},
-    ])
+    out = processor.prepare_many(
+        [
+            {"messages": CONV_GOLDEN},
+            {"prompt": "<|AUDIO|>", "audio": [str(tmp_path / "gone.wav")]},
+            {"prompt": "<|AUDIO|><|AUDIO|>", "audio": [W_SHORT]},
+            {"nothing": 1},
+            {"prompt": "plain text"},
+        ]
+    )
     assert isinstance(out[0], PreparedRequest) and isinstance(out[4], PreparedRequest)
     assert isinstance(out[1], AudioError) and "gone.wav" in str(out[1])
     assert isinstance(out[2], PromptError) and isinstance(out[3], PromptError)
@@ -242,10 +288,12 @@ def test_prepare_many_isolates_errors(processor, tmp_path):
 def test_model_dir_chat_template(tmp_path, qwen2_tokenizer):
     """A processor-level chat_template.json is used (as transformers does); tokenizer_config's is not."""
     transformers = pytest.importorskip("transformers")
-    template = ("{% for m in messages %}[{{ m['role'] }}]{% if m['content'] is string %}{{ m['content'] }}"
-                "{% else %}{% for c in m['content'] %}{% if c['type'] == 'audio' %}<|audio_bos|><|AUDIO|>"
-                "<|audio_eos|>{% else %}{{ c['text'] }}{% endif %}{% endfor %}{% endif %}\n{% endfor %}"
-                "{% if add_generation_prompt %}[assistant]{% endif %}")
+    template = (
+        "{% for m in messages %}[{{ m['role'] }}]{% if m['content'] is string %}{{ m['content'] }}"
+        "{% else %}{% for c in m['content'] %}{% if c['type'] == 'audio' %}<|audio_bos|><|AUDIO|>"
+        "<|audio_eos|>{% else %}{{ c['text'] }}{% endif %}{% endfor %}{% endif %}\n{% endfor %}"
+        "{% if add_generation_prompt %}[assistant]{% endif %}"
+    )
     for kw in ({"processor_chat_template": template}, {"chat_template": template}):
         d = make_qwen2_audio_tokenizer_dir(tmp_path / next(iter(kw)), **kw)
         transformers.WhisperFeatureExtractor(feature_size=128).save_pretrained(str(d))
@@ -254,10 +302,16 @@ def test_model_dir_chat_template(tmp_path, qwen2_tokenizer):
             text = hf.apply_chat_template(c, add_generation_prompt=True, tokenize=False)
             assert ours.prepare_messages(c).prompt_text == text
             assert ("[user]" in text) == ("processor_chat_template" in kw)
-        assert_same_inputs(ours([CONV_MULTI]), hf(text=[hf.apply_chat_template(CONV_MULTI, add_generation_prompt=True,
-                                                                                  tokenize=False)],
-                                                   audio=audio_parts(CONV_MULTI), return_tensors="np",
-                                                   sampling_rate=16000, padding=True))
+        assert_same_inputs(
+            ours([CONV_MULTI]),
+            hf(
+                text=[hf.apply_chat_template(CONV_MULTI, add_generation_prompt=True, tokenize=False)],
+                audio=audio_parts(CONV_MULTI),
+                return_tensors="np",
+                sampling_rate=16000,
+                padding=True,
+            ),
+        )
     assert json.loads((tmp_path / "chat_template" / "tokenizer_config.json").read_text())["chat_template"] == template
 
 
@@ -304,17 +358,34 @@ def test_v1_features_match_whisper_80(v1_processor, v1_clip):
 
 def test_v1_chat_make_context(v1_processor, qwen_v1_tokenizer, v1_clip):
     tok = qwen_v1_tokenizer
-    messages = [{"role": "user", "content": [{"type": "audio", "audio": str(v1_clip)},
-                                             {"type": "text", "text": "what is it?"}]}]
+    messages = [
+        {"role": "user", "content": [{"type": "audio", "audio": str(v1_clip)}, {"type": "text", "text": "what is it?"}]}
+    ]
     req = v1_processor.prepare_messages(messages)
     query = v1_from_list_format([{"audio": str(v1_clip)}, {"text": "what is it?"}])
     assert query == f"Audio 1:<audio>{v1_clip}</audio>\nwhat is it?"
-    assert req.prompt_text == ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
-                               f"{query}<|im_end|>\n<|im_start|>assistant\n")
+    assert req.prompt_text == (
+        "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
+        f"{query}<|im_end|>\n<|im_start|>assistant\n"
+    )
     e = tok.encode
-    assert req.token_ids == ([151644] + e("system") + [198] + e("You are a helpful assistant.") + [151645, 198,
-                             151644] + e("user") + [198] + e("Audio 1:") + [155163] + [151851] * 100 + [155164]
-                             + e("\nwhat is it?") + [151645, 198, 151644] + e("assistant") + [198])
+    assert req.token_ids == (
+        [151644]
+        + e("system")
+        + [198]
+        + e("You are a helpful assistant.")
+        + [151645, 198, 151644]
+        + e("user")
+        + [198]
+        + e("Audio 1:")
+        + [155163]
+        + [151851] * 100
+        + [155164]
+        + e("\nwhat is it?")
+        + [151645, 198, 151644]
+        + e("assistant")
+        + [198]
+    )
     # History: earlier turns are kept (and their audio) while they fit the window; the reference's
     # make_context tokenizes message text with only the audio tags special, so a typed <|im_start|> is text.
     history = [(query, "A beep."), ("<|im_start|> literal", "ok")]
@@ -322,8 +393,13 @@ def test_v1_chat_make_context(v1_processor, qwen_v1_tokenizer, v1_clip):
     assert raw.count("<|im_start|>") == 8 and ids.count(151644) == 7
     raw_small, ids_small = make_context_v1(tok, "and now?", history, max_window_size=40)
     assert "A beep." not in raw_small and len(ids_small) < len(ids)
-    multi = v1_processor.prepare_messages([messages[0], {"role": "assistant", "content": "A beep."},
-                                           {"role": "user", "content": [{"type": "audio", "audio": W_GLASS}]}])
+    multi = v1_processor.prepare_messages(
+        [
+            messages[0],
+            {"role": "assistant", "content": "A beep."},
+            {"role": "user", "content": [{"type": "audio", "audio": W_GLASS}]},
+        ]
+    )
     assert multi.mel_lengths == [402, 405] and multi.token_ids.count(155163) == 2
 
 

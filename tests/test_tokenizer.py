@@ -1,5 +1,6 @@
 """Tokenizers: ids and text identical to transformers' Qwen2 tokenizers (fast and slow) on real BPE files, the
-golden Qwen2-Audio sequence of docs/reference.md §4.3, and Qwen-Audio v1's special-token table (docs/reference.md §3.3 / §3.5)."""
+golden Qwen2-Audio sequence of docs/reference.md §4.3, and Qwen-Audio v1's special-token table (docs/reference.md
+§3.3 / §3.5)."""
 
 from __future__ import annotations
 
@@ -49,8 +50,9 @@ CORPUS = [
 
 @pytest.mark.parity
 @pytest.mark.parametrize("text", CORPUS)
-def test_qwen2_ids_match_transformers(text, qwen2_tokenizer, qwen2_json_tokenizer, hf_fast_tokenizer,
-                                      hf_slow_tokenizer):
+def test_qwen2_ids_match_transformers(
+    text, qwen2_tokenizer, qwen2_json_tokenizer, hf_fast_tokenizer, hf_slow_tokenizer
+):
     ours = qwen2_tokenizer.encode(text)
     assert ours == qwen2_json_tokenizer.encode(text)
     assert ours == hf_fast_tokenizer(text)["input_ids"]
@@ -87,7 +89,6 @@ def test_qwen2_vocab_and_special_ids(qwen2_tokenizer, qwen2_json_tokenizer, hf_f
         assert (tok.audio_token_id, tok.audio_bos_id, tok.audio_eos_id) == (151646, 151647, 151648)
         assert tok.eos_id == hf_fast_tokenizer.eos_token_id == 151645  # Instruct config: eos <|im_end|>
         assert tok.pad_id == hf_fast_tokenizer.pad_token_id == 151643
-        assert tok.stop_ids == (151643, 151645)
         assert tok.special_ids == frozenset(range(151643, 151649)) == frozenset(hf_slow_tokenizer.all_special_ids)
         assert tok.special_tokens_map == hf_fast_tokenizer.special_tokens_map
         for i in (0, 198, 8948, 151642, 151643, 151648):
@@ -98,12 +99,51 @@ def test_qwen2_vocab_and_special_ids(qwen2_tokenizer, qwen2_json_tokenizer, hf_f
 
 def test_qwen2_golden_sequence(qwen2_tokenizer):
     """docs/reference.md §4.3: the Instruct chat with one 4.05 s clip (101 audio tokens)."""
-    messages = [{"role": "user", "content": [{"type": "audio", "audio_url": "glass-breaking-151256.mp3"},
-                                             {"type": "text", "text": "What's that sound?"}]}]
+    messages = [
+        {
+            "role": "user",
+            "content": [
+                {"type": "audio", "audio_url": "glass-breaking-151256.mp3"},
+                {"type": "text", "text": "What's that sound?"},
+            ],
+        }
+    ]
     text = render_chat(messages, add_generation_prompt=True).replace("<|AUDIO|>", "<|AUDIO|>" * 101)
     assert qwen2_tokenizer.encode(text) == [
-        151644, 8948, 198, 2610, 525, 264, 10950, 17847, 13, 151645, 198, 151644, 872, 198, 14755, 220, 16, 25, 220,
-        151647, *[151646] * 101, 151648, 198, 3838, 594, 429, 5112, 30, 151645, 198, 151644, 77091, 198]
+        151644,
+        8948,
+        198,
+        2610,
+        525,
+        264,
+        10950,
+        17847,
+        13,
+        151645,
+        198,
+        151644,
+        872,
+        198,
+        14755,
+        220,
+        16,
+        25,
+        220,
+        151647,
+        *[151646] * 101,
+        151648,
+        198,
+        3838,
+        594,
+        429,
+        5112,
+        30,
+        151645,
+        198,
+        151644,
+        77091,
+        198,
+    ]
 
 
 def test_load_tokenizer_picks_the_family(qwen2_tok_dir, qwen2_tok_json_dir, qwen_v1_tok_dir, tmp_path):
@@ -133,13 +173,15 @@ def test_plain_qwen2_tokenizer_has_no_audio_token(tmp_path):
     tok = Qwen2AudioTokenizer.from_dir(tmp_path)  # no config: transformers' defaults (eos = pad = <|endoftext|>)
     assert tok.eos_id == tok.pad_id == 151643
     transformers = pytest.importorskip("transformers")
-    for hf in (transformers.Qwen2TokenizerFast.from_pretrained(str(tmp_path)),
-               transformers.Qwen2Tokenizer.from_pretrained(str(tmp_path))):
+    for hf in (
+        transformers.Qwen2TokenizerFast.from_pretrained(str(tmp_path)),
+        transformers.Qwen2Tokenizer.from_pretrained(str(tmp_path)),
+    ):
         assert len(hf) == len(tok) == 151644
         assert hf.eos_token_id == hf.pad_token_id == 151643
         assert hf("a<|endoftext|>b")["input_ids"] == tok.encode("a<|endoftext|>b")
     with pytest.raises(ConfigError, match="<\\|AUDIO\\|>"):
-        tok.audio_token_id
+        _ = tok.audio_token_id
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -152,17 +194,47 @@ def test_v1_special_token_table(qwen_v1_tokenizer):
     assert len(v1_special_tokens()) == 155165 - 151643
     assert len(tok) == tok.vocab_size == 155165
     expected = {
-        "<|endoftext|>": 151643, "<|im_start|>": 151644, "<|im_end|>": 151645, "<|extra_0|>": 151646,
-        "<|extra_204|>": 151850, "[[[AUDIO:modality]]]": 151851, "<|startoftranscript|>": 151852,
-        "<|startofanalysis|>": 151853, "<|translate|>": 151854, "<|transcribe|>": 151855, "<|caption|>": 151856,
-        "<|keyword|>": 151857, "<|unknown|>": 151858, "<|en|>": 151859, "<|zh|>": 151860, "<|it|>": 151866,
-        "<|zh_tr|>": 151867, "<|notimestamps|>": 151868, "<|sil|>": 151869, "<|timestamps|>": 151870,
-        "<|0.00|>": 151871, "<|0.01|>": 151872, "<|15.37|>": 151871 + 1537, "<|30.00|>": 154871,
-        "<|caption_audiocaps|>": 154872, "<|itn|>": 154876, "<|wo_itn|>": 154877, "<|delim|>": 154886,
-        "<|emotion_recognition|>": 154887, "<|midi_pitch_0|>": 154891, "<|midi_pitch_127|>": 155018,
-        "<|velocity|>": 155019, "<|midi_velocity_127|>": 155147, "<|sonic|>": 155148, "<|question|>": 155152,
-        "<|answer|>": 155153, "<|scene|>": 155155, "<|vocal_classification|>": 155157,
-        "<|speech_edit|>": 155162, "<audio>": 155163, "</audio>": 155164,
+        "<|endoftext|>": 151643,
+        "<|im_start|>": 151644,
+        "<|im_end|>": 151645,
+        "<|extra_0|>": 151646,
+        "<|extra_204|>": 151850,
+        "[[[AUDIO:modality]]]": 151851,
+        "<|startoftranscript|>": 151852,
+        "<|startofanalysis|>": 151853,
+        "<|translate|>": 151854,
+        "<|transcribe|>": 151855,
+        "<|caption|>": 151856,
+        "<|keyword|>": 151857,
+        "<|unknown|>": 151858,
+        "<|en|>": 151859,
+        "<|zh|>": 151860,
+        "<|it|>": 151866,
+        "<|zh_tr|>": 151867,
+        "<|notimestamps|>": 151868,
+        "<|sil|>": 151869,
+        "<|timestamps|>": 151870,
+        "<|0.00|>": 151871,
+        "<|0.01|>": 151872,
+        "<|15.37|>": 151871 + 1537,
+        "<|30.00|>": 154871,
+        "<|caption_audiocaps|>": 154872,
+        "<|itn|>": 154876,
+        "<|wo_itn|>": 154877,
+        "<|delim|>": 154886,
+        "<|emotion_recognition|>": 154887,
+        "<|midi_pitch_0|>": 154891,
+        "<|midi_pitch_127|>": 155018,
+        "<|velocity|>": 155019,
+        "<|midi_velocity_127|>": 155147,
+        "<|sonic|>": 155148,
+        "<|question|>": 155152,
+        "<|answer|>": 155153,
+        "<|scene|>": 155155,
+        "<|vocal_classification|>": 155157,
+        "<|speech_edit|>": 155162,
+        "<audio>": 155163,
+        "</audio>": 155164,
     }
     for token, i in expected.items():
         assert tok.token_to_id(token) == i, token
@@ -173,7 +245,10 @@ def test_v1_special_token_table(qwen_v1_tokenizer):
         assert tok.token_to_id(f"<|{k / 100:.2f}|>") == 151871 + k
     assert (tok.audio_bos_id, tok.audio_token_id, tok.audio_eos_id) == (155163, 151851, 155164)
     assert tok.eos_id == tok.pad_id == 151643
-    assert tok.stop_ids == (151643, 151644, 151645)
+    # The ids that end generation come from the model config (one place), and agree with v1's chatml stop words.
+    from qwen_audio_jax.config import qwen_audio_7b
+
+    assert qwen_audio_7b().stop_ids == (tok.endoftext_id, tok.im_end_id, tok.im_start_id) == (151643, 151645, 151644)
 
 
 def test_v1_asr_prompt_ids(qwen_v1_tokenizer):

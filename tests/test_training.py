@@ -38,8 +38,18 @@ def _records(path: Path) -> list[dict]:
 
 
 def _dpo(work, out, *overrides):
-    return main(["dpo", "--config", CONFIG, "--no-progress", f"model={work / 'model'}",
-                 f"data.train={work / 'train' / 'prefs.jsonl'}", f"output_dir={out}", *overrides])  # fmt: skip
+    return main(
+        [
+            "dpo",
+            "--config",
+            CONFIG,
+            "--no-progress",
+            f"model={work / 'model'}",
+            f"data.train={work / 'train' / 'prefs.jsonl'}",
+            f"output_dir={out}",
+            *overrides,
+        ]
+    )
 
 
 def test_dpo_learns_on_heldout_pairs(work):
@@ -47,9 +57,20 @@ def test_dpo_learns_on_heldout_pairs(work):
     assert _dpo(work, out) == 0
     metrics = _records(out / "metrics.jsonl")
     assert len(metrics) == 60 and metrics[0]["loss"] == pytest.approx(np.log(2), abs=1e-6)
-    for name in ("loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins",
-                 "logps/chosen", "logps/rejected", "logits/chosen", "logits/rejected", "grad_norm",
-                 "learning_rate", "tokens_per_s"):  # fmt: skip
+    for name in (
+        "loss",
+        "rewards/chosen",
+        "rewards/rejected",
+        "rewards/accuracies",
+        "rewards/margins",
+        "logps/chosen",
+        "logps/rejected",
+        "logits/chosen",
+        "logits/rejected",
+        "grad_norm",
+        "learning_rate",
+        "tokens_per_s",
+    ):
         assert name in metrics[-1]
     assert (out / "tensorboard").is_dir() and (out / "data_report.json").exists()
     # Held-out accuracy: the trained policy's implicit reward ranks chosen over rejected.
@@ -60,8 +81,13 @@ def test_dpo_learns_on_heldout_pairs(work):
         reqs = []
         for r in heldout:
             msgs = json.loads(json.dumps(r["messages"]).replace('"s1_', f'"{work / "heldout"}/s1_'))
-            reqs.append({"id": r["id"], "messages": msgs, "completions": [r["chosen"] + "<|im_end|>",
-                                                                          r["rejected"] + "<|im_end|>"]})  # fmt: skip
+            reqs.append(
+                {
+                    "id": r["id"],
+                    "messages": msgs,
+                    "completions": [r["chosen"] + "<|im_end|>", r["rejected"] + "<|im_end|>"],
+                }
+            )
         return np.asarray([x["logprob"] for x in api.score(model, reqs, batch_size=8)])
 
     policy, reference = logps(out / "model"), logps(work / "model")
@@ -71,9 +97,20 @@ def test_dpo_learns_on_heldout_pairs(work):
 
 def test_sft_learns_exact_answers(work):
     out = work / "sft-run"
-    assert main(["sft", "--config", str(REPO / "configs" / "sft_tiny.yaml"), "--no-progress",
-                 f"model={work / 'model'}", f"data.train={work / 'sft_train' / 'sft.jsonl'}",
-                 f"output_dir={out}"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "sft",
+                "--config",
+                str(REPO / "configs" / "sft_tiny.yaml"),
+                "--no-progress",
+                f"model={work / 'model'}",
+                f"data.train={work / 'sft_train' / 'sft.jsonl'}",
+                f"output_dir={out}",
+            ]
+        )
+        == 0
+    )
     model = api.load(out / "model")
     heldout = _records(work / "sft_heldout" / "sft.jsonl")
     requests = []
@@ -89,9 +126,20 @@ def test_sft_learns_exact_answers(work):
 
 
 def test_resume_after_sigkill_is_bit_identical(work, tmp_path):
-    args = [sys.executable, "-m", "qwen_audio_jax.cli.main", "dpo", "--config", CONFIG, "--no-progress",
-            f"model={work / 'model'}", f"data.train={work / 'train' / 'prefs.jsonl'}",
-            "train.steps=12", "checkpoint.every=3", "checkpoint.keep=5"]  # fmt: skip
+    args = [
+        sys.executable,
+        "-m",
+        "qwen_audio_jax.cli.main",
+        "dpo",
+        "--config",
+        CONFIG,
+        "--no-progress",
+        f"model={work / 'model'}",
+        f"data.train={work / 'train' / 'prefs.jsonl'}",
+        "train.steps=12",
+        "checkpoint.every=3",
+        "checkpoint.keep=5",
+    ]
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     full, part = tmp_path / "full", tmp_path / "part"
     subprocess.run(args + [f"output_dir={full}"], check=True, env=env, cwd=REPO, capture_output=True)
@@ -110,14 +158,23 @@ def test_resume_after_sigkill_is_bit_identical(work, tmp_path):
     got, want = _records(metrics), _records(full / "metrics.jsonl")
     assert [m["step"] for m in got] == list(range(1, 13))
     drop = ("tokens_per_s",)  # wall-clock
-    assert [{k: v for k, v in m.items() if k not in drop} for m in got] == \
-        [{k: v for k, v in m.items() if k not in drop} for m in want]  # fmt: skip
+    assert [{k: v for k, v in m.items() if k not in drop} for m in got] == [
+        {k: v for k, v in m.items() if k not in drop} for m in want
+    ]
 
 
 def test_non_finite_loss_stops_with_last_good_checkpoint(work, tmp_path, capsys):
     out = tmp_path / "nan"
-    status = _dpo(work, out, "optim.learning_rate=1e30", "optim.min_learning_rate=1e29", "optim.warmup_steps=0",
-                  "optim.clip_norm=0", "checkpoint.every=1", "train.steps=30")  # fmt: skip
+    status = _dpo(
+        work,
+        out,
+        "optim.learning_rate=1e30",
+        "optim.min_learning_rate=1e29",
+        "optim.warmup_steps=0",
+        "optim.clip_norm=0",
+        "checkpoint.every=1",
+        "train.steps=30",
+    )
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert status == 2 and err.startswith("error: step ") and "non-finite" in err and "last good checkpoint" in err
     good = int(err.split("last good checkpoint is step ")[1].split()[0])
@@ -133,8 +190,16 @@ def test_train_step_compiles_once_per_bucket_and_exports(work, tmp_path):
     from qwen_audio_jax.training.run import TrainingRun
     from qwen_audio_jax.training.run_config import load_run_config
 
-    cfg = load_run_config(CONFIG, [f"model={work / 'model'}", f"data.train={work / 'train' / 'prefs.jsonl'}",
-                                   f"output_dir={tmp_path / 'run'}", "train.steps=12", "train.batch_size=4"])  # fmt: skip
+    cfg = load_run_config(
+        CONFIG,
+        [
+            f"model={work / 'model'}",
+            f"data.train={work / 'train' / 'prefs.jsonl'}",
+            f"output_dir={tmp_path / 'run'}",
+            "train.steps=12",
+            "train.batch_size=4",
+        ],
+    )
     run = TrainingRun.build(cfg)
     train(run, progress=False)
     assert 1 <= run.compiled_programs() == len(run.shapes_seen) < 12
@@ -145,8 +210,21 @@ def test_train_step_compiles_once_per_bucket_and_exports(work, tmp_path):
 def test_precomputed_reference_equals_model_reference(work, tmp_path):
     a, b = tmp_path / "model-ref", tmp_path / "pre-ref"
     assert _dpo(work, a, "train.steps=3") == 0
-    assert main(["dpo", "--config", CONFIG, "--precompute-ref", "--no-progress",
-                 f"model={work / 'model'}", f"data.train={work / 'train' / 'prefs.jsonl'}", f"output_dir={b}"]) == 0
+    assert (
+        main(
+            [
+                "dpo",
+                "--config",
+                CONFIG,
+                "--precompute-ref",
+                "--no-progress",
+                f"model={work / 'model'}",
+                f"data.train={work / 'train' / 'prefs.jsonl'}",
+                f"output_dir={b}",
+            ]
+        )
+        == 0
+    )
     assert (b / "reference_logps.json").exists()
     assert _dpo(work, b, "train.steps=3", "reference.mode=precomputed") == 0
     for x, y in zip(_records(a / "metrics.jsonl"), _records(b / "metrics.jsonl")):

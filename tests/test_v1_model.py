@@ -98,8 +98,9 @@ def test_encoder_matches_the_oracle_per_clip(v1):
         mel, n = features(_wav(path))
         mels.append(mel.numpy()[:, :1000])
         lengths.append(n)
-    feats, n_tokens = module.apply({"params": model.params}, jnp.asarray(np.stack(mels)), jnp.asarray(lengths),
-                                   method="encode_audio")  # fmt: skip
+    feats, n_tokens = module.apply(
+        {"params": model.params}, jnp.asarray(np.stack(mels)), jnp.asarray(lengths), method="encode_audio"
+    )
     for c, path in enumerate(clips.values()):
         want = encode_audio(oracle, *features(_wav(path))).numpy()  # [bos, frames..., eos]
         n = int(n_tokens[c])
@@ -114,17 +115,24 @@ def _request(clips, *names, text="<|startoftranscript|><|en|><|transcribe|><|en|
 def test_logits_match_the_oracle_with_ntk_and_logn(v1):
     oracle, _, _, model, clips = v1
     module = build_module(model.config)
-    cases = ((_request(clips, "a", "b", "c"), ["a", "b", "c"]), (_request(clips, "a"), ["a"]),
-             ({"prompt": "Hello there, how are you?"}, []))  # fmt: skip
+    cases = (
+        (_request(clips, "a", "b", "c"), ["a", "b", "c"]),
+        (_request(clips, "a"), ["a"]),
+        ({"prompt": "Hello there, how are you?"}, []),
+    )
     for req, names in cases:
         p = model.processor.prepare(req)
         ids = np.asarray([p.token_ids], np.int32)
         mel = np.stack(p.mels)[:, :, :1000] if p.mels else None
-        hidden, _ = module.apply({"params": model.params}, jnp.asarray(ids), jnp.ones_like(jnp.asarray(ids)),
-                                 None if mel is None else jnp.asarray(mel),
-                                 None if mel is None else jnp.asarray(p.mel_lengths),
-                                 jnp.asarray([ntk_index(len(p.token_ids), model.config.decoder)]),
-                                 method="forward")  # fmt: skip
+        hidden, _ = module.apply(
+            {"params": model.params},
+            jnp.asarray(ids),
+            jnp.ones_like(jnp.asarray(ids)),
+            None if mel is None else jnp.asarray(mel),
+            None if mel is None else jnp.asarray(p.mel_lengths),
+            jnp.asarray([ntk_index(len(p.token_ids), model.config.decoder)]),
+            method="forward",
+        )
         got = np.asarray(module.apply({"params": model.params}, hidden, method="logits"))[0]
         want = prompt_logits(oracle, p.token_ids, [_wav(clips[n]) for n in names]).numpy()
         np.testing.assert_allclose(got, want, atol=LOGITS_ATOL, rtol=0)
@@ -136,13 +144,18 @@ def test_logits_match_the_oracle_with_ntk_and_logn(v1):
 def test_greedy_matches_the_oracle_through_recycled_slots(v1):
     """Four requests of different lengths and budgets on two slots: each equals the oracle run alone."""
     oracle, _, _, model, clips = v1
-    cases = [(_request(clips, "c"), ["c"], 20), (_request(clips, "b", text="<|startofanalysis|><|en|><|question|>"
-              "What is it?<|answer|>"), ["b"], 7), ({"prompt": "Tell me a story."}, [], 13),
-             (_request(clips, "a", "b"), ["a", "b"], 16)]  # fmt: skip
+    cases = [
+        (_request(clips, "c"), ["c"], 20),
+        (_request(clips, "b", text="<|startofanalysis|><|en|><|question|>What is it?<|answer|>"), ["b"], 7),
+        ({"prompt": "Tell me a story."}, [], 13),
+        (_request(clips, "a", "b"), ["a", "b"], 16),
+    ]
     engine = Engine(model.config, model.params, batch_size=2)
     opts = GenerationOptions(max_new_tokens=20)
-    reqs = [EngineRequest(i, model.processor.prepare(r), opts.for_request({"max_new_tokens": n}, str(i)))
-            for i, (r, _, n) in enumerate(cases)]  # fmt: skip
+    reqs = [
+        EngineRequest(i, model.processor.prepare(r), opts.for_request({"max_new_tokens": n}, str(i)))
+        for i, (r, _, n) in enumerate(cases)
+    ]
     got = dict(engine.run(ListSource(reqs)))
     for i, (_, names, n) in enumerate(cases):
         want = greedy(oracle, reqs[i].prepared.token_ids, [_wav(clips[x]) for x in names], n, STOP)
@@ -150,24 +163,49 @@ def test_greedy_matches_the_oracle_through_recycled_slots(v1):
 
 
 # Tag ids (docs/reference.md §3.5).
-TAGS = {"<|startoftranscript|>": 151852, "<|startofanalysis|>": 151853, "<|translate|>": 151854,
-        "<|transcribe|>": 151855, "<|caption|>": 151856, "<|keyword|>": 151857, "<|unknown|>": 151858,
-        "<|en|>": 151859, "<|zh|>": 151860, "<|de|>": 151861, "<|notimestamps|>": 151868, "<|timestamps|>": 151870,
-        "<|0.00|>": 151871, "<|caption_clotho|>": 154873, "<|itn|>": 154876, "<|wo_itn|>": 154877,
-        "<|emotion_recognition|>": 154887, "<|note_analysis|>": 154889, "<|question|>": 155152,
-        "<|answer|>": 155153, "<|scene|>": 155155, "<|vocal_classification|>": 155157}  # fmt: skip
+TAGS = {
+    "<|startoftranscript|>": 151852,
+    "<|startofanalysis|>": 151853,
+    "<|translate|>": 151854,
+    "<|transcribe|>": 151855,
+    "<|caption|>": 151856,
+    "<|keyword|>": 151857,
+    "<|unknown|>": 151858,
+    "<|en|>": 151859,
+    "<|zh|>": 151860,
+    "<|de|>": 151861,
+    "<|notimestamps|>": 151868,
+    "<|timestamps|>": 151870,
+    "<|0.00|>": 151871,
+    "<|caption_clotho|>": 154873,
+    "<|itn|>": 154876,
+    "<|wo_itn|>": 154877,
+    "<|emotion_recognition|>": 154887,
+    "<|note_analysis|>": 154889,
+    "<|question|>": 155152,
+    "<|answer|>": 155153,
+    "<|scene|>": 155155,
+    "<|vocal_classification|>": 155157,
+}
 
 
-@pytest.mark.parametrize("task,extra,tags", [
-    ("asr", {"lang": "en"}, "<|startoftranscript|><|en|><|transcribe|><|en|><|notimestamps|><|wo_itn|>"),
-    ("s2tt", {"lang": "en", "target": "de"}, "<|startoftranscript|><|en|><|translate|><|de|><|notimestamps|><|itn|>"),
-    ("caption", {}, "<|startofanalysis|><|unknown|><|caption|><|en|><|notimestamps|><|caption_clotho|>"),
-    ("ser", {}, "<|startofanalysis|><|en|><|keyword|><|en|><|notimestamps|><|emotion_recognition|>"),
-    ("vsc", {}, "<|startofanalysis|><|en|><|keyword|><|en|><|notimestamps|><|vocal_classification|>"),
-    ("asc", {}, "<|startofanalysis|><|unknown|><|keyword|><|en|><|notimestamps|><|scene|>"),
-    ("note", {}, "<|startofanalysis|><|unknown|><|keyword|><|en|><|notimestamps|><|note_analysis|>"),
-    ("srwt", {"lang": "zh"}, "<|startoftranscript|><|zh|><|transcribe|><|zh|><|timestamps|><|0.00|>"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "task,extra,tags",
+    [
+        ("asr", {"lang": "en"}, "<|startoftranscript|><|en|><|transcribe|><|en|><|notimestamps|><|wo_itn|>"),
+        (
+            "s2tt",
+            {"lang": "en", "target": "de"},
+            "<|startoftranscript|><|en|><|translate|><|de|><|notimestamps|><|itn|>",
+        ),
+        ("caption", {}, "<|startofanalysis|><|unknown|><|caption|><|en|><|notimestamps|><|caption_clotho|>"),
+        ("ser", {}, "<|startofanalysis|><|en|><|keyword|><|en|><|notimestamps|><|emotion_recognition|>"),
+        ("vsc", {}, "<|startofanalysis|><|en|><|keyword|><|en|><|notimestamps|><|vocal_classification|>"),
+        ("asc", {}, "<|startofanalysis|><|unknown|><|keyword|><|en|><|notimestamps|><|scene|>"),
+        ("note", {}, "<|startofanalysis|><|unknown|><|keyword|><|en|><|notimestamps|><|note_analysis|>"),
+        ("srwt", {"lang": "zh"}, "<|startoftranscript|><|zh|><|transcribe|><|zh|><|timestamps|><|0.00|>"),
+    ],
+)
 def test_task_prompts_are_the_tag_ids(v1, task, extra, tags):
     _, _, _, model, clips = v1
     p = model.processor.prepare(expand_task({"task": task, "audio": str(clips["a"]), **extra}, chat=False, v1=True))
@@ -178,8 +216,9 @@ def test_task_prompts_are_the_tag_ids(v1, task, extra, tags):
 
 def test_aqa_prompt_carries_the_question(v1):
     _, _, _, model, clips = v1
-    p = model.processor.prepare(expand_task({"task": "aqa", "audio": str(clips["a"]), "question": "Is it loud?"},
-                                            chat=False, v1=True))  # fmt: skip
+    p = model.processor.prepare(
+        expand_task({"task": "aqa", "audio": str(clips["a"]), "question": "Is it loud?"}, chat=False, v1=True)
+    )
     tail = p.token_ids[p.token_ids.index(155164) + 1 :]
     assert tail[:3] == [151853, 151859, 155152] and tail[-1] == 155153
     assert model.tokenizer.decode(tail[3:-1]) == "Is it loud?"
@@ -189,27 +228,68 @@ def test_word_timestamps(v1):
     tok = v1[3].tokenizer
     t = lambda s: tok.token_to_id(f"<|{s}|>")  # noqa: E731
     ids = [t("0.00"), *tok.encode("mister"), t("0.42"), t("0.42"), *tok.encode(" quilter"), t("0.95"), 151643]
-    assert parse_word_timestamps(ids, tok) == [{"word": "mister", "start": 0.0, "end": 0.42},
-                                               {"word": "quilter", "start": 0.42, "end": 0.95}]  # fmt: skip
+    assert parse_word_timestamps(ids, tok) == [
+        {"word": "mister", "start": 0.0, "end": 0.42},
+        {"word": "quilter", "start": 0.42, "end": 0.95},
+    ]
     assert parse_word_timestamps(tok.encode("no times here"), tok) is None
 
 
 def test_cli_generate_every_preset_and_score(v1, tmp_path):
     _, _, jax_dir, _, clips = v1
     a = str(clips["a"])
-    requests = [{"id": t, "task": t, "audio": a, **extra} for t, extra in (
-        ("asr", {}), ("s2tt", {"target": "zh"}), ("caption", {"style": "audiocaps"}), ("aqa", {"question": "Why?"}),
-        ("ser", {}), ("vsc", {}), ("asc", {}), ("note", {}), ("srwt", {}))]  # fmt: skip
+    requests = [
+        {"id": t, "task": t, "audio": a, **extra}
+        for t, extra in (
+            ("asr", {}),
+            ("s2tt", {"target": "zh"}),
+            ("caption", {"style": "audiocaps"}),
+            ("aqa", {"question": "Why?"}),
+            ("ser", {}),
+            ("vsc", {}),
+            ("asc", {}),
+            ("note", {}),
+            ("srwt", {}),
+        )
+    ]
     requests.append({"id": "bad-lang", "task": "asr", "audio": a, "lang": "xx"})
     (tmp_path / "in.jsonl").write_text("".join(json.dumps(r) + "\n" for r in requests))
-    assert main(["generate", "--model", str(jax_dir), "--input", str(tmp_path / "in.jsonl"), "--output",
-                 str(tmp_path / "out.jsonl"), "--max-new-tokens", "6", "--no-progress"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "generate",
+                "--model",
+                str(jax_dir),
+                "--input",
+                str(tmp_path / "in.jsonl"),
+                "--output",
+                str(tmp_path / "out.jsonl"),
+                "--max-new-tokens",
+                "6",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     out = {r["id"]: r for r in map(json.loads, (tmp_path / "out.jsonl").read_text().splitlines())}
     assert all(out[r["id"]]["error"] is None for r in requests[:-1]) and "unknown lang" in out["bad-lang"]["error"]
     scores = [{"id": "s", "prompt": f"<audio>{a}</audio>What is it?", "completion": "A tone."}]
     (tmp_path / "s.jsonl").write_text(json.dumps(scores[0]) + "\n")
-    assert main(["score", "--model", str(jax_dir), "--input", str(tmp_path / "s.jsonl"), "--output",
-                 str(tmp_path / "scores.jsonl"), "--no-progress"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "score",
+                "--model",
+                str(jax_dir),
+                "--input",
+                str(tmp_path / "s.jsonl"),
+                "--output",
+                str(tmp_path / "scores.jsonl"),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     (line,) = map(json.loads, (tmp_path / "scores.jsonl").read_text().splitlines())
     assert line["error"] is None and line["num_tokens"] > 0 and np.isfinite(line["logprob"])
 
@@ -225,8 +305,9 @@ def test_bad_v1_checkpoints_are_one_line_errors(v1, tmp_path, capsys):
     assert main(["convert", str(broken), str(tmp_path / "o1"), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "rotary_pct" in err and err.count("\n") == 1
-    (broken / "config.json").write_text(json.dumps({**cfg, "hidden_size": 96, "audio": {**cfg["audio"],
-                                                                                         "output_dim": 96}}))
+    (broken / "config.json").write_text(
+        json.dumps({**cfg, "hidden_size": 96, "audio": {**cfg["audio"], "output_dim": 96}})
+    )
     assert main(["convert", str(broken), str(tmp_path / "o2"), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "has shape" in err and err.count("\n") == 1 and not (tmp_path / "o2").exists()
@@ -245,12 +326,30 @@ def test_sft_on_a_v1_model_learns(v1, tmp_path):
     _, _, jax_dir, _, _ = v1
     train = write_preference_set(tmp_path / "train", 64, seed=2, preference=False)
     heldout = write_preference_set(tmp_path / "heldout", 16, seed=3, preference=False)
-    assert main(["sft", "--config", str(REPO / "configs" / "sft_tiny.yaml"), "--no-progress", f"model={jax_dir}",
-                 f"data.train={train}", f"output_dir={tmp_path / 'run'}", "optim.freeze_audio_encoder=false"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "sft",
+                "--config",
+                str(REPO / "configs" / "sft_tiny.yaml"),
+                "--no-progress",
+                f"model={jax_dir}",
+                f"data.train={train}",
+                f"output_dir={tmp_path / 'run'}",
+                "optim.freeze_audio_encoder=false",
+            ]
+        )
+        == 0
+    )
     model = api.load(tmp_path / "run" / "model")
     records = [json.loads(x) for x in heldout.read_text().splitlines()]
-    requests = [{"id": r["id"], "messages": json.loads(json.dumps(r["messages"][:-1]).replace(
-        '"s3_', f'"{heldout.parent}/s3_'))} for r in records]  # fmt: skip
+    requests = [
+        {
+            "id": r["id"],
+            "messages": json.loads(json.dumps(r["messages"][:-1]).replace('"s3_', f'"{heldout.parent}/s3_')),
+        }
+        for r in records
+    ]
     results = api.generate(model, requests, GenerationOptions(max_new_tokens=8))
     answers = [r["messages"][-1]["content"] for r in records]
     exact = np.mean([res["text"] == want for res, want in zip(results, answers)])

@@ -16,9 +16,16 @@ import pytest
 import torch
 
 from tests import _v1_reference as ref
-from tests._v1_checkpoint import (BASE_GENERATION_CONFIG, CHAT_GENERATION_CONFIG, INDEX_NAME, checkpoint_state_dict,
-                                  load_v1_checkpoint_dir, make_v1_checkpoint_dir, real_v1_spec,
-                                  spec_from_config)  # fmt: skip
+from tests._v1_checkpoint import (
+    BASE_GENERATION_CONFIG,
+    CHAT_GENERATION_CONFIG,
+    INDEX_NAME,
+    checkpoint_state_dict,
+    load_v1_checkpoint_dir,
+    make_v1_checkpoint_dir,
+    real_v1_spec,
+    spec_from_config,
+)
 
 TINY = dataclasses.replace(ref.V1Spec(), seq_length=32)  # NTK / logn switch on past 32 tokens
 
@@ -57,20 +64,40 @@ def _reference_3_6_table() -> dict[str, tuple[int, ...]]:
     t = {"transformer.wte.weight": (155947, 4096), "transformer.ln_f.weight": (4096,), "lm_head.weight": (155947, 4096)}
     for i in range(32):
         p = f"transformer.h.{i}."
-        t |= {p + "ln_1.weight": (4096,), p + "attn.c_attn.weight": (12288, 4096), p + "attn.c_attn.bias": (12288,),
-              p + "attn.c_proj.weight": (4096, 4096), p + "ln_2.weight": (4096,), p + "mlp.w1.weight": (11008, 4096),
-              p + "mlp.w2.weight": (11008, 4096), p + "mlp.c_proj.weight": (4096, 11008)}  # fmt: skip
+        t |= {
+            p + "ln_1.weight": (4096,),
+            p + "attn.c_attn.weight": (12288, 4096),
+            p + "attn.c_attn.bias": (12288,),
+            p + "attn.c_proj.weight": (4096, 4096),
+            p + "ln_2.weight": (4096,),
+            p + "mlp.w1.weight": (11008, 4096),
+            p + "mlp.w2.weight": (11008, 4096),
+            p + "mlp.c_proj.weight": (4096, 11008),
+        }
     a = "transformer.audio."
-    t |= {a + "conv1.weight": (1280, 80, 3), a + "conv1.bias": (1280,), a + "conv2.weight": (1280, 1280, 3),
-          a + "conv2.bias": (1280,), a + "positional_embedding": (1500, 1280), a + "ln_post.weight": (1280,),
-          a + "ln_post.bias": (1280,), a + "proj.weight": (4096, 1280), a + "proj.bias": (4096,),
-          a + "audio_bos_eos_token.weight": (2, 4096)}  # fmt: skip
+    t |= {
+        a + "conv1.weight": (1280, 80, 3),
+        a + "conv1.bias": (1280,),
+        a + "conv2.weight": (1280, 1280, 3),
+        a + "conv2.bias": (1280,),
+        a + "positional_embedding": (1500, 1280),
+        a + "ln_post.weight": (1280,),
+        a + "ln_post.bias": (1280,),
+        a + "proj.weight": (4096, 1280),
+        a + "proj.bias": (4096,),
+        a + "audio_bos_eos_token.weight": (2, 4096),
+    }
     for i in range(32):
         p = f"{a}blocks.{i}."
         for n in ("query", "value", "out"):
             t |= {p + f"attn.{n}.weight": (1280, 1280), p + f"attn.{n}.bias": (1280,)}
-        t |= {p + "attn.key.weight": (1280, 1280), p + "mlp.0.weight": (5120, 1280), p + "mlp.0.bias": (5120,),
-              p + "mlp.2.weight": (1280, 5120), p + "mlp.2.bias": (1280,)}  # fmt: skip
+        t |= {
+            p + "attn.key.weight": (1280, 1280),
+            p + "mlp.0.weight": (5120, 1280),
+            p + "mlp.0.bias": (5120,),
+            p + "mlp.2.weight": (1280, 5120),
+            p + "mlp.2.bias": (1280,),
+        }
         for n in ("attn_ln", "mlp_ln"):
             t |= {p + f"{n}.weight": (1280,), p + f"{n}.bias": (1280,)}
     return t
@@ -110,10 +137,13 @@ def test_config_json_is_qwen_audios():
 
 
 # ----------------------------------------------------------------------------------------------- (b)-(d) formulas
-@pytest.mark.parametrize("seq_length, table", [
-    (2048, {1: 1, 100: 1, 2048: 1, 2049: 3, 3000: 3, 4096: 3, 4097: 7, 8192: 7, 8193: 15, 16384: 15, 16385: 31}),
-    (32, {1: 1, 32: 1, 33: 3, 47: 3, 64: 3, 65: 7, 128: 7, 129: 15}),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "seq_length, table",
+    [
+        (2048, {1: 1, 100: 1, 2048: 1, 2049: 3, 3000: 3, 4096: 3, 4097: 7, 8192: 7, 8193: 15, 16384: 15, 16385: 31}),
+        (32, {1: 1, 32: 1, 33: 3, 47: 3, 64: 3, 65: 7, 128: 7, 129: 15}),
+    ],
+)
 def test_ntk_alpha_table(seq_length, table):
     # docs/reference.md §3.4: max(2**ceil(log2(L/s) + 1) - 1, 1): 1 up to s, then 3 on (s, 2s], 7 on (2s, 4s], ...
     assert {n: ref.ntk_alpha(n, seq_length) for n in table} == table
@@ -171,8 +201,9 @@ def test_features_front_end():
     assert ref.features(np.concatenate([wav] * 20))[1] == 3000  # trimmed to 30 s
 
 
-@pytest.mark.parametrize("n_samples, span", [(480, 3), (8000, 14), (16159, 27), (37777, 61), (480000, 752),
-                                             (600000, 752)])  # fmt: skip
+@pytest.mark.parametrize(
+    "n_samples, span", [(480, 3), (8000, 14), (16159, 27), (37777, 61), (480000, 752), (600000, 752)]
+)
 def test_encoder_output_length(tiny, n_samples, span):
     # hand-computed: mel_len = L//160; after_cnn = (m-1)//2+1; tokens = (a-2)//2+1; span = tokens + 2
     mel, mel_len = ref.features(_clip(n_samples))
@@ -252,8 +283,17 @@ def test_checkpoint_dir_roundtrip(tmp_path, shards):
     files = sorted(p.name for p in d.iterdir())
     weights = ["model.safetensors"] if shards == 1 else [f"model-0000{i}-of-00003.safetensors" for i in (1, 2, 3)]
     extra = [] if shards == 1 else [INDEX_NAME]
-    assert files == sorted(["config.json", "generation_config.json", "mel_filters.npz", "qwen.tiktoken",
-                            "tokenizer_config.json", *weights, *extra])  # fmt: skip
+    assert files == sorted(
+        [
+            "config.json",
+            "generation_config.json",
+            "mel_filters.npz",
+            "qwen.tiktoken",
+            "tokenizer_config.json",
+            *weights,
+            *extra,
+        ]
+    )
     want = ref.init_random(TINY, seed=7).state_dict()
     got = checkpoint_state_dict(d)
     assert sorted(got) == sorted(want) and all(torch.equal(got[k], want[k]) for k in want)
@@ -268,7 +308,8 @@ def test_checkpoint_dir_roundtrip(tmp_path, shards):
     gen = json.loads((d / "generation_config.json").read_text())
     assert gen == (CHAT_GENERATION_CONFIG if shards == 1 else BASE_GENERATION_CONFIG)
     assert hashlib.sha256((d / "qwen.tiktoken").read_bytes()).hexdigest() == (
-        "b2b1b8dfb5cc5f024bafc373121c6aba3f66f9a5a0269e243470a1de16a33186")  # docs/reference.md §4.1
+        "b2b1b8dfb5cc5f024bafc373121c6aba3f66f9a5a0269e243470a1de16a33186"
+    )  # docs/reference.md §4.1
     with np.load(d / "mel_filters.npz") as f:
         assert f["mel_80"].shape == (80, 201) and f["mel_80"].dtype == np.float32
     assert ref.init_random(TINY, seed=8).state_dict()["lm_head.weight"].ne(want["lm_head.weight"]).any()

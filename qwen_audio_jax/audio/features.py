@@ -56,7 +56,7 @@ def _mel_to_hz_slaney(m: np.ndarray) -> np.ndarray:
     return np.where(m >= 15.0, 1000.0 * np.exp((np.log(6.4) / 27.0) * (m - 15.0)), 200.0 * m / 3.0)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _mel_filter_bank_f64(n_mels: int, sampling_rate: int, n_fft: int) -> np.ndarray:
     n_bins = n_fft // 2 + 1
     fmax = sampling_rate / 2.0  # Whisper passes max_frequency=8000.0, which is sr/2 at 16 kHz.
@@ -82,7 +82,7 @@ def mel_filter_bank(n_mels: int, sampling_rate: int = SAMPLE_RATE, n_fft: int = 
     return _mel_filter_bank_f64(int(n_mels), int(sampling_rate), int(n_fft)).astype(np.float32)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _hann_window() -> np.ndarray:
     """(400,) float32 periodic Hann, rounded the way the reference's torch.hann_window(400) rounds it.
 
@@ -184,7 +184,7 @@ def _frames(x_N: jax.Array) -> jax.Array:
     return jnp.stack(phases, axis=1).reshape(N_FRAMES, N_FFT)  # [k, j] -> frame 5k + j
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _mel_bands(n_mels: int, groups: int = 8) -> tuple[tuple[int, int, np.ndarray], ...]:
     """The filter bank cut into `groups` blocks of consecutive mels, each with the contiguous bin range it touches.
 

@@ -89,9 +89,15 @@ def bucket_sizes(inputs: ModelInputs | None, buckets: Buckets) -> tuple[int, int
     return t, buckets.num_clips(len(inputs.mel)), buckets.mel_frames(int(inputs.mel_lengths.max()))
 
 
-def to_buckets(inputs: ModelInputs | None, buckets: Buckets, batch_size: int, pad_id: int,
-               sizes: tuple[int, int, int] | None = None, n_mels: int = 128,
-               padding_side: str = "left") -> BucketedBatch:  # fmt: skip
+def to_buckets(
+    inputs: ModelInputs | None,
+    buckets: Buckets,
+    batch_size: int,
+    pad_id: int,
+    sizes: tuple[int, int, int] | None = None,
+    n_mels: int = 128,
+    padding_side: str = "left",
+) -> BucketedBatch:
     """Pads a ModelInputs collated with `padding_side` to (batch_size, length bucket) and its clips to
     (clip, frame) buckets.
 

@@ -169,6 +169,8 @@ def param_metadata(model_dir: str | Path) -> dict[str, tuple[tuple[int, ...], np
     try:
         meta = ocp.metadata(Path(model_dir).absolute() / PARAMS_DIR).metadata
     except (ValueError, KeyError, FileNotFoundError) as e:
-        raise CheckpointError(f"{model_dir}: cannot read the params' metadata ({e}); the model dir is incomplete.") from e
+        raise CheckpointError(
+            f"{model_dir}: cannot read the params' metadata ({e}); the model dir is incomplete."
+        ) from e
     flat = traverse_util.flatten_dict(meta, sep="/")
     return {k: (tuple(v.shape), np.dtype(v.dtype)) for k, v in flat.items()}

@@ -19,8 +19,8 @@ import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from qwen_audio_jax.errors import DataError, OutputError
 
@@ -76,14 +76,17 @@ def remove_stale_temps(dst: Path, warn=None) -> list[Path]:
             shutil.rmtree(p, ignore_errors=True)
             removed.append(p)
     if removed:
-        warn(f"warning: removed {len(removed)} unfinished temporary director{'y' if len(removed) == 1 else 'ies'} "
-             f"left by an interrupted run: {', '.join(str(p) for p in removed)}")  # fmt: skip
+        warn(
+            f"warning: removed {len(removed)} unfinished temporary director{'y' if len(removed) == 1 else 'ies'} "
+            f"left by an interrupted run: {', '.join(str(p) for p in removed)}"
+        )
     return removed
 
 
 @contextlib.contextmanager
-def atomic_directory(dst: str | Path, kind: str, *, sources: tuple = (), overwrite: bool = False,
-                     warn=None) -> Iterator[Path]:  # fmt: skip
+def atomic_directory(
+    dst: str | Path, kind: str, *, sources: tuple = (), overwrite: bool = False, warn=None
+) -> Iterator[Path]:
     """Yields a fresh, marked temp dir beside `dst`; on success it replaces `dst`, on any error it is deleted."""
     dst = check_destination(dst, sources=sources, overwrite=overwrite)
     dst.parent.mkdir(parents=True, exist_ok=True)
@@ -108,8 +111,10 @@ def check_result_file(output: str | Path, *, input_path: str | Path | None, resu
     """Checks a results JSONL destination before a job starts (OutputError, one sentence, nothing touched)."""
     output = Path(output).absolute()
     if resume and overwrite:
-        raise OutputError("--resume and --overwrite contradict each other: resume keeps the results, overwrite "
-                          "replaces them; pass one.")  # fmt: skip
+        raise OutputError(
+            "--resume and --overwrite contradict each other: resume keeps the results, overwrite "
+            "replaces them; pass one."
+        )
     if input_path is not None and output.exists() and Path(input_path).exists():
         if os.path.samefile(output, input_path):
             raise OutputError(f"the output {output} is the input file; choose another output path.")
@@ -121,8 +126,10 @@ def check_result_file(output: str | Path, *, input_path: str | Path | None, resu
         if not overwrite:
             raise OutputError(f"{output} already exists; pass --resume to continue it or --overwrite to replace it.")
         if not looks_like_results(output):
-            raise OutputError(f"{output} exists and is not a results file written by qwen-audio-jax, so "
-                              "--overwrite will not replace it; choose another output path.")  # fmt: skip
+            raise OutputError(
+                f"{output} exists and is not a results file written by qwen-audio-jax, so "
+                "--overwrite will not replace it; choose another output path."
+            )
     if not output.parent.exists():
         try:
             output.parent.mkdir(parents=True, exist_ok=True)

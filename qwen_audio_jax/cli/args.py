@@ -14,7 +14,7 @@ def _number(kind, ok, allowed: str):
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}")
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
         if kind is float and not math.isfinite(value):
             raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
         if not ok(value):
@@ -38,17 +38,32 @@ ATTENTION = ("auto", "xla", "dot_product")
 
 def add_runtime_flags(p: argparse.ArgumentParser, *, mesh_help: str | None = None) -> None:
     """--mesh, --dtype, --attention, --compilation-cache, --distributed, --no-progress."""
-    p.add_argument("--mesh", default=None, metavar="SPEC",
-                   help=mesh_help or "device mesh, e.g. data=8 or data=2,fsdp=2,tensor=2 (-1 = the remaining "
-                   "devices); default: one device")  # fmt: skip
-    p.add_argument("--dtype", choices=DTYPES, default=None,
-                   help="compute dtype (default: bfloat16 on accelerators, float32 on CPU)")
-    p.add_argument("--attention", choices=ATTENTION, default="auto",
-                   help="attention implementation (default auto: cuDNN flash attention via "
-                   "jax.nn.dot_product_attention on GPU, the XLA einsum path elsewhere)")  # fmt: skip
+    p.add_argument(
+        "--mesh",
+        default=None,
+        metavar="SPEC",
+        help=mesh_help
+        or "device mesh, e.g. data=8 or data=2,fsdp=2,tensor=2 (-1 = the remaining devices); default: one device",
+    )
+    p.add_argument(
+        "--dtype",
+        choices=DTYPES,
+        default=None,
+        help="compute dtype (default: bfloat16 on accelerators, float32 on CPU)",
+    )
+    p.add_argument(
+        "--attention",
+        choices=ATTENTION,
+        default="auto",
+        help="attention implementation (default auto: cuDNN flash attention via "
+        "jax.nn.dot_product_attention on GPU, the XLA einsum path elsewhere)",
+    )
     p.add_argument("--compilation-cache", default=None, metavar="DIR", help=CACHE_FLAG_HELP)
-    p.add_argument("--distributed", action="store_true",
-                   help="call jax.distributed.initialize() first (multi-host: run the same command on every host)")
+    p.add_argument(
+        "--distributed",
+        action="store_true",
+        help="call jax.distributed.initialize() first (multi-host: run the same command on every host)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 

@@ -15,12 +15,20 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("src", help="HF checkpoint directory (e.g. a local copy of Qwen/Qwen2-Audio-7B-Instruct)")
     p.add_argument("dst", help="output model directory (must not exist unless --overwrite)")
-    p.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float32"],
-                   help="stored param dtype (default auto: each tensor's source dtype)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace DST if it is a model dir written by qwen-audio-jax")
-    p.add_argument("--allow-pickle", action="store_true",
-                   help="also accept pickled pytorch_model*.bin (loaded with torch, weights_only=True)")
+    p.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", "bfloat16", "float32"],
+        help="stored param dtype (default auto: each tensor's source dtype)",
+    )
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace DST if it is a model dir written by qwen-audio-jax"
+    )
+    p.add_argument(
+        "--allow-pickle",
+        action="store_true",
+        help="also accept pickled pytorch_model*.bin (loaded with torch, weights_only=True)",
+    )
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_convert)
 
@@ -33,8 +41,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("src", help="model directory written by `convert` or by training")
     p.add_argument("dst", help="output HF directory")
     p.add_argument("--max-shard-size", default="5GB", help="largest safetensors shard (e.g. 5GB, 500MB)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace DST if it is a directory written by qwen-audio-jax")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace DST if it is a directory written by qwen-audio-jax"
+    )
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_export)
 
@@ -42,8 +51,14 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 def _convert(args) -> int:
     from qwen_audio_jax.conversion.hf_to_jax import convert
 
-    convert(args.src, args.dst, dtype=args.dtype, overwrite=args.overwrite, allow_pickle=args.allow_pickle,
-            progress=not args.no_progress)  # fmt: skip
+    convert(
+        args.src,
+        args.dst,
+        dtype=args.dtype,
+        overwrite=args.overwrite,
+        allow_pickle=args.allow_pickle,
+        progress=not args.no_progress,
+    )
     return 0
 
 
@@ -51,6 +66,7 @@ def _export(args) -> int:
     from qwen_audio_jax.conversion.jax_to_hf import export_hf, parse_size
 
     parse_size(args.max_shard_size)  # a bad size is refused before anything is read
-    export_hf(args.src, args.dst, max_shard_size=args.max_shard_size, overwrite=args.overwrite,
-              progress=not args.no_progress)  # fmt: skip
+    export_hf(
+        args.src, args.dst, max_shard_size=args.max_shard_size, overwrite=args.overwrite, progress=not args.no_progress
+    )
     return 0

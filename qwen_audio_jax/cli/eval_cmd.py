@@ -11,25 +11,36 @@ TASKS = ("asr", "s2tt", "ser", "vsc", "aqa", "caption")  # = qwen_audio_jax.eval
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "eval", help="generate with the task's reference prompt and score like the official scripts",
+        "eval",
+        help="generate with the task's reference prompt and score like the official scripts",
         description="With --model: generate every manifest entry (greedy, the official decoding) and score. With "
         "--predictions: score an existing results file. Writes OUTPUT/metrics.json and OUTPUT/errors.jsonl.",
-    )  # fmt: skip
+    )
     p.add_argument("--task", required=True, choices=TASKS)
-    p.add_argument("--manifest", required=True,
-                   help='JSONL: {"id", "audio", "reference", "source", "language", ["target_language"], '
-                   '["prompt"], ["question"]}')  # fmt: skip
+    p.add_argument(
+        "--manifest",
+        required=True,
+        help='JSONL: {"id", "audio", "reference", "source", "language", ["target_language"], ["prompt"], ["question"]}',
+    )
     p.add_argument("--output", required=True, help="output directory (metrics.json, errors.jsonl, predictions)")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--model", help="model dir: generate the predictions first")
     src.add_argument("--predictions", help="an existing generate results JSONL to score")
-    p.add_argument("--variant", choices=["qwen2_audio", "qwen_audio_v1"], default=None,
-                   help="whose official rules score the predictions (default: the model's; qwen2_audio for "
-                   "--predictions)")  # fmt: skip
+    p.add_argument(
+        "--variant",
+        choices=["qwen2_audio", "qwen_audio_v1"],
+        default=None,
+        help="whose official rules score the predictions (default: the model's; qwen2_audio for --predictions)",
+    )
     p.add_argument("--batch-size", type=positive_int, default=8, help="decode slots (scores do not depend on it)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted generation in OUTPUT")
-    p.add_argument("--chat", dest="chat", action="store_true", default=None,
-                   help="use the chat presets (default: when the checkpoint is a chat model)")
+    p.add_argument(
+        "--chat",
+        dest="chat",
+        action="store_true",
+        default=None,
+        help="use the chat presets (default: when the checkpoint is a chat model)",
+    )
     p.add_argument("--no-chat", dest="chat", action="store_false")
     p.add_argument("--long-audio", choices=["truncate", "chunk"], default="truncate")
     add_runtime_flags(p)
@@ -44,9 +55,18 @@ def _eval(args) -> int:
         from qwen_audio_jax.cli.infer_cmd import load_model
 
         model, _ = load_model(args)
-    result = evaluate(args.task, args.manifest, args.output, model=model, predictions=args.predictions,
-                      batch_size=args.batch_size, chat=args.chat, resume=args.resume, variant=args.variant,
-                      progress=not args.no_progress)  # fmt: skip
+    result = evaluate(
+        args.task,
+        args.manifest,
+        args.output,
+        model=model,
+        predictions=args.predictions,
+        batch_size=args.batch_size,
+        chat=args.chat,
+        resume=args.resume,
+        variant=args.variant,
+        progress=not args.no_progress,
+    )
     print(result["table"])
     print(f"-> {result['output']}/metrics.json, errors.jsonl")
     return 0

@@ -23,40 +23,73 @@ from qwen_audio_jax.cli.args import (
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="model dir written by `qwen-audio-jax convert` (or training)")
-    p.add_argument("--input", required=True, help="request JSONL (one JSON object per line, each with an \"id\")")
+    p.add_argument("--input", required=True, help='request JSONL (one JSON object per line, each with an "id")')
     p.add_argument("--output", required=True, help="result JSONL (one line per request)")
-    p.add_argument("--batch-size", type=positive_int, default=8,
-                   help="decode slots (generate) or rows per step (score); rounded up to the mesh's batch axes")
-    p.add_argument("--resume", action="store_true",
-                   help="continue an interrupted run: keep finished lines, skip their ids")
-    p.add_argument("--retry-errors", action="store_true",
-                   help="with --resume: also run again the requests whose result is an error")
+    p.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=8,
+        help="decode slots (generate) or rows per step (score); rounded up to the mesh's batch axes",
+    )
+    p.add_argument(
+        "--resume", action="store_true", help="continue an interrupted run: keep finished lines, skip their ids"
+    )
+    p.add_argument(
+        "--retry-errors",
+        action="store_true",
+        help="with --resume: also run again the requests whose result is an error",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing results file")
-    p.add_argument("--long-audio", choices=["truncate", "chunk"], default="truncate",
-                   help="clips over 30 s: keep the first 30 s (reference) or split into 30 s clips")
-    p.add_argument("--workers", type=positive_int, default=None,
-                   help="threads preparing requests (audio, features, tokens) ahead of the device")
-    p.add_argument("--chat", dest="chat", action="store_true", default=None,
-                   help="task presets use chat turns (default: when the checkpoint is a chat model)")
+    p.add_argument(
+        "--long-audio",
+        choices=["truncate", "chunk"],
+        default="truncate",
+        help="clips over 30 s: keep the first 30 s (reference) or split into 30 s clips",
+    )
+    p.add_argument(
+        "--workers",
+        type=positive_int,
+        default=None,
+        help="threads preparing requests (audio, features, tokens) ahead of the device",
+    )
+    p.add_argument(
+        "--chat",
+        dest="chat",
+        action="store_true",
+        default=None,
+        help="task presets use chat turns (default: when the checkpoint is a chat model)",
+    )
     p.add_argument("--no-chat", dest="chat", action="store_false")
     add_runtime_flags(p)
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("generate", help="batch inference: request JSONL -> result JSONL",
-                       description="Generates a reply for every request line with continuous batching; a bad "
-                       "request gets an error line and every other request is answered.")  # fmt: skip
+    p = sub.add_parser(
+        "generate",
+        help="batch inference: request JSONL -> result JSONL",
+        description="Generates a reply for every request line with continuous batching; a bad "
+        "request gets an error line and every other request is answered.",
+    )
     _common(p)
-    p.add_argument("--max-new-tokens", type=positive_int, default=256,
-                   help="token budget per request (a request line's own max_new_tokens wins)")
+    p.add_argument(
+        "--max-new-tokens",
+        type=positive_int,
+        default=256,
+        help="token budget per request (a request line's own max_new_tokens wins)",
+    )
     p.add_argument("--min-new-tokens", type=nonneg_int, default=0)
     p.add_argument("--temperature", type=nonneg_float, default=0.0, help="0 = greedy (default)")
     p.add_argument("--top-k", type=nonneg_int, default=0, help="0 = off")
     p.add_argument("--top-p", type=probability, default=1.0, help="1.0 = off")
     p.add_argument("--repetition-penalty", type=positive_float, default=1.0, help="1.0 = off")
     p.add_argument("--seed", type=seed_int, default=0)
-    p.add_argument("--stop-id", type=nonneg_int, action="append", default=None,
-                   help="extra stop token id (repeatable); the model's own stop ids always stop")
+    p.add_argument(
+        "--stop-id",
+        type=nonneg_int,
+        action="append",
+        default=None,
+        help="extra stop token id (repeatable); the model's own stop ids always stop",
+    )
     p.add_argument("--logprobs", action="store_true", help="add per-token log-probs to each result")
     p.set_defaults(func=_generate)
 
@@ -71,8 +104,9 @@ def load_model(args):
     start_runtime(args)
     from qwen_audio_jax.api import load
 
-    model = load(args.model, dtype=compute_dtype(args), mesh=args.mesh, long_audio=args.long_audio,
-                 attention=args.attention)  # fmt: skip
+    model = load(
+        args.model, dtype=compute_dtype(args), mesh=args.mesh, long_audio=args.long_audio, attention=args.attention
+    )
     return model, time.perf_counter() - t0
 
 
@@ -87,16 +121,31 @@ def _generate(args) -> int:
     from qwen_audio_jax.jobs.generate import GenerateJob
 
     options = GenerationOptions(
-        max_new_tokens=args.max_new_tokens, min_new_tokens=args.min_new_tokens, temperature=args.temperature,
-        top_k=args.top_k, top_p=args.top_p, repetition_penalty=args.repetition_penalty,
-        stop_ids=tuple(args.stop_id or ()), seed=args.seed, return_logprobs=args.logprobs,
-    )  # fmt: skip
+        max_new_tokens=args.max_new_tokens,
+        min_new_tokens=args.min_new_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        repetition_penalty=args.repetition_penalty,
+        stop_ids=tuple(args.stop_id or ()),
+        seed=args.seed,
+        return_logprobs=args.logprobs,
+    )
     _check_paths(args)
     model, load_s = load_model(args)
-    job = GenerateJob(model, options, batch_size=args.batch_size, chat=args.chat,
-                      base_dir=Path(args.input).absolute().parent)  # fmt: skip
-    summary = run_file(job, args.input, args.output, resume=args.resume, overwrite=args.overwrite,
-                       retry_errors=args.retry_errors, progress=not args.no_progress, workers=args.workers)  # fmt: skip
+    job = GenerateJob(
+        model, options, batch_size=args.batch_size, chat=args.chat, base_dir=Path(args.input).absolute().parent
+    )
+    summary = run_file(
+        job,
+        args.input,
+        args.output,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        retry_errors=args.retry_errors,
+        progress=not args.no_progress,
+        workers=args.workers,
+    )
     return _finish(args, summary, load_s)
 
 
@@ -107,8 +156,16 @@ def _score(args) -> int:
     _check_paths(args)
     model, load_s = load_model(args)
     job = ScoreJob(model, batch_size=args.batch_size, base_dir=Path(args.input).absolute().parent)
-    summary = run_file(job, args.input, args.output, resume=args.resume, overwrite=args.overwrite,
-                       retry_errors=args.retry_errors, progress=not args.no_progress, workers=args.workers)  # fmt: skip
+    summary = run_file(
+        job,
+        args.input,
+        args.output,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        retry_errors=args.retry_errors,
+        progress=not args.no_progress,
+        workers=args.workers,
+    )
     return _finish(args, summary, load_s)
 
 

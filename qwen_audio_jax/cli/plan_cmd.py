@@ -20,41 +20,93 @@ from qwen_audio_jax.errors import ConfigError
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     from qwen_audio_jax.sharding.planner import DEFAULT_MARGIN, DEVICE_MEMORY_GIB, REMAT_POLICIES
 
-    p = sub.add_parser("plan", help="per-device memory plan (weights, optimizer, KV cache, activations) for a mesh",
-                       description="Estimates per-device bytes without allocating anything: weights and optimizer "
-                       "state exactly from the param shardings, KV cache exactly, activations as a documented "
-                       "estimate. Batch = sequences per step (for DPO: chosen + rejected).")  # fmt: skip
-    p.add_argument("--model", required=True,
-                   help="preset name (qwen2_audio_7b, tiny) or a model dir written by `qwen-audio-jax convert`")
-    p.add_argument("--mesh", default="data=1", metavar="SPEC",
-                   help="mesh with explicit sizes, e.g. data=2,fsdp=4,tensor=1 (default: one device)")
-    p.add_argument("--batch", type=positive_int, required=True,
-                   help="sequences in memory at once (one micro-batch; DPO: chosen + rejected), padded up to the "
-                   "batch axes")
-    p.add_argument("--max-len", type=positive_int, required=True,
-                   help="tokens per sequence: the KV cache length for inference (prompt + new tokens)")
-    p.add_argument("--prompt-len", type=positive_int, default=None, help="inference prefill length (default: --max-len)")
+    p = sub.add_parser(
+        "plan",
+        help="per-device memory plan (weights, optimizer, KV cache, activations) for a mesh",
+        description="Estimates per-device bytes without allocating anything: weights and optimizer "
+        "state exactly from the param shardings, KV cache exactly, activations as a documented "
+        "estimate. Batch = sequences per step (for DPO: chosen + rejected).",
+    )
+    p.add_argument(
+        "--model",
+        required=True,
+        help="preset name (qwen2_audio_7b, tiny) or a model dir written by `qwen-audio-jax convert`",
+    )
+    p.add_argument(
+        "--mesh",
+        default="data=1",
+        metavar="SPEC",
+        help="mesh with explicit sizes, e.g. data=2,fsdp=4,tensor=1 (default: one device)",
+    )
+    p.add_argument(
+        "--batch",
+        type=positive_int,
+        required=True,
+        help="sequences in memory at once (one micro-batch; DPO: chosen + rejected), padded up to the batch axes",
+    )
+    p.add_argument(
+        "--max-len",
+        type=positive_int,
+        required=True,
+        help="tokens per sequence: the KV cache length for inference (prompt + new tokens)",
+    )
+    p.add_argument(
+        "--prompt-len", type=positive_int, default=None, help="inference prefill length (default: --max-len)"
+    )
     p.add_argument("--train", action="store_true", help="plan a training step (AdamW) instead of inference")
-    p.add_argument("--param-dtype", choices=["bfloat16", "float32"], default=None,
-                   help="stored params (default: the compute dtype for inference, float32 for training)")
+    p.add_argument(
+        "--param-dtype",
+        choices=["bfloat16", "float32"],
+        default=None,
+        help="stored params (default: the compute dtype for inference, float32 for training)",
+    )
     p.add_argument("--compute-dtype", choices=["bfloat16", "float32"], default="bfloat16")
-    p.add_argument("--freeze-audio-encoder", action=argparse.BooleanOptionalAction, default=True,
-                   help="training: no gradients or optimizer state for audio_tower/* (default: frozen)")
-    p.add_argument("--freeze-projector", action=argparse.BooleanOptionalAction, default=False,
-                   help="training: no gradients or optimizer state for the projector (default: trained)")
-    p.add_argument("--grad-accum", type=positive_int, default=1,
-                   help="training: micro-batches per step; --batch is one micro-batch (adds a gradient accumulator)")
-    p.add_argument("--reference", choices=["none", "precomputed", "model"], default="none",
-                   help="training (DPO): 'model' keeps a frozen fp32 reference copy in memory")
-    p.add_argument("--remat", choices=list(REMAT_POLICIES), default="none",
-                   help="training: what each layer saves for the backward pass (default: none = save all)")
+    p.add_argument(
+        "--freeze-audio-encoder",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="training: no gradients or optimizer state for audio_tower/* (default: frozen)",
+    )
+    p.add_argument(
+        "--freeze-projector",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="training: no gradients or optimizer state for the projector (default: trained)",
+    )
+    p.add_argument(
+        "--grad-accum",
+        type=positive_int,
+        default=1,
+        help="training: micro-batches per step; --batch is one micro-batch (adds a gradient accumulator)",
+    )
+    p.add_argument(
+        "--reference",
+        choices=["none", "precomputed", "model"],
+        default="none",
+        help="training (DPO): 'model' keeps a frozen fp32 reference copy in memory",
+    )
+    p.add_argument(
+        "--remat",
+        choices=list(REMAT_POLICIES),
+        default="none",
+        help="training: what each layer saves for the backward pass (default: none = save all)",
+    )
     dev = p.add_mutually_exclusive_group()
-    dev.add_argument("--device", default=None, metavar="NAME",
-                     help="say whether the plan fits this accelerator (" +
-                     ", ".join(f"{k} {v} GiB" for k, v in DEVICE_MEMORY_GIB.items()) + ")")  # fmt: skip
+    dev.add_argument(
+        "--device",
+        default=None,
+        metavar="NAME",
+        help="say whether the plan fits this accelerator ("
+        + ", ".join(f"{k} {v} GiB" for k, v in DEVICE_MEMORY_GIB.items())
+        + ")",
+    )
     dev.add_argument("--device-memory", default=None, metavar="SIZE", help="memory per device, e.g. 16GiB or 80GB")
-    p.add_argument("--margin", type=probability, default=DEFAULT_MARGIN,
-                   help=f"usable fraction of device memory (default {DEFAULT_MARGIN}: XLA scratch, fragmentation)")
+    p.add_argument(
+        "--margin",
+        type=probability,
+        default=DEFAULT_MARGIN,
+        help=f"usable fraction of device memory (default {DEFAULT_MARGIN}: XLA scratch, fragmentation)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     p.set_defaults(func=_plan)
 
@@ -112,11 +164,20 @@ def _plan(args) -> int:
     elif args.device_memory is not None:
         memory = parse_bytes(args.device_memory)
     request = planner.PlanRequest(
-        mesh=mesh, batch=args.batch, max_len=args.max_len, train=args.train, prompt_len=args.prompt_len,
-        param_dtype=args.param_dtype, compute_dtype=args.compute_dtype,
-        freeze_audio_encoder=args.freeze_audio_encoder, freeze_projector=args.freeze_projector,
-        grad_accum=args.grad_accum, reference=args.reference, remat=args.remat, model_name=name,
-    )  # fmt: skip
+        mesh=mesh,
+        batch=args.batch,
+        max_len=args.max_len,
+        train=args.train,
+        prompt_len=args.prompt_len,
+        param_dtype=args.param_dtype,
+        compute_dtype=args.compute_dtype,
+        freeze_audio_encoder=args.freeze_audio_encoder,
+        freeze_projector=args.freeze_projector,
+        grad_accum=args.grad_accum,
+        reference=args.reference,
+        remat=args.remat,
+        model_name=name,
+    )
     result = planner.plan(config, request)
     if args.json:
         print(json.dumps(plan_format.to_dict(result, device, memory, args.margin)))

@@ -19,20 +19,24 @@ _HELP = {
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     for name, help_text in _HELP.items():
         p = sub.add_parser(
-            name, help=help_text,
+            name,
+            help=help_text,
             description="Trains from a run config (see configs/). Re-running the same command resumes from the "
             "latest checkpoint in output_dir. Overrides: key.sub=value, e.g. train.steps=200 loss.beta=0.2.",
-        )  # fmt: skip
+        )
         p.add_argument("--config", default=None, help="run config YAML (configs/*.yaml)")
-        p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                       help="dotted overrides, e.g. optim.learning_rate=5e-6")  # fmt: skip
+        p.add_argument(
+            "overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. optim.learning_rate=5e-6"
+        )
         if name != "sft":
-            p.add_argument("--loss", default=None,
-                           help="shorthand for loss.types (e.g. sigmoid, ipo, sigmoid+sft)")  # fmt: skip
+            p.add_argument("--loss", default=None, help="shorthand for loss.types (e.g. sigmoid, ipo, sigmoid+sft)")
         if name == "dpo":
-            p.add_argument("--precompute-ref", action="store_true",
-                           help="compute the reference log-probs once (reference_logps.json) and exit; then train "
-                           "with reference.mode=precomputed")  # fmt: skip
+            p.add_argument(
+                "--precompute-ref",
+                action="store_true",
+                help="compute the reference log-probs once (reference_logps.json) and exit; then train "
+                "with reference.mode=precomputed",
+            )
         add_runtime_flags(p, mesh_help="device mesh, e.g. fsdp=8 (overrides the config's mesh:)")
         p.set_defaults(func=_train, command_name=name)
 

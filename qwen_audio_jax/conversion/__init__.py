@@ -1,8 +1,8 @@
 """Checkpoint conversion: Hugging Face (Qwen2-Audio, Qwen-Audio v1) <-> our Orbax model directories.
 
-    from qwen_audio_jax.conversion import convert, export_hf
-    convert("hf/Qwen2-Audio-7B-Instruct", "models/qwen2-audio-7b-instruct")     # lossless by default
-    export_hf("runs/a/model", "hf/my-finetune")
+from qwen_audio_jax.conversion import convert, export_hf
+convert("hf/Qwen2-Audio-7B-Instruct", "models/qwen2-audio-7b-instruct")     # lossless by default
+export_hf("runs/a/model", "hf/my-finetune")
 """
 
 from qwen_audio_jax._exports import lazy_exports

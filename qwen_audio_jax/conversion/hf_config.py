@@ -75,9 +75,16 @@ V1_DEFAULTS = dict(
     scale_attn_weights=True,
 )
 V1_AUDIO_DEFAULTS = dict(
-    n_mels=80, n_ctx=1500, n_state=1280, n_head=20, n_layer=32, output_dim=4096, avg_pool=True,
-    add_audio_bos_eos_token=True, audio_start_id=155163,
-)  # fmt: skip
+    n_mels=80,
+    n_ctx=1500,
+    n_state=1280,
+    n_head=20,
+    n_layer=32,
+    output_dim=4096,
+    avg_pool=True,
+    add_audio_bos_eos_token=True,
+    audio_start_id=155163,
+)
 # Fixed ids of v1's special-token table (tokenization_qwen.py; docs/reference.md §3.5).
 V1_ENDOFTEXT, V1_IM_START, V1_IM_END, V1_AUDIO_PAD = 151643, 151644, 151645, 151851
 

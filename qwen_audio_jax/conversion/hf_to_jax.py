@@ -13,8 +13,8 @@ dtype (the hub's bf16 stays bf16, an fp32 fine-tune stays fp32), so convert -> e
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import ml_dtypes
 import numpy as np
@@ -88,8 +88,9 @@ def _group_dtype(source, rule: ParamRule, dtype: np.dtype | None) -> np.dtype:
     return dtypes.pop() if len(dtypes) == 1 else np.dtype(np.float32)
 
 
-def iter_params(source, config: ModelConfig, dtype: np.dtype | None, rules: list[ParamRule] | None = None
-                ) -> Iterator[tuple[str, np.ndarray]]:  # fmt: skip
+def iter_params(
+    source, config: ModelConfig, dtype: np.dtype | None, rules: list[ParamRule] | None = None
+) -> Iterator[tuple[str, np.ndarray]]:
     """Yields (our path, array) one param group at a time (dtype None keeps the source's); stacked groups are
     filled layer by layer."""
     rules = plan_conversion(source, config) if rules is None else rules

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import ml_dtypes
 import numpy as np
@@ -32,8 +32,18 @@ from qwen_audio_jax.conversion.safetensors_io import write_safetensors
 from qwen_audio_jax.errors import CheckpointError, ConfigError
 
 DEFAULT_MAX_SHARD_BYTES = 5 * 1024**3
-_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
-          "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}  # fmt: skip
+_UNITS = {
+    "": 1,
+    "B": 1,
+    "KB": 10**3,
+    "MB": 10**6,
+    "GB": 10**9,
+    "TB": 10**12,
+    "KIB": 2**10,
+    "MIB": 2**20,
+    "GIB": 2**30,
+    "TIB": 2**40,
+}
 
 
 def parse_size(text: str | int) -> int:
@@ -123,8 +133,10 @@ def export_hf(
             (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
         (tmp / "config.json").write_text(json.dumps(_hf_config(src, config, stored), indent=2) + "\n")
         copied = copy_aux_files(src, tmp)
-    log(f"exported {src} -> {dst}: {len(weight_map)} tensors, {shards.total / 1e9:.2f} GB, copied "
-        f"{', '.join(copied) or 'nothing else'}")  # fmt: skip
+    log(
+        f"exported {src} -> {dst}: {len(weight_map)} tensors, {shards.total / 1e9:.2f} GB, copied "
+        f"{', '.join(copied) or 'nothing else'}"
+    )
     return dst
 
 

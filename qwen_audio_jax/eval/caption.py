@@ -31,7 +31,25 @@ TOKENIZERS = ("auto", "java", "python")
 
 # pycocoevalcap/tokenizer/ptbtokenizer.py: tokens dropped after PTB tokenisation. With -lowerCase the bracket tokens
 # come out as "-lrb-" etc., which this list (upper case) does not catch, so they stay; the approximation keeps that.
-_PUNCTUATIONS = {"''", "'", "``", "`", "-LRB-", "-RRB-", "-LCB-", "-RCB-", ".", "?", "!", ",", ":", "-", "--", "...", ";"}
+_PUNCTUATIONS = {
+    "''",
+    "'",
+    "``",
+    "`",
+    "-LRB-",
+    "-RRB-",
+    "-LCB-",
+    "-RCB-",
+    ".",
+    "?",
+    "!",
+    ",",
+    ":",
+    "-",
+    "--",
+    "...",
+    ";",
+}
 _BRACKETS = {"(": "-lrb-", ")": "-rrb-", "[": "-lsb-", "]": "-rsb-", "{": "-lcb-", "}": "-rcb-"}
 _NT = re.compile(r"(\w)n't\b")
 _CLITIC = re.compile(r"(\w)'(s|re|ve|ll|d|m)\b")
@@ -82,8 +100,9 @@ def ptb_tokenize(captions: Sequence[str], tokenizer: str = "auto") -> tuple[list
     return [python_ptb_tokenize(c) for c in captions], "python"
 
 
-def caption_scores(references: Sequence[Sequence[str]], hypotheses: Sequence[str], *,
-                   tokenizer: str = "auto") -> tuple[dict[str, float], list[list[str]], list[str], str]:  # fmt: skip
+def caption_scores(
+    references: Sequence[Sequence[str]], hypotheses: Sequence[str], *, tokenizer: str = "auto"
+) -> tuple[dict[str, float], list[list[str]], list[str], str]:
     """COCO caption metrics for one corpus (CIDEr's document frequencies are corpus-level, like the official call per
     source). Returns (scores by official name, tokenised references, tokenised hypotheses, tokenizer backend)."""
     from pycocoevalcap.bleu.bleu import Bleu

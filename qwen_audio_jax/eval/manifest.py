@@ -12,7 +12,6 @@ missing file, or one without a single usable line, raises ``DataError``.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -87,7 +86,8 @@ def _check_entry(obj: dict, task: str, name: str, n: int) -> str | None:
     for key in obj:
         if key not in _REQUIRED and key not in _OPTIONAL:
             hint = f" (rename it to {_OFFICIAL_NAMES[key]!r})" if key in _OFFICIAL_NAMES else ""
-            return f"{name} line {n} has an unknown key {key!r}{hint}; allowed keys are {', '.join(_REQUIRED + _OPTIONAL)}."
+            allowed = ", ".join(_REQUIRED + _OPTIONAL)
+            return f"{name} line {n} has an unknown key {key!r}{hint}; allowed keys are {allowed}."
     for key in _REQUIRED + _REQUIRED_BY_TASK.get(task, ()):
         if key not in obj or obj[key] is None:
             return f"{name} line {n} has no {key!r}; every {task} line needs it."
@@ -133,11 +133,18 @@ def read_manifest(path: str | Path, task: str) -> tuple[list[ManifestEntry], lis
         ref = obj["reference"]
         if task == "caption":
             ref = (ref,) if isinstance(ref, str) else tuple(ref)
-        entries.append(ManifestEntry(
-            id=rid, audio=_resolve_audio(obj["audio"], base), reference=ref, source=obj["source"],
-            language=obj["language"], target_language=obj.get("target_language"), prompt=obj.get("prompt"),
-            question=obj.get("question"),
-        ))  # fmt: skip
+        entries.append(
+            ManifestEntry(
+                id=rid,
+                audio=_resolve_audio(obj["audio"], base),
+                reference=ref,
+                source=obj["source"],
+                language=obj["language"],
+                target_language=obj.get("target_language"),
+                prompt=obj.get("prompt"),
+                question=obj.get("question"),
+            )
+        )
     if not entries:
         detail = f" ({len(problems)} bad line(s); the first: {problems[0].message.rstrip('.')})" if problems else ""
         raise DataError(f"{path} has no usable manifest line{detail}; fix the file and run again.")

@@ -44,17 +44,31 @@ def read_predictions(path: str | Path) -> Predictions:
             continue
         rid = obj.get("id")
         if not isinstance(rid, str) or not rid:
-            preds.problems.append(ManifestProblem(n, None, f'{path.name} line {n} has no string "id"; every result '
-                                                           "needs the id of its manifest entry."))  # fmt: skip
+            preds.problems.append(
+                ManifestProblem(
+                    n,
+                    None,
+                    f'{path.name} line {n} has no string "id"; every result needs the id of its manifest entry.',
+                )
+            )
             continue
         if rid in lines:
-            preds.problems.append(ManifestProblem(n, rid, f"{path.name} line {n}: id {rid!r} already has a result on "
-                                                          f"line {lines[rid]}; the first one is used."))  # fmt: skip
+            preds.problems.append(
+                ManifestProblem(
+                    n,
+                    rid,
+                    f"{path.name} line {n}: id {rid!r} already has a result on "
+                    f"line {lines[rid]}; the first one is used.",
+                )
+            )
             continue
         text, error = obj.get("text"), obj.get("error")
         if error is None and not isinstance(text, str):
-            preds.problems.append(ManifestProblem(n, rid, f'{path.name} line {n}: "text" must be a string when '
-                                                          '"error" is null; fix the line.'))  # fmt: skip
+            preds.problems.append(
+                ManifestProblem(
+                    n, rid, f'{path.name} line {n}: "text" must be a string when "error" is null; fix the line.'
+                )
+            )
             continue
         lines[rid] = n
         preds[rid] = None if error is not None else text
@@ -125,12 +139,17 @@ def format_table(result: EvalResult) -> str:
     def line(cells):
         return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
 
-    out = [f"{result.task} ({result.variant}): {METRIC_OF_TASK[result.task]}", line(header),
-           "  ".join("-" * w for w in widths)]  # fmt: skip
+    out = [
+        f"{result.task} ({result.variant}): {METRIC_OF_TASK[result.task]}",
+        line(header),
+        "  ".join("-" * w for w in widths),
+    ]
     out += [line(r) for r in rows[:-1]] + ["  ".join("-" * w for w in widths), line(rows[-1])]
-    out.append(f"missing predictions: {len(result.missing)}; bad manifest lines: {len(result.problems)}; "
-               f"bad prediction lines: {len(result.prediction_problems)}; "
-               f"predictions not in the manifest: {len(result.unmatched_predictions)}")  # fmt: skip
+    out.append(
+        f"missing predictions: {len(result.missing)}; bad manifest lines: {len(result.problems)}; "
+        f"bad prediction lines: {len(result.prediction_problems)}; "
+        f"predictions not in the manifest: {len(result.unmatched_predictions)}"
+    )
     if result.not_computed:
         out.append(f"not computed: {', '.join(result.not_computed)}")
     out += [f"note: {n}" for n in result.notes]

@@ -44,8 +44,14 @@ from qwen_audio_jax.eval.normalize import (
 
 __all__ = ["METRIC_OF_TASK", "EvalResult", "score_predictions"]
 
-METRIC_OF_TASK = {"asr": "wer", "s2tt": "bleu", "ser": "accuracy", "vsc": "accuracy", "aqa": "accuracy",
-                  "caption": "CIDEr"}  # fmt: skip
+METRIC_OF_TASK = {
+    "asr": "wer",
+    "s2tt": "bleu",
+    "ser": "accuracy",
+    "vsc": "accuracy",
+    "aqa": "accuracy",
+    "caption": "CIDEr",
+}
 
 
 @dataclass
@@ -76,7 +82,10 @@ class EvalResult:
             "overall": self.overall,
             "sources": self.sources,
             "missing": {"count": len(self.missing), "ids": list(self.missing)},
-            "unmatched_predictions": {"count": len(self.unmatched_predictions), "ids": list(self.unmatched_predictions)},
+            "unmatched_predictions": {
+                "count": len(self.unmatched_predictions),
+                "ids": list(self.unmatched_predictions),
+            },
             "problems": {
                 "manifest": _problems_json(self.problems),
                 "predictions": _problems_json(self.prediction_problems),
@@ -116,9 +125,14 @@ def _score_asr(entries, hyps, groups, variant, result: EvalResult) -> None:
         counts.append(c)
         sep = "" if is_char_level(e.language, variant) else " "
         result.examples[i].update(
-            normalized_reference=sep.join(ref_items), normalized_prediction=sep.join(hyp_items), ref_len=c.ref_len,
-            substitutions=c.substitutions, insertions=c.insertions, deletions=c.deletions, errors=c.errors,
-        )  # fmt: skip
+            normalized_reference=sep.join(ref_items),
+            normalized_prediction=sep.join(hyp_items),
+            ref_len=c.ref_len,
+            substitutions=c.substitutions,
+            insertions=c.insertions,
+            deletions=c.deletions,
+            errors=c.errors,
+        )
     for name, idx in groups.items():
         result.sources[name]["wer"] = corpus_wer([counts[i] for i in idx])
     result.overall["wer"] = corpus_wer(counts)
@@ -127,11 +141,13 @@ def _score_asr(entries, hyps, groups, variant, result: EvalResult) -> None:
     for lang in languages:  # the scripts only know en / zh / yue; "zh-CN" would silently get the basic normaliser
         base = lang.lower().replace("_", "-").split("-")[0]
         if lang not in ("en", "zh", "yue") and base in ("en", "zh", "yue", "cmn"):
-            result.notes.append(f"language {lang!r} is scored like any other language (basic normaliser, words); "
-                                "write 'en', 'zh' (Mandarin) or 'yue' (Cantonese) to get their official rules.")  # fmt: skip
+            result.notes.append(
+                f"language {lang!r} is scored like any other language (basic normaliser, words); "
+                "write 'en', 'zh' (Mandarin) or 'yue' (Cantonese) to get their official rules."
+            )
     if len({is_char_level(lang, variant) for lang in languages}) > 1:
         result.notes.append("overall wer pools word-level and character-level sources; read the per-source figures.")
-    for name, idx in groups.items():
+    for name in groups:
         if result.sources[name]["wer"] is None:
             result.notes.append(f"source {name!r}: the references have no token after normalisation, wer is null.")
 
@@ -142,30 +158,39 @@ def _score_s2tt(entries, hyps, groups, result: EvalResult) -> None:
         toks = {bleu_tokenizer(entries[i].target_language) for i in idx}
         if len(toks) > 1:
             result.sources[name]["bleu"] = None
-            result.notes.append(f"source {name!r} mixes target languages needing tokenizers {sorted(toks)}; "
-                                "give each target language its own source to get a bleu.")  # fmt: skip
+            result.notes.append(
+                f"source {name!r} mixes target languages needing tokenizers {sorted(toks)}; "
+                "give each target language its own source to get a bleu."
+            )
             continue
         (tok,) = toks
         tokenizers[name] = tok
         result.sources[name]["bleu"] = corpus_bleu([hyps[i] for i in idx], [entries[i].reference for i in idx], tok)
-    for name, idx in groups.items():
+    for idx in groups.values():
         for i in idx:
             tok = bleu_tokenizer(entries[i].target_language)
-            result.examples[i].update(bleu_tokenizer=tok, normalized_reference=bleu_tokenize(entries[i].reference, tok),
-                                      normalized_prediction=bleu_tokenize(hyps[i], tok))  # fmt: skip
+            result.examples[i].update(
+                bleu_tokenizer=tok,
+                normalized_reference=bleu_tokenize(entries[i].reference, tok),
+                normalized_prediction=bleu_tokenize(hyps[i], tok),
+            )
     used = {bleu_tokenizer(e.target_language) for e in entries}
     if len(used) == 1 and len(tokenizers) == len(groups):
         result.overall["bleu"] = corpus_bleu(hyps, [e.reference for e in entries], next(iter(used)))
     else:
         result.overall["bleu"] = None
-        result.notes.append(f"overall bleu not computed: the sources need different sacrebleu tokenizers "
-                            f"({', '.join(sorted(used))}); read the per-source figures.")  # fmt: skip
+        result.notes.append(
+            f"overall bleu not computed: the sources need different sacrebleu tokenizers "
+            f"({', '.join(sorted(used))}); read the per-source figures."
+        )
     result.normalizer = {name: f"none; sacrebleu tokenize={tok}" for name, tok in tokenizers.items()}
 
 
 def _score_accuracy(task, entries, hyps, groups, variant, result: EvalResult) -> None:
     for i, (e, hyp) in enumerate(zip(entries, hyps)):
-        result.examples[i].update(normalized_reference=e.reference, normalized_prediction=hyp, correct=hyp == e.reference)
+        result.examples[i].update(
+            normalized_reference=e.reference, normalized_prediction=hyp, correct=hyp == e.reference
+        )
     for name, idx in groups.items():
         result.sources[name]["accuracy"] = accuracy([entries[i].reference for i in idx], [hyps[i] for i in idx])
     result.overall["accuracy"] = accuracy([e.reference for e in entries], hyps)
@@ -177,13 +202,15 @@ def _score_accuracy(task, entries, hyps, groups, variant, result: EvalResult) ->
             sub = [i for i in idx if entries[i].reference.lower() in ("yes", "no")]
             if name.startswith("clotho") and sub:
                 result.sources[name]["yes_no_count"] = len(sub)
-                result.sources[name]["yes_no_accuracy"] = accuracy([entries[i].reference for i in sub],
-                                                                   [hyps[i] for i in sub])  # fmt: skip
+                result.sources[name]["yes_no_accuracy"] = accuracy(
+                    [entries[i].reference for i in sub], [hyps[i] for i in sub]
+                )
                 pooled += sub
         if pooled:
             result.overall["yes_no_count"] = len(pooled)
-            result.overall["yes_no_accuracy"] = accuracy([entries[i].reference for i in pooled],
-                                                         [hyps[i] for i in pooled])  # fmt: skip
+            result.overall["yes_no_accuracy"] = accuracy(
+                [entries[i].reference for i in pooled], [hyps[i] for i in pooled]
+            )
     strip = "strip()" if (variant == "qwen_audio_v1" or task == "aqa") else "lstrip()"
     result.normalizer = f"prediction.{strip}, exact match against the reference"
 
@@ -192,7 +219,8 @@ def _score_caption(entries, hyps, groups, tokenizer, result: EvalResult) -> None
     backends = set()
     for name, idx in groups.items():
         scores, tok_refs, tok_hyps, backend = caption_mod.caption_scores(
-            [entries[i].reference for i in idx], [hyps[i] for i in idx], tokenizer=tokenizer)
+            [entries[i].reference for i in idx], [hyps[i] for i in idx], tokenizer=tokenizer
+        )
         backends.add(backend)
         result.sources[name].update(scores)
         for i, refs, hyp in zip(idx, tok_refs, tok_hyps):
@@ -203,14 +231,22 @@ def _score_caption(entries, hyps, groups, tokenizer, result: EvalResult) -> None
     result.not_computed = list(caption_mod.NOT_COMPUTED)
     result.normalizer = f"PTB tokenizer ({'/'.join(sorted(backends))}), lower case, punctuation tokens removed"
     if "python" in backends:
-        result.notes.append("captions were tokenised by the Python approximation of Stanford PTBTokenizer (no java "
-                            "on PATH); scores can differ slightly from the official Java tokenisation.")  # fmt: skip
+        result.notes.append(
+            "captions were tokenised by the Python approximation of Stanford PTBTokenizer (no java "
+            "on PATH); scores can differ slightly from the official Java tokenisation."
+        )
     result.notes.append("METEOR, SPICE and SPIDEr need the Java METEOR/SPICE tools and Stanford models; not computed.")
 
 
-def score_predictions(task: str, entries: Sequence[ManifestEntry], predictions: Mapping[str, str | None], *,
-                      variant: str = "qwen2_audio", problems: Sequence[ManifestProblem] = (),
-                      caption_tokenizer: str = "auto") -> EvalResult:  # fmt: skip
+def score_predictions(
+    task: str,
+    entries: Sequence[ManifestEntry],
+    predictions: Mapping[str, str | None],
+    *,
+    variant: str = "qwen2_audio",
+    problems: Sequence[ManifestProblem] = (),
+    caption_tokenizer: str = "auto",
+) -> EvalResult:
     """Scores ``predictions`` (id -> text, None for a failed generation) against ``entries`` for ``task``.
 
     ``variant`` picks the rules: "qwen2_audio" (Qwen2-Audio's scripts) or "qwen_audio_v1" (Qwen-Audio's).
@@ -231,11 +267,16 @@ def score_predictions(task: str, entries: Sequence[ManifestEntry], predictions: 
             raise DataError(f"Manifest entry {e.id!r} does not fit task {task!r}; read the manifest with that task.")
     known = set(ids)
     result = EvalResult(
-        task=task, variant=variant, overall={"count": len(entries)}, sources={}, examples=[],
-        missing=[e.id for e in entries if predictions.get(e.id) is None], problems=list(problems),
+        task=task,
+        variant=variant,
+        overall={"count": len(entries)},
+        sources={},
+        examples=[],
+        missing=[e.id for e in entries if predictions.get(e.id) is None],
+        problems=list(problems),
         prediction_problems=list(getattr(predictions, "problems", ())),
         unmatched_predictions=[rid for rid in predictions if rid not in known],
-    )  # fmt: skip
+    )
     groups = _by_source(entries)
     for name, idx in groups.items():
         result.sources[name] = {"count": len(idx)}
@@ -243,8 +284,16 @@ def score_predictions(task: str, entries: Sequence[ManifestEntry], predictions: 
     missing = set(result.missing)
     for e in entries:
         ref = list(e.reference) if isinstance(e.reference, tuple) else e.reference
-        result.examples.append({"id": e.id, "source": e.source, "language": e.language, "reference": ref,
-                                "prediction": predictions.get(e.id), "missing": e.id in missing})  # fmt: skip
+        result.examples.append(
+            {
+                "id": e.id,
+                "source": e.source,
+                "language": e.language,
+                "reference": ref,
+                "prediction": predictions.get(e.id),
+                "missing": e.id in missing,
+            }
+        )
     if task == "asr":
         _score_asr(entries, hyps, groups, variant, result)
     elif task == "s2tt":

@@ -172,7 +172,8 @@ def _rewrite(text: str, pattern: re.Pattern, rewrite) -> str:
 
 
 def normalize_nsw(raw_text: str) -> str:
-    """cn_tn.normalize_nsw: Non-Standard-Word verbalisation, e.g. '她出生于86年8月18日' -> '她出生于八六年八月十八日'."""
+    """cn_tn.normalize_nsw: Non-Standard-Word verbalisation,
+    e.g. '她出生于86年8月18日' -> '她出生于八六年八月十八日'."""
     text = "^" + raw_text + "$"  # anchors so the \D-delimited patterns can match at the ends
     text = _rewrite(text, _DATE, _date)
     text = _rewrite(text, _MONEY, _money)

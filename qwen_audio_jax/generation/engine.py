@@ -21,7 +21,8 @@ import dataclasses
 import functools
 import math
 import time
-from typing import Iterable, Iterator, Protocol
+from collections.abc import Iterable, Iterator
+from typing import Protocol
 
 import jax
 import jax.numpy as jnp
@@ -131,20 +132,24 @@ class Engine:
         state_sh = self._state_shardings()
         rows2, rep = self.placement.batch_sharding(2), self.placement.replicated()
         self._prefill = jax.jit(
-            functools.partial(steps.prefill, self.module.clone(return_kv=True)), static_argnames=("with_logprobs",),
+            functools.partial(steps.prefill, self.module.clone(return_kv=True)),
+            static_argnames=("with_logprobs",),
             out_shardings=self._prefilled_shardings(state_sh),
         )
         # (Each engine jits its own partials: its program counts are then its own.)
         self._insert = jax.jit(functools.partial(steps.insert), donate_argnums=(0,), out_shardings=state_sh)
         self._decode = jax.jit(
-            functools.partial(steps.decode, self.module), static_argnames=("chunk", "with_logprobs"),
-            donate_argnums=(1,), out_shardings=(state_sh, rows2, rows2, rep),
-        )  # fmt: skip
+            functools.partial(steps.decode, self.module),
+            static_argnames=("chunk", "with_logprobs"),
+            donate_argnums=(1,),
+            out_shardings=(state_sh, rows2, rows2, rep),
+        )
         self._grow = jax.jit(functools.partial(steps.grow), static_argnums=(1,), out_shardings=state_sh)
         self._init = jax.jit(
             functools.partial(steps.empty_state, config.decoder, self.batch_size, dtype=dtype),
-            static_argnums=(0,), out_shardings=state_sh,
-        )  # fmt: skip
+            static_argnums=(0,),
+            out_shardings=state_sh,
+        )
         self._state: steps.SlotState | None = None
         self.stats = EngineStats()
         self._started: float | None = None
@@ -154,9 +159,16 @@ class Engine:
 
     # ---- public ----------------------------------------------------------------------------------------------
     def compiled_programs(self) -> dict[str, int]:
-        return {name: fn._cache_size() for name, fn in
-                (("prefill", self._prefill), ("insert", self._insert), ("decode", self._decode),
-                 ("grow", self._grow), ("init", self._init))}  # fmt: skip
+        return {
+            name: fn._cache_size()
+            for name, fn in (
+                ("prefill", self._prefill),
+                ("insert", self._insert),
+                ("decode", self._decode),
+                ("grow", self._grow),
+                ("init", self._init),
+            )
+        }
 
     def program_bound(self, frames: int | None = None) -> int:
         """The most programs a job can compile: prefill over rows x lengths x (no audio + clips x frames),
@@ -181,8 +193,9 @@ class Engine:
         out = dict(self.run(ListSource(reqs), return_logprobs=options.return_logprobs))
         return [out[i] for i in range(len(prepared))]
 
-    def run(self, source: RequestSource, return_logprobs: bool | None = None
-            ) -> Iterator[tuple[object, GenerationOutput]]:  # fmt: skip
+    def run(
+        self, source: RequestSource, return_logprobs: bool | None = None
+    ) -> Iterator[tuple[object, GenerationOutput]]:
         """Generates until the source is exhausted and every slot is done; yields (tag, output) as each request
         finishes. return_logprobs (static: its own programs) replaces the engine's setting when given. Multi-host: every
         process calls this with its own source."""
@@ -258,16 +271,35 @@ class Engine:
         rows = self.placement.batch_sharding(1)
         rows2 = self.placement.batch_sharding(2)
         sampling = SamplingParams(rows, rows, rows, rows, rows)
-        return steps.SlotState(cache=steps.KVCache(cache, cache), lengths=rows, rope_index=rows, last_token=rows,
-                               num_generated=rows, max_new=rows, done=rows, seen=rows2, keys=rows2,
-                               sampling=sampling)  # fmt: skip
+        return steps.SlotState(
+            cache=steps.KVCache(cache, cache),
+            lengths=rows,
+            rope_index=rows,
+            last_token=rows,
+            num_generated=rows,
+            max_new=rows,
+            done=rows,
+            seen=rows2,
+            keys=rows2,
+            sampling=sampling,
+        )
 
     def _prefilled_shardings(self, state_sh: steps.SlotState) -> steps.Prefilled:
         """Prefill's outputs laid out like the slots (rows over the batch axes), so insert sees one layout."""
         rows, rows2 = state_sh.lengths, state_sh.seen
-        return steps.Prefilled(k=state_sh.cache.k, v=state_sh.cache.v, lengths=rows, rope_index=rows,
-                               first_token=rows, first_logprob=rows, done=rows, seen=rows2, keys=rows2,
-                               max_new=rows, sampling=state_sh.sampling)  # fmt: skip
+        return steps.Prefilled(
+            k=state_sh.cache.k,
+            v=state_sh.cache.v,
+            lengths=rows,
+            rope_index=rows,
+            first_token=rows,
+            first_logprob=rows,
+            done=rows,
+            seen=rows2,
+            keys=rows2,
+            max_new=rows,
+            sampling=state_sh.sampling,
+        )
 
     def _admit(self, new: list[EngineRequest], free: collections.deque, running: dict, agreed) -> Iterator:
         """Prefill + insert the new requests into free slots (shapes agreed over processes)."""
@@ -284,11 +316,18 @@ class Engine:
         t0 = time.perf_counter()
         put = self.placement.put
         pre = self._prefill(
-            self.params, put(arrays["tokens"]), put(arrays["lengths"]), put(arrays["mel"]),
-            put(arrays["mel_lengths"]), put(arrays["rope_index"]), put(arrays["keys"]),
-            jax.tree_util.tree_map(put, arrays["sampling"]), put(arrays["max_new"]), self._stop,
+            self.params,
+            put(arrays["tokens"]),
+            put(arrays["lengths"]),
+            put(arrays["mel"]),
+            put(arrays["mel_lengths"]),
+            put(arrays["rope_index"]),
+            put(arrays["keys"]),
+            jax.tree_util.tree_map(put, arrays["sampling"]),
+            put(arrays["max_new"]),
+            self._stop,
             with_logprobs=self.return_logprobs,
-        )  # fmt: skip
+        )
         self._state = self._insert(self._state, pre, put(arrays["slots"]))
         first, first_lp, done = self.placement.to_host((pre.first_token, pre.first_logprob, pre.done))
         self.stats.prefill_s += time.perf_counter() - t0
@@ -305,8 +344,9 @@ class Engine:
         pad = self.config.pad_token_id
         n_mels = self.config.audio.num_mel_bins
         inputs = collate([r.prepared for r in new], pad_id=pad, padding_side="right") if new else None
-        batch = to_buckets(inputs, self.buckets, rows, pad, sizes=(t_len, clips, frames), n_mels=n_mels,
-                           padding_side="right")  # fmt: skip
+        batch = to_buckets(
+            inputs, self.buckets, rows, pad, sizes=(t_len, clips, frames), n_mels=n_mels, padding_side="right"
+        )
         lengths = np.zeros(rows, np.int32)
         lengths[: len(new)] = [r.prepared.num_tokens for r in new]
         keys = np.zeros((rows, 2), np.uint32)
@@ -319,17 +359,29 @@ class Engine:
         slot_ids[: len(new)] = slots
         rope_index = np.zeros(rows, np.int32)
         rope_index[: len(new)] = [rope.ntk_index(r.prepared.num_tokens, self.config.decoder) for r in new]
-        return {"tokens": batch.tokens, "lengths": lengths, "mel": batch.mel, "mel_lengths": batch.mel_lengths,
-                "rope_index": rope_index, "keys": keys, "sampling": SamplingParams.rows(settings),
-                "max_new": max_new, "slots": slot_ids}  # fmt: skip
+        return {
+            "tokens": batch.tokens,
+            "lengths": lengths,
+            "mel": batch.mel,
+            "mel_lengths": batch.mel_lengths,
+            "rope_index": rope_index,
+            "keys": keys,
+            "sampling": SamplingParams.rows(settings),
+            "max_new": max_new,
+            "slots": slot_ids,
+        }
 
     def _decode_chunk(self, free: collections.deque, running: dict, stop_on_free: bool) -> Iterator:
         self.shapes_seen.add(("decode", self.cache_length()))
         t0 = time.perf_counter()
         self._state, tokens, logprobs, n = self._decode(
-            self.params, self._state, self._stop, jnp.asarray(stop_on_free), chunk=self.chunk,
+            self.params,
+            self._state,
+            self._stop,
+            jnp.asarray(stop_on_free),
+            chunk=self.chunk,
             with_logprobs=self.return_logprobs,
-        )  # fmt: skip
+        )
         tokens, logprobs, done, n = self.placement.to_host((tokens, logprobs, self._state.done, n))
         self.stats.decode_s += time.perf_counter() - t0
         self.stats.decode_calls += 1
@@ -350,5 +402,6 @@ class Engine:
             self.stats.first_result_s = time.perf_counter() - self._started
         ids = run.tokens[: run.request.options.max_new_tokens]
         reason = "stop" if ids and ids[-1] in self.stop_ids else "length"
-        return run.request.tag, GenerationOutput(ids, reason, run.logprobs[: len(ids)] if self.return_logprobs else None)
-
+        return run.request.tag, GenerationOutput(
+            ids, reason, run.logprobs[: len(ids)] if self.return_logprobs else None
+        )

@@ -64,7 +64,7 @@ class GenerationOptions:
         for i in self.stop_ids:
             _check("stop id", i, int, lambda v: v >= 0, ">= 0")
 
-    def for_request(self, record: dict | None, request_id: str = "") -> "RequestOptions":
+    def for_request(self, record: dict | None, request_id: str = "") -> RequestOptions:
         """This request's settings: the job's, overridden by the record's own keys (validated)."""
         overrides = {k: record[k] for k in PER_REQUEST_KEYS if record and k in record}
         validate_sampling(overrides, PromptError, prefix="request key ")
@@ -87,8 +87,13 @@ class RequestOptions:
 
     @property
     def sampling_row(self) -> tuple[float, int, float, float, int]:
-        return (float(self.temperature), int(self.top_k), float(self.top_p), float(self.repetition_penalty),
-                int(self.min_new_tokens))  # fmt: skip
+        return (
+            float(self.temperature),
+            int(self.top_k),
+            float(self.top_p),
+            float(self.repetition_penalty),
+            int(self.min_new_tokens),
+        )
 
     @property
     def stream(self) -> int:

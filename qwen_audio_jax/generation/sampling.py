@@ -27,7 +27,7 @@ class SamplingParams:
     min_new_tokens: jax.Array  # i32
 
     @classmethod
-    def rows(cls, settings: list[tuple[float, int, float, float, int]]) -> "SamplingParams":
+    def rows(cls, settings: list[tuple[float, int, float, float, int]]) -> SamplingParams:
         """Host arrays from (temperature, top_k, top_p, repetition_penalty, min_new_tokens) per row."""
         t, k, p, r, m = zip(*settings) if settings else ((), (), (), (), ())
         return cls(

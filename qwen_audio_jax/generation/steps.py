@@ -75,10 +75,13 @@ def empty_state(config: DecoderConfig, batch: int, cache_len: int, dtype) -> Slo
         seen=jnp.zeros((batch, config.vocab_size), bool),
         keys=jnp.zeros((batch, 2), jnp.uint32),
         sampling=SamplingParams(
-            temperature=jnp.zeros((batch,), jnp.float32), top_k=zeros, top_p=jnp.ones((batch,), jnp.float32),
-            repetition_penalty=jnp.ones((batch,), jnp.float32), min_new_tokens=zeros,
+            temperature=jnp.zeros((batch,), jnp.float32),
+            top_k=zeros,
+            top_p=jnp.ones((batch,), jnp.float32),
+            repetition_penalty=jnp.ones((batch,), jnp.float32),
+            min_new_tokens=zeros,
         ),
-    )  # fmt: skip
+    )
 
 
 def grow(state: SlotState, cache_len: int) -> SlotState:
@@ -121,8 +124,8 @@ def prefill(
     logits = module.apply({"params": params}, last, method="logits")
     vocab = logits.shape[-1]
     # Padding is not "seen": the out-of-range index `vocab` is dropped by the scatter.
-    seen = jnp.zeros((p, vocab), bool).at[jnp.arange(p)[:, None], jnp.where(mask, tokens_PT, vocab)].set(
-        True, mode="drop"
+    seen = (
+        jnp.zeros((p, vocab), bool).at[jnp.arange(p)[:, None], jnp.where(mask, tokens_PT, vocab)].set(True, mode="drop")
     )
     keys, draw = split_keys(keys_P2)
     tok = select_next(logits, draw, sampling, seen, jnp.zeros((p,), jnp.int32), stop.stop_ids)
@@ -193,9 +196,15 @@ def decode(
         i, s, out_tokens, out_logprobs = carry
         key_mask = jnp.arange(s_len)[None, :] <= s.lengths[:, None]
         hidden, cache = module.apply(
-            {"params": params}, s.last_token, s.lengths, key_mask, s.cache, s.lengths, s.rope_index,
+            {"params": params},
+            s.last_token,
+            s.lengths,
+            key_mask,
+            s.cache,
+            s.lengths,
+            s.rope_index,
             method="decode_step",
-        )  # fmt: skip
+        )
         logits = module.apply({"params": params}, hidden, method="logits")
         keys, draw = split_keys(s.keys)
         tok = select_next(logits, draw, s.sampling, s.seen, s.num_generated, stop.stop_ids)

@@ -12,8 +12,9 @@ into OUTPUT at the end (every request exactly once).
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator, Protocol
+from typing import Protocol
 
 from tqdm import tqdm
 
@@ -56,8 +57,9 @@ def _drive(job: Job, records, write, progress_total: int, initial: int, progress
         elapsed = max(time.perf_counter() - start, 1e-9)
         bar.set_postfix(req_s=f"{bar.n / elapsed:.2f}", tok_s=f"{stats.get('tokens', 0) / elapsed:.0f}", refresh=False)
 
-    with PreparedStream(records, job.prepare, lambda rid, msg: emit(job.error_result(rid, msg)),
-                        workers=workers) as stream:  # fmt: skip
+    with PreparedStream(
+        records, job.prepare, lambda rid, msg: emit(job.error_result(rid, msg)), workers=workers
+    ) as stream:
         for result in job.run(stream):
             emit(result)
         wait = stream.wait_s
@@ -73,9 +75,17 @@ def run_list(job: Job, requests: list, *, workers: int | None = None) -> list[di
     return [by_id[r.id] for r in records]
 
 
-def run_file(job: Job, input_path: str | Path, output_path: str | Path, *, resume: bool = False,
-             overwrite: bool = False, retry_errors: bool = False, progress: bool = True,
-             workers: int | None = None) -> dict:  # fmt: skip
+def run_file(
+    job: Job,
+    input_path: str | Path,
+    output_path: str | Path,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    retry_errors: bool = False,
+    progress: bool = True,
+    workers: int | None = None,
+) -> dict:
     """Streams results to `output_path`. Returns the summary (requests, errors, skipped, seconds, ...).
 
     The output is checked before anything runs: it may not be the input, a directory, or an existing file that
@@ -96,8 +106,16 @@ def run_file(job: Job, input_path: str | Path, output_path: str | Path, *, resum
             done -= error_ids(output_path)
         mine = [r for i, r in enumerate(records) if i % procs == me and r.id not in done]
         part = output_path.with_name(f"{output_path.name}.part-{me}-of-{procs}")
-        summary = _run_to(job, mine, part, resume=False, retry_errors=False, progress=progress and me == 0,
-                          workers=workers, total=len(records) // procs)  # fmt: skip
+        summary = _run_to(
+            job,
+            mine,
+            part,
+            resume=False,
+            retry_errors=False,
+            progress=progress and me == 0,
+            workers=workers,
+            total=len(records) // procs,
+        )
         summary["skipped"] = len(done)
         multihost_utils.sync_global_devices("job parts written")
         if me == 0:
@@ -105,11 +123,22 @@ def run_file(job: Job, input_path: str | Path, output_path: str | Path, *, resum
             merge_parts(output_path, parts, keep_existing=resume, retry_errors=retry_errors)
         multihost_utils.sync_global_devices("job parts merged")
     else:
-        summary = _run_to(job, records, output_path, resume=resume, retry_errors=retry_errors, progress=progress,
-                          workers=workers, total=len(records))  # fmt: skip
+        summary = _run_to(
+            job,
+            records,
+            output_path,
+            resume=resume,
+            retry_errors=retry_errors,
+            progress=progress,
+            workers=workers,
+            total=len(records),
+        )
     seconds = time.perf_counter() - start
-    summary.update(seconds=round(seconds, 3), compiled_programs=compile_stats.compiled - compiled0,
-                   compile_s=round(compile_stats.seconds - compile_s0, 3))  # fmt: skip
+    summary.update(
+        seconds=round(seconds, 3),
+        compiled_programs=compile_stats.compiled - compiled0,
+        compile_s=round(compile_stats.seconds - compile_s0, 3),
+    )
     summary["input_wait_fraction"] = round(summary.pop("input_wait_s") / max(seconds, 1e-9), 4)
     return summary
 
@@ -126,6 +155,11 @@ def _run_to(job: Job, records: list[Record], path: Path, *, resume, retry_errors
             counts["errors"] += result.get("error") is not None
 
         wait, first = _drive(job, todo, write, total, min(skipped, total), progress, workers)
-    return {**counts, "skipped": skipped, "retried": writer.retried, "first_result_s": first,
-            "input_wait_s": wait, **job.stats()}  # fmt: skip
-
+    return {
+        **counts,
+        "skipped": skipped,
+        "retried": writer.retried,
+        "first_result_s": first,
+        "input_wait_s": wait,
+        **job.stats(),
+    }

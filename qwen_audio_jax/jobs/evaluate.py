@@ -41,10 +41,22 @@ def request_for(entry: ManifestEntry, task: str, *, v1: bool) -> dict:
     return request
 
 
-def evaluate(task: str, manifest: str | Path, output_dir: str | Path, *, model=None, predictions=None,
-             batch_size: int = 8, chat: bool | None = None, resume: bool = False, overwrite: bool = False,
-             variant: str | None = None, progress: bool = True, options: GenerationOptions = EVAL_OPTIONS,
-             log=print) -> dict:  # fmt: skip
+def evaluate(
+    task: str,
+    manifest: str | Path,
+    output_dir: str | Path,
+    *,
+    model=None,
+    predictions=None,
+    batch_size: int = 8,
+    chat: bool | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    variant: str | None = None,
+    progress: bool = True,
+    options: GenerationOptions = EVAL_OPTIONS,
+    log=print,
+) -> dict:
     """Scores `predictions` (a results JSONL) or generates them with `model` first. Writes OUT/metrics.json and
     OUT/errors.jsonl (and OUT/predictions.jsonl when generating); returns {"metrics": ..., "table": ...}."""
     import json
@@ -62,11 +74,16 @@ def evaluate(task: str, manifest: str | Path, output_dir: str | Path, *, model=N
         variant = "qwen_audio_v1" if model is not None and model.config.is_v1 else "qwen2_audio"
     if model is not None:
         requests = out / REQUESTS
-        requests.write_text("".join(json.dumps(request_for(e, task, v1=model.config.is_v1), ensure_ascii=False)
-                                    + "\n" for e in entries), encoding="utf-8")  # fmt: skip
+        requests.write_text(
+            "".join(
+                json.dumps(request_for(e, task, v1=model.config.is_v1), ensure_ascii=False) + "\n" for e in entries
+            ),
+            encoding="utf-8",
+        )
         job = GenerateJob(model, options, batch_size=batch_size, chat=chat)
-        summary = run_file(job, requests, out / PREDICTIONS, resume=resume, overwrite=overwrite or not resume,
-                           progress=progress)  # fmt: skip
+        summary = run_file(
+            job, requests, out / PREDICTIONS, resume=resume, overwrite=overwrite or not resume, progress=progress
+        )
         log(f"generated {summary['requests']} predictions ({summary['errors']} errors) -> {out / PREDICTIONS}")
         predictions = out / PREDICTIONS
     preds = read_predictions(predictions)

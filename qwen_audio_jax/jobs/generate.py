@@ -8,8 +8,8 @@ plus optional per-request "max_new_tokens" and sampling keys. Results: {"id", "t
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from qwen_audio_jax.errors import PromptError
 from qwen_audio_jax.generation.engine import Engine, EngineRequest
@@ -39,11 +39,19 @@ def resolve_audio(record: dict, base_dir: Path | None) -> dict:
         out["audio"] = fix(out["audio"])
     if isinstance(out.get("messages"), list):
         out["messages"] = [
-            {**m, "content": [{**c, **{k: fix(c[k]) for k in ("audio", "audio_url", "path") if k in c}}
-                              if isinstance(c, dict) else c for c in m["content"]]}
-            if isinstance(m, dict) and isinstance(m.get("content"), list) else m
+            {
+                **m,
+                "content": [
+                    {**c, **{k: fix(c[k]) for k in ("audio", "audio_url", "path") if k in c}}
+                    if isinstance(c, dict)
+                    else c
+                    for c in m["content"]
+                ],
+            }
+            if isinstance(m, dict) and isinstance(m.get("content"), list)
+            else m
             for m in out["messages"]
-        ]  # fmt: skip
+        ]
     return out
 
 
@@ -52,7 +60,7 @@ def normalise_request(record: dict, *, chat: bool, v1: bool, job: str, allowed: 
     check_keys(record, allowed, job)
     forms = [k for k in ("messages", "prompt", "task") if k in record]
     if len(forms) > 1:
-        raise PromptError(f"a request takes one of \"messages\", \"prompt\" or \"task\", not {' and '.join(forms)}.")
+        raise PromptError(f'a request takes one of "messages", "prompt" or "task", not {" and ".join(forms)}.')
     if not forms:
         raise PromptError('a request needs "messages", "prompt" (with "audio") or "task".')
     if "task" in record:
@@ -67,21 +75,36 @@ def normalise_request(record: dict, *, chat: bool, v1: bool, job: str, allowed: 
 class GenerateJob:
     name = "generate"
 
-    def __init__(self, model, options: GenerationOptions, *, batch_size: int = 8, engine: Engine | None = None,
-                 chat: bool | None = None, base_dir: Path | None = None):  # fmt: skip
+    def __init__(
+        self,
+        model,
+        options: GenerationOptions,
+        *,
+        batch_size: int = 8,
+        engine: Engine | None = None,
+        chat: bool | None = None,
+        base_dir: Path | None = None,
+    ):
         self.model = model
         self.options = options
         self.engine = engine or Engine(
-            model.config, model.params, dtype=model.dtype, batch_size=batch_size, placement=model.placement,
-            attention=model.attention, return_logprobs=options.return_logprobs, stop_ids=options.stop_ids,
-        )  # fmt: skip
+            model.config,
+            model.params,
+            dtype=model.dtype,
+            batch_size=batch_size,
+            placement=model.placement,
+            attention=model.attention,
+            return_logprobs=options.return_logprobs,
+            stop_ids=options.stop_ids,
+        )
         self.chat = model.processor.is_chat if chat is None else chat
         self.base_dir = base_dir
         self.limit = model.config.decoder.max_position_embeddings
 
     def prepare(self, record: Record) -> EngineRequest:
-        request = normalise_request(record.request, chat=self.chat, v1=self.model.config.is_v1, job=self.name,
-                                    allowed=REQUEST_KEYS)  # fmt: skip
+        request = normalise_request(
+            record.request, chat=self.chat, v1=self.model.config.is_v1, job=self.name, allowed=REQUEST_KEYS
+        )
         request = resolve_audio(request, self.base_dir)
         options = self.options.for_request(request, record.id)
         prepared = self.model.processor.prepare(request)
@@ -99,8 +122,13 @@ class GenerateJob:
 
     def _result(self, rid: str, out) -> dict:
         tokenizer = self.model.tokenizer
-        result = {"id": rid, "text": tokenizer.decode(out.token_ids, skip_special_tokens=True),
-                  "token_ids": out.token_ids, "finish_reason": out.finish_reason, "error": None}  # fmt: skip
+        result = {
+            "id": rid,
+            "text": tokenizer.decode(out.token_ids, skip_special_tokens=True),
+            "token_ids": out.token_ids,
+            "finish_reason": out.finish_reason,
+            "error": None,
+        }
         if out.logprobs is not None:
             result["logprobs"] = out.logprobs
         words = parse_word_timestamps(out.token_ids, tokenizer)
@@ -113,6 +141,9 @@ class GenerateJob:
 
     def stats(self) -> dict:
         s = self.engine.stats
-        return {"tokens": s.tokens, "prefill_s": round(s.prefill_s, 3), "decode_s": round(s.decode_s, 3),
-                "engine_first_result_s": None if s.first_result_s is None else round(s.first_result_s, 3)}  # fmt: skip
-
+        return {
+            "tokens": s.tokens,
+            "prefill_s": round(s.prefill_s, 3),
+            "decode_s": round(s.decode_s, 3),
+            "engine_first_result_s": None if s.first_result_s is None else round(s.first_result_s, 3),
+        }

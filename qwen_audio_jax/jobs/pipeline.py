@@ -13,7 +13,7 @@ import collections
 import concurrent.futures as futures
 import os
 import time
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 from qwen_audio_jax.errors import QwenAudioError
 from qwen_audio_jax.jobs.records import Record
@@ -31,12 +31,18 @@ class PreparedStream:
     the ones after it).
     """
 
-    def __init__(self, records: Iterable[Record], prepare: Callable[[Record], object],
-                 on_error: Callable[[str, str], None], *, workers: int | None = None, ahead: int = 64):  # fmt: skip
+    def __init__(
+        self,
+        records: Iterable[Record],
+        prepare: Callable[[Record], object],
+        on_error: Callable[[str, str], None],
+        *,
+        workers: int | None = None,
+        ahead: int = 64,
+    ):
         self._records = iter(records)
         self._prepare, self._on_error = prepare, on_error
-        self._pool = futures.ThreadPoolExecutor(max_workers=workers or default_workers(),
-                                                thread_name_prefix="prepare")  # fmt: skip
+        self._pool = futures.ThreadPoolExecutor(max_workers=workers or default_workers(), thread_name_prefix="prepare")
         self._ahead = max(1, ahead)
         self._pending: collections.deque = collections.deque()  # (record, future), in input order
         self._records_left = True
@@ -64,8 +70,11 @@ class PreparedStream:
                 except QwenAudioError as e:
                     self._on_error(record.id, str(e))
                 except Exception as e:  # noqa: BLE001 - a bug on one request must not end the job
-                    self._on_error(record.id, f"internal error while preparing the request ({type(e).__name__}: "
-                                              f"{str(e).splitlines()[0] if str(e) else 'no message'}).")  # fmt: skip
+                    self._on_error(
+                        record.id,
+                        f"internal error while preparing the request ({type(e).__name__}: "
+                        f"{str(e).splitlines()[0] if str(e) else 'no message'}).",
+                    )
             else:
                 keep.append((record, fut))
         self._pending = keep

@@ -11,8 +11,8 @@ ever written twice and `--resume` never mistakes one request for another.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from qwen_audio_jax.errors import PromptError
 from qwen_audio_jax.jsonl import invalid_unicode, iter_jsonl, open_jsonl
@@ -46,11 +46,23 @@ def read_records(path: str | Path) -> list[Record]:
     for n, value, error in parsed:
         rid = value.get("id") if isinstance(value, dict) else None
         if not _usable_id(rid):
-            out.append(Record(unique(f"line-{n}"), None,
-                              error or f'{name} line {n} has no string "id"; every request needs a unique id.', n))
+            out.append(
+                Record(
+                    unique(f"line-{n}"),
+                    None,
+                    error or f'{name} line {n} has no string "id"; every request needs a unique id.',
+                    n,
+                )
+            )
         elif rid in used:
-            out.append(Record(unique(f"{rid}#line-{n}"), None,
-                              f"{name} line {n}: id {rid!r} is used by an earlier request; ids must be unique.", n))
+            out.append(
+                Record(
+                    unique(f"{rid}#line-{n}"),
+                    None,
+                    f"{name} line {n}: id {rid!r} is used by an earlier request; ids must be unique.",
+                    n,
+                )
+            )
         else:
             used.add(rid)
             out.append(Record(rid, None if error else value, error, n))
@@ -81,8 +93,10 @@ def check_keys(record: dict, allowed: frozenset[str], job: str) -> None:
     """Refuses unknown request keys (a typo must not be silently ignored)."""
     unknown = sorted(set(record) - allowed)
     if unknown:
-        raise PromptError(f"unknown request key(s) {', '.join(map(repr, unknown))} for {job}; known keys: "
-                          f"{', '.join(sorted(allowed))}.")  # fmt: skip
+        raise PromptError(
+            f"unknown request key(s) {', '.join(map(repr, unknown))} for {job}; known keys: "
+            f"{', '.join(sorted(allowed))}."
+        )
 
 
 def open_input(path: str | Path) -> Path:

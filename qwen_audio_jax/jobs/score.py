@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Iterator
+from collections.abc import Iterator
 
 import jax
 
@@ -25,8 +25,9 @@ from qwen_audio_jax.model.params import build_module
 from qwen_audio_jax.sharding.placement import agree_max, gather_processes
 from qwen_audio_jax.text.processor import PreparedRequest, collate
 
-SCORE_KEYS = (REQUEST_KEYS - {"max_new_tokens", "min_new_tokens", "temperature", "top_k", "top_p",
-                              "repetition_penalty", "seed"}) | {"completion", "completions"}  # fmt: skip
+SCORE_KEYS = (
+    REQUEST_KEYS - {"max_new_tokens", "min_new_tokens", "temperature", "top_k", "top_p", "repetition_penalty", "seed"}
+) | {"completion", "completions"}
 
 
 @dataclasses.dataclass
@@ -50,8 +51,9 @@ class ScoreJob:
 
     def _scorer(self, completion: int):
         if completion not in self._fns:
-            self._fns[completion] = jax.jit(functools.partial(completion_logprobs, self.module,
-                                                              max_completion=completion))  # fmt: skip
+            self._fns[completion] = jax.jit(
+                functools.partial(completion_logprobs, self.module, max_completion=completion)
+            )
         return self._fns[completion]
 
     def compiled_programs(self) -> int:
@@ -71,8 +73,9 @@ class ScoreJob:
         if not all(isinstance(c, str) and c for c in completions):
             raise PromptError("every completion must be a non-empty string.")
         base = {k: v for k, v in r.items() if k not in ("completion", "completions")}
-        base = normalise_request(base, chat=self.model.processor.is_chat, v1=self.model.config.is_v1,
-                                 job=self.name, allowed=SCORE_KEYS)  # fmt: skip
+        base = normalise_request(
+            base, chat=self.model.processor.is_chat, v1=self.model.config.is_v1, job=self.name, allowed=SCORE_KEYS
+        )
         items = self.model.processor.prepare_completions(resolve_audio(base, self.base_dir), completions)
         limit = self.model.config.decoder.max_position_embeddings
         for item in items:
@@ -120,16 +123,22 @@ class ScoreJob:
         if not n_rows:
             return bool(agreed[5])
         local = self.batch_size // jax.process_count()
-        batch = to_buckets(inputs, self.buckets, local, cfg.pad_token_id, sizes=(t, c, a),
-                           n_mels=cfg.audio.num_mel_bins)  # fmt: skip
+        batch = to_buckets(
+            inputs, self.buckets, local, cfg.pad_token_id, sizes=(t, c, a), n_mels=cfg.audio.num_mel_bins
+        )
         # An all-padding batch (a process with nothing left) has no completion tokens anywhere.
         completion_mask = batch.completion_mask if batch.completion_mask is not None else batch.attention_mask * 0
-        arrays = [None if x is None else gather_processes(x) for x in
-                  (batch.tokens, batch.attention_mask, completion_mask, batch.mel, batch.mel_lengths)]
+        arrays = [
+            None if x is None else gather_processes(x)
+            for x in (batch.tokens, batch.attention_mask, completion_mask, batch.mel, batch.mel_lengths)
+        ]
         put = self.placement.put
         with self.placement.activate():
-            res = self._scorer(completion)(self.model.params, *(put(x) for x in arrays[:3]),
-                                           *(self.placement.put_replicated(x) for x in arrays[3:]))  # fmt: skip
+            res = self._scorer(completion)(
+                self.model.params,
+                *(put(x) for x in arrays[:3]),
+                *(self.placement.put_replicated(x) for x in arrays[3:]),
+            )
         sums, counts = self.placement.to_host((res.sum_logprobs, res.num_tokens))
         offset = jax.process_index() * local
         for k, (req, _) in enumerate(rows):
@@ -140,5 +149,9 @@ class ScoreJob:
     def _result(self, req: _Scoring) -> dict:
         if req.single:
             return {"id": req.id, "logprob": req.scores[0][0], "num_tokens": req.scores[0][1], "error": None}
-        return {"id": req.id, "logprob": [s[0] for s in req.scores], "num_tokens": [s[1] for s in req.scores],
-                "error": None}  # fmt: skip
+        return {
+            "id": req.id,
+            "logprob": [s[0] for s in req.scores],
+            "num_tokens": [s[1] for s in req.scores],
+            "error": None,
+        }

@@ -16,8 +16,17 @@ import dataclasses
 from qwen_audio_jax.errors import PromptError
 
 AUDIO = "<|audio_bos|><|AUDIO|><|audio_eos|>"
-LANGUAGES = {"en": "English", "zh": "Chinese", "de": "German", "es": "Spanish", "fr": "French", "it": "Italian",
-             "ja": "Japanese", "ko": "Korean", "yue": "Cantonese"}  # fmt: skip
+LANGUAGES = {
+    "en": "English",
+    "zh": "Chinese",
+    "de": "German",
+    "es": "Spanish",
+    "fr": "French",
+    "it": "Italian",
+    "ja": "Japanese",
+    "ko": "Korean",
+    "yue": "Cantonese",
+}
 V1_LANGUAGES = ("en", "zh", "de", "es", "ko", "fr", "ja", "it")  # Qwen-Audio's language tags
 CAPTION_STYLES = ("clotho", "audiocaps", "plain")
 TASK_KEYS = frozenset({"task", "audio", "lang", "target", "question", "style"})
@@ -32,36 +41,61 @@ class Task:
 
 
 TASKS = {
-    "asr": Task("Detect the language and recognize the speech: <|{lang}|>",
-                "<|startoftranscript|><|{lang}|><|transcribe|><|{lang}|><|notimestamps|><|wo_itn|>",
-                "Transcribe the speech in this audio. Output only the transcript.", "speech recognition"),
-    "s2tt": Task("Translate the speech into {target_name}:",
-                 "<|startoftranscript|><|{lang}|><|translate|><|{target}|><|notimestamps|><|itn|>",
-                 "Translate the speech into {target_name}. Output only the translation.",
-                 "speech-to-text translation"),
-    "ser": Task("Recognize the emotion with keywords in English:",
-                "<|startofanalysis|><|en|><|keyword|><|en|><|notimestamps|><|emotion_recognition|>",
-                "What emotion does the speaker express? Answer with one word.", "speech emotion recognition"),
-    "vsc": Task("Classify the human vocal sound to VocalSound in English:",
-                "<|startofanalysis|><|en|><|keyword|><|en|><|notimestamps|><|vocal_classification|>",
-                "What kind of vocal sound is this (e.g. cough, laughter, sneeze, sniff, sigh, throat clearing)?",
-                "vocal sound classification"),
-    "caption": Task("Generate the caption in English:",
-                    "<|startofanalysis|><|unknown|><|caption|><|en|><|notimestamps|><|caption_{style}|>",
-                    "Describe this audio in one sentence.", "audio captioning"),
-    "aqa": Task("{question}", "<|startofanalysis|><|en|><|question|>{question}<|answer|>", "{question}",
-                "audio question answering"),
-    "asc": Task("Classify the acoustic scene in English:",
-                "<|startofanalysis|><|unknown|><|keyword|><|en|><|notimestamps|><|scene|>",
-                "Which acoustic scene is this? Answer with a few words.", "acoustic scene classification"),
-    "note": Task("Analyze the musical note in English:",
-                 "<|startofanalysis|><|unknown|><|keyword|><|en|><|notimestamps|><|note_analysis|>",
-                 "Which instrument plays this note, and at what pitch and velocity?", "musical note analysis"),
-    "srwt": Task("Detect the language and recognize the speech with word timestamps: <|{lang}|>",
-                 "<|startoftranscript|><|{lang}|><|transcribe|><|{lang}|><|timestamps|><|0.00|>",
-                 "Transcribe the speech with the start and end time of each word.",
-                 "speech recognition with word-level timestamps"),
-}  # fmt: skip
+    "asr": Task(
+        "Detect the language and recognize the speech: <|{lang}|>",
+        "<|startoftranscript|><|{lang}|><|transcribe|><|{lang}|><|notimestamps|><|wo_itn|>",
+        "Transcribe the speech in this audio. Output only the transcript.",
+        "speech recognition",
+    ),
+    "s2tt": Task(
+        "Translate the speech into {target_name}:",
+        "<|startoftranscript|><|{lang}|><|translate|><|{target}|><|notimestamps|><|itn|>",
+        "Translate the speech into {target_name}. Output only the translation.",
+        "speech-to-text translation",
+    ),
+    "ser": Task(
+        "Recognize the emotion with keywords in English:",
+        "<|startofanalysis|><|en|><|keyword|><|en|><|notimestamps|><|emotion_recognition|>",
+        "What emotion does the speaker express? Answer with one word.",
+        "speech emotion recognition",
+    ),
+    "vsc": Task(
+        "Classify the human vocal sound to VocalSound in English:",
+        "<|startofanalysis|><|en|><|keyword|><|en|><|notimestamps|><|vocal_classification|>",
+        "What kind of vocal sound is this (e.g. cough, laughter, sneeze, sniff, sigh, throat clearing)?",
+        "vocal sound classification",
+    ),
+    "caption": Task(
+        "Generate the caption in English:",
+        "<|startofanalysis|><|unknown|><|caption|><|en|><|notimestamps|><|caption_{style}|>",
+        "Describe this audio in one sentence.",
+        "audio captioning",
+    ),
+    "aqa": Task(
+        "{question}",
+        "<|startofanalysis|><|en|><|question|>{question}<|answer|>",
+        "{question}",
+        "audio question answering",
+    ),
+    "asc": Task(
+        "Classify the acoustic scene in English:",
+        "<|startofanalysis|><|unknown|><|keyword|><|en|><|notimestamps|><|scene|>",
+        "Which acoustic scene is this? Answer with a few words.",
+        "acoustic scene classification",
+    ),
+    "note": Task(
+        "Analyze the musical note in English:",
+        "<|startofanalysis|><|unknown|><|keyword|><|en|><|notimestamps|><|note_analysis|>",
+        "Which instrument plays this note, and at what pitch and velocity?",
+        "musical note analysis",
+    ),
+    "srwt": Task(
+        "Detect the language and recognize the speech with word timestamps: <|{lang}|>",
+        "<|startoftranscript|><|{lang}|><|transcribe|><|{lang}|><|timestamps|><|0.00|>",
+        "Transcribe the speech with the start and end time of each word.",
+        "speech recognition with word-level timestamps",
+    ),
+}
 
 
 def _audio_path(record: dict, name: str) -> str:
@@ -89,8 +123,13 @@ def _fields(record: dict, name: str, v1: bool) -> dict:
     question = record.get("question")
     if name == "aqa" and (not isinstance(question, str) or not question.strip()):
         raise PromptError('task "aqa" needs a "question" string.')
-    return {"lang": lang, "target": target, "target_name": LANGUAGES.get(target, target), "style": style,
-            "question": question or ""}  # fmt: skip
+    return {
+        "lang": lang,
+        "target": target,
+        "target_name": LANGUAGES.get(target, target),
+        "style": style,
+        "question": question or "",
+    }
 
 
 def expand_task(record: dict, *, chat: bool, v1: bool) -> dict:

@@ -1,6 +1,6 @@
 """The model: one linen module for both generations, its param trees, and sequence log-probs.
 
-    from qwen_audio_jax.model import build_module, init_params, abstract_params
+from qwen_audio_jax.model import build_module, init_params, abstract_params
 """
 
 from qwen_audio_jax._exports import lazy_exports

@@ -92,31 +92,46 @@ class AudioEncoder(nn.Module):
         if a % 4 or a > cfg.max_mel_frames:
             raise ValueError(f"mel frames {a} must be a multiple of 4 and at most {cfg.max_mel_frames}")
         conv_kw = dict(
-            kernel_size=(3,), padding=[(1, 1)], dtype=self.dtype, param_dtype=self.param_dtype,
+            kernel_size=(3,),
+            padding=[(1, 1)],
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
             bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), (axes.AUDIO_EMBED,)),
-        )  # fmt: skip
+        )
         after_conv, _ = encoder_lengths(mel_lengths_C)
         x = jnp.swapaxes(mel_CMA, 1, 2).astype(self.dtype)  # NCW (torch) -> NWC (flax)
         if cfg.per_clip_length:  # v1: conv1 sees zeros past the clip's own span, as when it is encoded alone
             x = jnp.where(jnp.arange(a)[None, :, None] < 2 * after_conv[:, None, None], x, 0)
         x = nn.Conv(
-            cfg.d_model, strides=(1,), name="conv1",
-            kernel_init=nn.with_logical_partitioning(nn.initializers.normal(0.02), (axes.CONV_KERNEL, axes.MEL, axes.AUDIO_EMBED)),
+            cfg.d_model,
+            strides=(1,),
+            name="conv1",
+            kernel_init=nn.with_logical_partitioning(
+                nn.initializers.normal(0.02), (axes.CONV_KERNEL, axes.MEL, axes.AUDIO_EMBED)
+            ),
             **conv_kw,
-        )(x)  # fmt: skip
+        )(x)
         x = jax.nn.gelu(x, approximate=False)
         x = nn.Conv(
-            cfg.d_model, strides=(2,), name="conv2",
-            kernel_init=nn.with_logical_partitioning(nn.initializers.normal(0.02), (axes.CONV_KERNEL, None, axes.AUDIO_EMBED)),
+            cfg.d_model,
+            strides=(2,),
+            name="conv2",
+            kernel_init=nn.with_logical_partitioning(
+                nn.initializers.normal(0.02), (axes.CONV_KERNEL, None, axes.AUDIO_EMBED)
+            ),
             **conv_kw,
-        )(x)  # fmt: skip
+        )(x)
         x = jax.nn.gelu(x, approximate=False)
         t = a // 2
         # Stored in the checkpoint (requires_grad False in the reference); loaded, never regenerated.
         pos = param_with_axes(
-            self, "embed_positions", nn.initializers.normal(0.02), (cfg.max_source_positions, cfg.d_model),
-            (axes.AUDIO_POS, axes.AUDIO_EMBED), self.param_dtype,
-        )  # fmt: skip
+            self,
+            "embed_positions",
+            nn.initializers.normal(0.02),
+            (cfg.max_source_positions, cfg.d_model),
+            (axes.AUDIO_POS, axes.AUDIO_EMBED),
+            self.param_dtype,
+        )
         x = x + pos[:t].astype(self.dtype)
         key_mask_CT = jnp.arange(t)[None, :] < after_conv[:, None]
         if cfg.per_clip_length:  # v1 zeroes the padded positions (they are masked as keys either way)
@@ -146,6 +161,10 @@ class Projector(nn.Module):
     @nn.compact
     def __call__(self, x):
         return dense(
-            self.features, (axes.AUDIO_EMBED, axes.EMBED), use_bias=True, dtype=self.dtype,
-            param_dtype=self.param_dtype, name="linear",
-        )(x)  # fmt: skip
+            self.features,
+            (axes.AUDIO_EMBED, axes.EMBED),
+            use_bias=True,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name="linear",
+        )(x)

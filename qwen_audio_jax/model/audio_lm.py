@@ -63,23 +63,38 @@ class AudioLanguageModel(nn.Module):
         self.audio_tower = AudioEncoder(cfg.audio, remat_policy=self.remat_policy, attention=self.attention, **kw)
         self.multi_modal_projector = Projector(cfg.decoder.hidden_size, **kw)
         self.language_model = Decoder(
-            cfg.decoder, remat_policy=self.remat_policy, attention=self.attention, return_kv=self.return_kv,
-            inference_scaling=self.inference_scaling, **kw,
-        )  # fmt: skip
+            cfg.decoder,
+            remat_policy=self.remat_policy,
+            attention=self.attention,
+            return_kv=self.return_kv,
+            inference_scaling=self.inference_scaling,
+            **kw,
+        )
         self.lm_head = dense(cfg.decoder.vocab_size, (axes.EMBED, axes.VOCAB), use_bias=False, **kw, name=None)
         if cfg.is_v1:
             self.audio_bos_eos_token = param_with_axes(
-                self, "audio_bos_eos_token", nn.initializers.normal(0.02), (2, cfg.decoder.hidden_size),
-                (None, axes.EMBED), self.param_dtype,
-            )  # fmt: skip
+                self,
+                "audio_bos_eos_token",
+                nn.initializers.normal(0.02),
+                (2, cfg.decoder.hidden_size),
+                (None, axes.EMBED),
+                self.param_dtype,
+            )
 
     def encode_audio(self, mel_CMA, mel_lengths_C):
         """mel_CMA [C, M, A] (A a multiple of 4, A >= length + 2 or 3000) -> (feats_CPD, lengths_C), P = A // 4."""
         feats = self.multi_modal_projector(self.audio_tower(mel_CMA, mel_lengths_C))
         return feats, encoder_lengths(mel_lengths_C)[1]
 
-    def embed(self, tokens_BT, mel_CMA=None, mel_lengths_C=None, clip_repeats: int = 1,
-              frozen_encoder: bool = False, frozen_projector: bool = False):  # fmt: skip
+    def embed(
+        self,
+        tokens_BT,
+        mel_CMA=None,
+        mel_lengths_C=None,
+        clip_repeats: int = 1,
+        frozen_encoder: bool = False,
+        frozen_projector: bool = False,
+    ):
         """Token embeddings with each clip's projected frames scattered into its audio slots (and, for v1, the
         learned bos/eos vectors at the <audio> / </audio> positions, which overwrite those embeddings).
 
@@ -122,9 +137,13 @@ class AudioLanguageModel(nn.Module):
         (key_mask_BS). Returns (hidden_BD, cache)."""
         embeds = self.language_model.embed(tokens_B[:, None])
         hidden, cache, _ = self.language_model(
-            embeds, positions_B[:, None], key_mask_BS[:, None, :], rope_index_B=rope_index_B, cache=cache,
+            embeds,
+            positions_B[:, None],
+            key_mask_BS[:, None, :],
+            rope_index_B=rope_index_B,
+            cache=cache,
             write_B=write_B,
-        )  # fmt: skip
+        )
         return hidden[:, 0], cache
 
     def logits(self, hidden):

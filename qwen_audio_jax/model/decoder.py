@@ -36,7 +36,7 @@ class KVCache(NamedTuple):
     v: jax.Array
 
     @classmethod
-    def zeros(cls, config: DecoderConfig, batch: int, max_len: int, dtype: Dtype) -> "KVCache":
+    def zeros(cls, config: DecoderConfig, batch: int, max_len: int, dtype: Dtype) -> KVCache:
         shape = (config.num_layers, batch, config.num_kv_heads, max_len, config.head_dim)
         return cls(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
 
@@ -125,9 +125,9 @@ class DecoderLayer(nn.Module):
         cfg = self.config
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         x = RMSNorm(cfg.rms_norm_eps, self.param_dtype, name="input_layernorm")(h_BTD)
-        a, cache_k, cache_v, new_kv = Attention(cfg, name="self_attn", attention=self.attention, inference_scaling=self.inference_scaling, **kw)(
-            x, positions_BT, cos_BTH, sin_BTH, mask_BTS, cache_k, cache_v, layer_index, write_B
-        )
+        a, cache_k, cache_v, new_kv = Attention(
+            cfg, name="self_attn", attention=self.attention, inference_scaling=self.inference_scaling, **kw
+        )(x, positions_BT, cos_BTH, sin_BTH, mask_BTS, cache_k, cache_v, layer_index, write_B)
         h_BTD = h_BTD + a
         x = RMSNorm(cfg.rms_norm_eps, self.param_dtype, name="post_attention_layernorm")(h_BTD)
         h_BTD = h_BTD + MLP(cfg, name="mlp", **kw)(x)
@@ -168,8 +168,9 @@ class Decoder(nn.Module):
     def embed(self, tokens_BT):
         return self.embed_tokens(tokens_BT)
 
-    def __call__(self, embeds_BTD, positions_BT, mask_BTS, *, rope_index_B=None, cache: KVCache | None = None,
-                 write_B=None):  # fmt: skip
+    def __call__(
+        self, embeds_BTD, positions_BT, mask_BTS, *, rope_index_B=None, cache: KVCache | None = None, write_B=None
+    ):
         """Runs the layers over embeddings. mask_BTS: [B, T, T] without a cache, [B, 1, S] with one.
 
         rope_index_B: each row's RoPE table row (v1's NTK alpha; None: plain RoPE). cache + write_B: decode,

@@ -12,7 +12,6 @@ import jax
 import jax.numpy as jnp
 
 
-
 @flax.struct.dataclass
 class CompletionLogprobs:
     sum_logprobs: jax.Array  # [B] sum over completion tokens of log p(token | prefix)

@@ -26,8 +26,14 @@ def build_module(
     """The linen module. dtype: compute dtype; param_dtype: the dtype params are created in (loaded params keep
     their own); attention: "auto" | "xla" | "dot_product" (model/attention.py); inference_scaling: v1's NTK and
     logn attention (off for training, as in the reference)."""
-    return AudioLanguageModel(config, dtype=dtype, param_dtype=param_dtype, remat_policy=remat_policy,
-                              attention=resolve(attention), inference_scaling=inference_scaling)  # fmt: skip
+    return AudioLanguageModel(
+        config,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        remat_policy=remat_policy,
+        attention=resolve(attention),
+        inference_scaling=inference_scaling,
+    )
 
 
 def _init_boxed(config: ModelConfig, rng: jax.Array, param_dtype: Dtype):

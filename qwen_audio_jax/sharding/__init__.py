@@ -1,6 +1,6 @@
 """Sharding: meshes, the logical-axis rule table, one placement path, and the memory planner.
 
-    from qwen_audio_jax.sharding import Placement, make_mesh
+from qwen_audio_jax.sharding import Placement, make_mesh
 """
 
 from qwen_audio_jax._exports import lazy_exports

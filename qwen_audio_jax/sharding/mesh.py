@@ -11,12 +11,13 @@ the sharding a param actually gets.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import numpy as np
 from flax import traverse_util
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from qwen_audio_jax.config import ModelConfig
 from qwen_audio_jax.errors import ConfigError

@@ -19,7 +19,8 @@ import math
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from qwen_audio_jax.config import ModelConfig
 from qwen_audio_jax.sharding.mesh import batch_axes, make_mesh, param_shardings, spec_for
@@ -32,7 +33,7 @@ class Placement:
     rules: Rules = LOGICAL_RULES
 
     @classmethod
-    def create(cls, spec: str | None = None, rules: Rules = LOGICAL_RULES) -> "Placement":
+    def create(cls, spec: str | None = None, rules: Rules = LOGICAL_RULES) -> Placement:
         return cls(make_mesh(spec), rules)
 
     # ---- shardings ---------------------------------------------------------------------------------------

@@ -15,27 +15,35 @@ def human(n: int) -> str:
     return f"{n} B"
 
 
-def to_dict(plan: MemoryPlan, device: str | None = None, device_memory: int | None = None,
-            margin: float = DEFAULT_MARGIN) -> dict:  # fmt: skip
+def to_dict(
+    plan: MemoryPlan, device: str | None = None, device_memory: int | None = None, margin: float = DEFAULT_MARGIN
+) -> dict:
     """JSON-ready: every field, the total, and the fit verdict when a device size is given."""
     out = dataclasses.asdict(plan)
     out["num_devices"] = plan.num_devices
     out["total"] = plan.total
     if device_memory is not None:
-        out.update(device=device, device_memory=device_memory, margin=margin,
-                   usable=int(margin * device_memory), fits=fits(plan, device_memory, margin))  # fmt: skip
+        out.update(
+            device=device,
+            device_memory=device_memory,
+            margin=margin,
+            usable=int(margin * device_memory),
+            fits=fits(plan, device_memory, margin),
+        )
     return out
 
 
-def format_plan(plan: MemoryPlan, device: str | None = None, device_memory: int | None = None,
-                margin: float = DEFAULT_MARGIN) -> str:  # fmt: skip
+def format_plan(
+    plan: MemoryPlan, device: str | None = None, device_memory: int | None = None, margin: float = DEFAULT_MARGIN
+) -> str:
     """A human table of per-device bytes, with the fit verdict when a device size is given."""
     mesh = ",".join(f"{k}={v}" for k, v in plan.mesh.items())
     job = "training" if plan.train else "inference"
     encoder = "frozen" if plan.freeze_audio_encoder else "trained"
     lines = [
         f"{plan.model}: {job} on mesh {mesh} ({plan.num_devices} device{'s' if plan.num_devices > 1 else ''})",
-        f"batch {plan.batch}" + (f" (padded to {plan.padded_batch})" if plan.padded_batch != plan.batch else "")
+        f"batch {plan.batch}"
+        + (f" (padded to {plan.padded_batch})" if plan.padded_batch != plan.batch else "")
         + f", {plan.rows_per_device} per device; max-len {plan.max_len}"
         + ("" if plan.train or plan.prompt_len == plan.max_len else f" (prompt {plan.prompt_len})"),
         f"params {plan.param_dtype}, compute {plan.compute_dtype}"
@@ -45,7 +53,7 @@ def format_plan(plan: MemoryPlan, device: str | None = None, device_memory: int 
         f"parameters {plan.total_params:,}" + (f" (trainable {plan.trainable_params:,})" if plan.train else ""),
         "",
         f"{'per device':<22}{'':>12}{'bytes':>18}",
-    ]  # fmt: skip
+    ]
     for field, label in CATEGORIES:
         n = getattr(plan, field)
         lines.append(f"{label:<22}{human(n):>12}{n:>18,}")

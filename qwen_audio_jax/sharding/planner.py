@@ -21,7 +21,7 @@ that divide):
                trainer loads it with the policy's shardings). "precomputed" (the 7B config) holds none.
   kv_cache     inference only: k and v [L, B, K, S, H] in the compute dtype, sharded as the engine does:
                B padded up to and split over the batch axes (data, fsdp), K over tensor when it divides.
-  activations  an ESTIMATE of the peak working set (formulas in `_layer_saved` / `_layer_forward_peak`;
+  activations  an ESTIMATE of the peak working set (formulas in sharding/activations.py;
                rows = sequences per device, T = tokens per sequence):
                inference: max(prefill of one decoder layer at T = prompt_len (residual 2*rows*T*D*c, then
                  max(attention: q/k/v/out + [rows, N, T, T] fp32 scores, an fp32 softmax temporary and the
@@ -50,12 +50,13 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import Mapping
+from collections.abc import Mapping
 
 from qwen_audio_jax.config import ModelConfig
 from qwen_audio_jax.errors import ConfigError
 from qwen_audio_jax.model import axes
 from qwen_audio_jax.model.remat import REMAT_POLICIES
+from qwen_audio_jax.sharding.activations import activations
 from qwen_audio_jax.sharding.rules import LOGICAL_RULES, MESH_AXES, Rules
 
 # jax and flax are imported only inside the functions that read shapes (the tables and formulas are plain
@@ -63,15 +64,21 @@ from qwen_audio_jax.sharding.rules import LOGICAL_RULES, MESH_AXES, Rules
 
 KIB, MIB, GIB = 1024, 1024**2, 1024**3
 DTYPE_BYTES = {"bfloat16": 2, "float32": 4}
-LOGPROB_CHUNK = 128  # positions per lm_head chunk in model/logprobs.py (its default)
+
 DEFAULT_MARGIN = 0.9  # fraction of device memory a plan may use: the rest is XLA scratch and fragmentation
 
 # HBM per chip in GiB (vendor figures, rounded: an H100 reports 81,559 MiB = 79.6 GiB, so plans near the
 # limit should leave the margin alone). JAX on GPUs preallocates only 75% by default; set
 # XLA_PYTHON_CLIENT_MEM_FRACTION=.95 to use what the margin assumes.
 DEVICE_MEMORY_GIB = {
-    "tpu-v5e": 16, "tpu-v5p": 95, "tpu-v6e": 32, "h100": 80, "h200": 141, "a100-40g": 40, "a100-80g": 80,
-}  # fmt: skip
+    "tpu-v5e": 16,
+    "tpu-v5p": 95,
+    "tpu-v6e": 32,
+    "h100": 80,
+    "h200": 141,
+    "a100-40g": 40,
+    "a100-80g": 80,
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -170,7 +177,10 @@ def _param_table(config: ModelConfig) -> tuple[tuple[str, tuple[int, ...], tuple
 
 
 def param_shards(
-    config: ModelConfig, mesh_shape: Mapping[str, int], rules: Rules, freeze_audio_encoder: bool = True,
+    config: ModelConfig,
+    mesh_shape: Mapping[str, int],
+    rules: Rules,
+    freeze_audio_encoder: bool = True,
     freeze_projector: bool = False,
 ) -> list[ParamShard]:
     """Every param with its sharding under `rules` on a mesh of `mesh_shape` (shapes only, no allocation),
@@ -188,8 +198,11 @@ def param_shards(
         used = _spec_axes(spec)
         shards = math.prod(mesh_shape[a] for a in used)
         trainable = param_group(tuple(path.split("/"))) not in frozen_groups
-        out.append(ParamShard(path, shape, str(spec), math.prod(shape), shards,
-                              mesh_shape["fsdp"] if "fsdp" in used else 1, trainable))  # fmt: skip
+        out.append(
+            ParamShard(
+                path, shape, str(spec), math.prod(shape), shards, mesh_shape["fsdp"] if "fsdp" in used else 1, trainable
+            )
+        )
     return out
 
 
@@ -216,80 +229,6 @@ def _gathered(shards: list[ParamShard], p: int, train: bool, cfg: ModelConfig) -
         (*size("lm_head/"), 1),
     ]
     return max(n * (k + (1 if train and trainable else 0)) for n, trainable, k in units)
-
-
-# ---- activations -----------------------------------------------------------------------------------------
-def _layer_saved(policy: str, rows: int, t: int, d: int, n: int, k: int, h: int, f: int, mlp_in: int,
-                 c: int, tn: int, tf: int) -> int:  # fmt: skip
-    """Bytes one transformer layer keeps for the backward pass, per device, by remat policy.
-
-    rows*T tokens; width D; N query / K kv heads of H; MLP width F with `mlp_in` input projections (2 for
-    Qwen2's gated MLP, 1 for Whisper's); head-sized tensors split tn ways, F-sized tf ways (tensor axis).
-      none: c*rows*T*(4D [x, norm1 out, residual, norm2 out] + (2NH + 2KH) [q, k, v, attn out]
-            + 2*mlp_in*F [gate, up, act, product]) + rows*N*T*T*(4 + c) [fp32 softmax out, probs in c]
-      dots: c*rows*T*(3D [x, o_proj out, down out] + (2NH + 2KH) + mlp_in*F) + rows*N*T*T*4 [fp32 scores]
-            (jax.checkpoint_policies.checkpoint_dots: matmul outputs are saved, the rest is recomputed)
-      full: c*rows*T*D (only the scan carry: each layer's input)
-    """
-    tok = rows * t
-    heads = (2 * n * h + 2 * k * h) // tn
-    scores = rows * n * t * t // tn
-    if policy == "full":
-        return c * tok * d
-    if policy == "dots":
-        return c * tok * (3 * d + heads + mlp_in * f // tf) + 4 * scores
-    return c * tok * (4 * d + heads + 2 * mlp_in * f // tf) + (4 + c) * scores
-
-
-def _layer_forward_peak(rows: int, t: int, s: int, d: int, n: int, k: int, h: int, f: int, mlp_in: int,
-                        c: int, tn: int, tf: int) -> int:  # fmt: skip
-    """Forward-only peak of one layer: residual in + out (2 [rows, T, D]) plus the larger of attention
-    (q, k, v, out + [rows, N, T, S] fp32 scores, an fp32 softmax temporary and the probs in c) and the MLP
-    ((mlp_in + 1) [rows, T, F])."""
-    tok = rows * t
-    attn = c * tok * (2 * n * h + 2 * k * h) // tn + rows * n * t * s * (8 + c) // tn
-    mlp = c * tok * (mlp_in + 1) * f // tf
-    return 2 * c * tok * d + max(attn, mlp)
-
-
-def _split(dim: int, tensor: int) -> int:
-    """How many ways the tensor axis splits an activation dim (not at all when it does not divide)."""
-    return tensor if tensor > 1 and dim % tensor == 0 else 1
-
-
-def _activations(cfg: ModelConfig, mesh: Mapping[str, int], rows: int, max_len: int, prompt_len: int,
-                 train: bool, remat: str, frozen: bool, c: int, layer_grad: int = 0, head_grad: int = 0) -> int:
-    """Peak activation estimate (module docstring). layer_grad / head_grad: per-device bytes of one decoder
-    layer's weight gradient and of lm_head's (the chunked lm_head scan accumulates it in a temporary)."""
-    dec, enc, t = cfg.decoder, cfg.audio, mesh["tensor"]
-    tn, tf, tv = _split(dec.num_kv_heads, t), _split(dec.intermediate_size, t), _split(dec.vocab_size, t)
-    dec_dims = (dec.hidden_size, dec.num_heads, dec.num_kv_heads, dec.head_dim, dec.intermediate_size, 2)
-    # Audio encoder: one 30 s clip per row (the reference pads every clip to 3000 mel frames -> A positions).
-    a, ta, tfa = enc.max_source_positions, _split(enc.num_heads, t), _split(enc.ffn_dim, t)
-    enc_dims = (enc.d_model, enc.num_heads, enc.num_heads, enc.head_dim, enc.ffn_dim, 1)
-    stem = rows * (4 * enc.num_mel_bins * 2 * a + c * 2 * (2 * a) * enc.d_model)  # fp32 mel + conv1 out, gelu
-    enc_fwd = max(stem, _layer_forward_peak(rows, a, a, *enc_dims, c, ta, tfa))
-
-    if not train:
-        tp = prompt_len
-        prefill = _layer_forward_peak(rows, tp, tp, *dec_dims, c, tn, tf) + rows * tp * tp
-        decode = _layer_forward_peak(rows, 1, max_len, *dec_dims, c, tn, tf)
-        decode += 2 * c * rows * dec.num_kv_heads * max_len * dec.head_dim // tn  # this layer's k, v read
-        logits = rows * dec.vocab_size * (4 + 1)  # last-position fp32 logits + the `seen` bool mask
-        return max(prefill, decode, enc_fwd) + logits
-
-    # Backward: the saved set of every layer, plus the larger of two working sets: one layer's backward
-    # (its full activations recomputed, fp32 d-probs and d-scores [rows, N, T, T], its weight gradient) and
-    # the lm_head's (final hidden + its gradient, 3 fp32 logits chunks, lm_head's gradient accumulator).
-    saved = dec.num_layers * _layer_saved(remat, rows, max_len, *dec_dims, c, tn, tf)
-    work = _layer_saved("none", rows, max_len, *dec_dims, c, tn, tf) + layer_grad
-    work += 2 * 4 * rows * dec.num_heads * max_len * max_len // tn
-    head = 2 * c * rows * max_len * dec.hidden_size + 3 * 4 * rows * LOGPROB_CHUNK * dec.vocab_size // tv + head_grad
-    decoder = saved + max(work, head) + rows * max_len * max_len
-    if frozen:  # forward only, done before the decoder starts saving
-        return max(decoder, enc_fwd)
-    enc_saved = enc.num_layers * _layer_saved(remat, rows, a, *enc_dims, c, ta, tfa)
-    return decoder + enc_saved
 
 
 # ---- the plan --------------------------------------------------------------------------------------------
@@ -345,8 +284,9 @@ def plan(config: ModelConfig, request: PlanRequest, rules: Rules = LOGICAL_RULES
     frozen = train and r.freeze_audio_encoder
     remat = "dots" if r.remat == "dots_no_batch" else r.remat
 
-    shards = param_shards(config, mesh, rules, freeze_audio_encoder=frozen,
-                          freeze_projector=train and r.freeze_projector)  # fmt: skip
+    shards = param_shards(
+        config, mesh, rules, freeze_audio_encoder=frozen, freeze_projector=train and r.freeze_projector
+    )
     trainable = [s for s in shards if s.trainable] if train else []
 
     # Batch axes as the engine uses them (mesh.batch_axes): the BATCH rule's axes of size > 1; the batch is
@@ -368,27 +308,44 @@ def plan(config: ModelConfig, request: PlanRequest, rules: Rules = LOGICAL_RULES
 
     layer_grad = _per_device([s for s in trainable if s.path.startswith("language_model/layers/")], p)
     return MemoryPlan(
-        model=r.model_name, mesh=mesh, train=train, batch=r.batch, padded_batch=padded, rows_per_device=rows,
-        max_len=r.max_len, prompt_len=prompt_len, param_dtype=param_dtype, compute_dtype=r.compute_dtype,
-        remat=r.remat, freeze_audio_encoder=frozen, freeze_projector=train and r.freeze_projector,
+        model=r.model_name,
+        mesh=mesh,
+        train=train,
+        batch=r.batch,
+        padded_batch=padded,
+        rows_per_device=rows,
+        max_len=r.max_len,
+        prompt_len=prompt_len,
+        param_dtype=param_dtype,
+        compute_dtype=r.compute_dtype,
+        remat=r.remat,
+        freeze_audio_encoder=frozen,
+        freeze_projector=train and r.freeze_projector,
         grad_accum=r.grad_accum if train else 1,
-        total_params=sum(s.size for s in shards), trainable_params=sum(s.size for s in trainable),
+        total_params=sum(s.size for s in shards),
+        trainable_params=sum(s.size for s in trainable),
         weights=_per_device(shards, p),
         optimizer=_per_device(trainable, 8 + (4 if p < 4 else 0)),  # mu + nu fp32 (+ fp32 master if bf16)
         gradients=_per_device(trainable, p) + (_per_device(shards, p) if train and r.grad_accum > 1 else 0),
         reference_weights=_per_device(shards, p) if train and r.reference == "model" else 0,
         kv_cache=kv,
-        activations=_activations(
-            config, mesh, rows, r.max_len, prompt_len, train, remat, frozen, c,
+        activations=activations(
+            config,
+            mesh,
+            rows,
+            r.max_len,
+            prompt_len,
+            train,
+            remat,
+            frozen,
+            c,
             layer_grad=layer_grad // config.decoder.num_layers,
             head_grad=_per_device([s for s in trainable if s.path.startswith("lm_head/")], p),
         ),
         gathered_weights=_gathered(shards, p, train, config) if mesh["fsdp"] > 1 else 0,
-    )  # fmt: skip
+    )
 
 
 def fits(plan: MemoryPlan, device_bytes: int, margin: float = DEFAULT_MARGIN) -> bool:
     """True when the plan's total is at most `margin` x the device's memory."""
     return plan.total <= margin * device_bytes
-
-

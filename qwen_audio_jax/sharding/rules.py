@@ -8,7 +8,7 @@ A rule maps a logical name (qwen_audio_jax/model/axes.py) to a mesh axis, a tupl
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from qwen_audio_jax.model import axes
 

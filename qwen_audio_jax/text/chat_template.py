@@ -109,8 +109,9 @@ def compile_chat_template(template: str):
         # transformers overrides Jinja's tojson, which would HTML-escape.
         return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
 
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
-                                        extensions=[GenerationTag, jinja2.ext.loopcontrols])
+    env = ImmutableSandboxedEnvironment(
+        trim_blocks=True, lstrip_blocks=True, extensions=[GenerationTag, jinja2.ext.loopcontrols]
+    )
     env.filters["tojson"] = tojson
     env.globals["raise_exception"] = raise_exception
     env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
@@ -120,8 +121,14 @@ def compile_chat_template(template: str):
         raise ConfigError(f"the chat template does not parse (line {e.lineno}: {e.message})") from e
 
 
-def render_chat(messages: Sequence[dict], template: str | None = None, *, add_generation_prompt: bool = True,
-                special_tokens: dict | None = None, **template_kwargs) -> str:
+def render_chat(
+    messages: Sequence[dict],
+    template: str | None = None,
+    *,
+    add_generation_prompt: bool = True,
+    special_tokens: dict | None = None,
+    **template_kwargs,
+) -> str:
     """Render one conversation to text (placeholders `<|audio_bos|><|AUDIO|><|audio_eos|>` not yet expanded).
 
     Args:
@@ -136,9 +143,14 @@ def render_chat(messages: Sequence[dict], template: str | None = None, *, add_ge
     _check_messages(messages)
     compiled = compile_chat_template(template or DEFAULT_CHAT_TEMPLATE)
     try:
-        return compiled.render(messages=list(messages), tools=None, documents=None,
-                               add_generation_prompt=add_generation_prompt,
-                               **template_kwargs, **(special_tokens or {}))
+        return compiled.render(
+            messages=list(messages),
+            tools=None,
+            documents=None,
+            add_generation_prompt=add_generation_prompt,
+            **template_kwargs,
+            **(special_tokens or {}),
+        )
     except jinja2.TemplateError as e:
         raise PromptError(f"the chat template cannot render these messages: {e}") from e
 
@@ -162,12 +174,16 @@ def _check_messages(messages) -> None:
             continue
         for part in m["content"]:
             if not isinstance(part, dict):
-                raise PromptError(f'message {i}: a content part must be a dict such as {{"type": "text", '
-                                  f'"text": ...}}, got {part!r:.60}')  # fmt: skip
+                raise PromptError(
+                    f'message {i}: a content part must be a dict such as {{"type": "text", '
+                    f'"text": ...}}, got {part!r:.60}'
+                )
             kind = part.get("type", "audio" if ("audio" in part or "audio_url" in part) else "text")
             if kind not in PART_TYPES:
-                raise PromptError(f"message {i}: content of type {kind!r} is not supported (an audio-language "
-                                  f"model takes {', '.join(PART_TYPES)}).")  # fmt: skip
+                raise PromptError(
+                    f"message {i}: content of type {kind!r} is not supported (an audio-language "
+                    f"model takes {', '.join(PART_TYPES)})."
+                )
             if kind == "text" and not isinstance(part.get("text"), str):
                 raise PromptError(f'message {i}: a text part needs a string "text", got {part!r:.60}')
 
@@ -176,8 +192,7 @@ def is_audio_part(message: dict, part) -> bool:
     """The default template's test for an audio part (a part it renders as `Audio k: <|audio_bos|>...`)."""
     if isinstance(part, str):  # Jinja's `'audio' in content` is a substring test on strings
         return "audio" in part
-    return ("audio" in part or "audio_url" in part or message.get("type") == "audio"
-            or part.get("type") == "audio")
+    return "audio" in part or "audio_url" in part or message.get("type") == "audio" or part.get("type") == "audio"
 
 
 def audio_parts(messages: Sequence[dict]) -> list:
@@ -191,8 +206,14 @@ def audio_parts(messages: Sequence[dict]) -> list:
         for part in m["content"]:
             if not is_audio_part(m, part):
                 continue
-            src = next((part[k] for k in ("audio", "audio_url", "url", "path")
-                        if isinstance(part, dict) and part.get(k) is not None), None)
+            src = next(
+                (
+                    part[k]
+                    for k in ("audio", "audio_url", "url", "path")
+                    if isinstance(part, dict) and part.get(k) is not None
+                ),
+                None,
+            )
             if src is None:
                 raise PromptError(f"message {i}: audio part {part!r:.80} has no 'audio' (path or array) value")
             out.append(src)
@@ -226,9 +247,14 @@ def v1_extract_audio_paths(text: str) -> list[str]:
     return re.findall(r"<audio>(.*?)</audio>", text)
 
 
-def make_context_v1(tokenizer, query: str, history: Sequence[tuple[str, str | None]] = (),
-                    system: str = V1_DEFAULT_SYSTEM, max_window_size: int = 6144,
-                    encode: Callable[[str], list[int]] | None = None) -> tuple[str, list[int]]:
+def make_context_v1(
+    tokenizer,
+    query: str,
+    history: Sequence[tuple[str, str | None]] = (),
+    system: str = V1_DEFAULT_SYSTEM,
+    max_window_size: int = 6144,
+    encode: Callable[[str], list[int]] | None = None,
+) -> tuple[str, list[int]]:
     """Qwen-Audio's chatml `make_context` (qwen_generation_utils.py): returns (raw_text, token ids).
 
     Roles and contents are tokenized separately (so no BPE merge crosses a turn boundary) with only the audio tags
@@ -302,8 +328,11 @@ def v1_messages_to_context_args(messages: Sequence[dict]) -> tuple[str, list[tup
     if msgs[0]["role"] == "system":
         system = content_text(msgs.pop(0))
     roles = [m["role"] for m in msgs]
-    if not msgs or roles[-1] != "user" or any(r != ("user" if i % 2 == 0 else "assistant")
-                                              for i, r in enumerate(roles)):
+    if (
+        not msgs
+        or roles[-1] != "user"
+        or any(r != ("user" if i % 2 == 0 else "assistant") for i, r in enumerate(roles))
+    ):
         raise PromptError(f"Qwen-Audio chat needs turns alternating user/assistant and ending with user, got {roles}")
     texts = [content_text(m) for m in msgs]
     history = [(texts[i], texts[i + 1]) for i in range(0, len(texts) - 1, 2)]

@@ -4,7 +4,8 @@ One request at a time (`prepare_*` -> `PreparedRequest`), so a bad request fails
 (`prepare_many` returns the error in its slot); batches are assembled afterwards (`collate` -> `ModelInputs`),
 which is also where prompt-length buckets plug in (`pad_to_length`).
 
-Qwen2-Audio (docs/reference.md §1.6): each `<|AUDIO|>` placeholder becomes N = ((L-1)//2+1-2)//2+1 copies of itself, L the
+Qwen2-Audio (docs/reference.md §1.6): each `<|AUDIO|>` placeholder becomes N = ((L-1)//2+1-2)//2+1 copies of itself, L
+the
 clip's mel length (ceil(samples/160), at most 3000), exactly as transformers 4.57.6 `Qwen2AudioProcessor.__call__`
 expands it, including its wrapping of a bare `<|AUDIO|>` in `<|audio_bos|>`/`<|audio_eos|>`.
 Qwen-Audio v1 (docs/reference.md §3.3): each `<audio>path</audio>` span becomes `<audio>` + N x 151851 + `</audio>` with
@@ -80,8 +81,9 @@ class ModelInputs:
     clips_per_row: np.ndarray | None = None
 
 
-def collate(prepared: Sequence[PreparedRequest], *, pad_id: int, padding_side: str = "left",
-            pad_to_length: int | None = None) -> ModelInputs:
+def collate(
+    prepared: Sequence[PreparedRequest], *, pad_id: int, padding_side: str = "left", pad_to_length: int | None = None
+) -> ModelInputs:
     """Pad prepared requests into one batch; `pad_to_length` fixes T (a bucket) instead of the longest row."""
     if not prepared:
         raise PromptError("cannot collate an empty batch; pass at least one prepared request")
@@ -109,7 +111,7 @@ def collate(prepared: Sequence[PreparedRequest], *, pad_id: int, padding_side: s
         tokens=tokens,
         attention_mask=mask,
         mel=np.stack(clips).astype(np.float32, copy=False) if clips else None,
-        mel_lengths=np.asarray([l for p in prepared for l in p.mel_lengths], np.int32) if clips else None,
+        mel_lengths=np.asarray([n for p in prepared for n in p.mel_lengths], np.int32) if clips else None,
         completion_mask=completion,
         clips_per_row=np.asarray([len(p.mels) for p in prepared], np.int32),
     )
@@ -127,15 +129,23 @@ class Processor:
       variant: "qwen2_audio" or QWEN_AUDIO_V1; None -> the tokenizer's.
     """
 
-    def __init__(self, tokenizer: Tokenizer, chat_template: str | None = None, n_mels: int | None = None,
-                 length_rule: str | None = None, long_audio: str = "truncate", variant: str | None = None,
-                 chat_format: str | None = None):
+    def __init__(
+        self,
+        tokenizer: Tokenizer,
+        chat_template: str | None = None,
+        n_mels: int | None = None,
+        length_rule: str | None = None,
+        long_audio: str = "truncate",
+        variant: str | None = None,
+        chat_format: str | None = None,
+    ):
         variant = variant or tokenizer.variant
         if variant not in VARIANTS:
             raise ConfigError(f"unknown model variant {variant!r}; use one of {', '.join(VARIANTS)}")
         if variant != tokenizer.variant:
-            raise ConfigError(f"variant {variant!r} needs a {variant} tokenizer, got a {tokenizer.variant} one "
-                              f"({tokenizer.source})")
+            raise ConfigError(
+                f"variant {variant!r} needs a {variant} tokenizer, got a {tokenizer.variant} one ({tokenizer.source})"
+            )
         v1 = variant == QWEN_AUDIO_V1
         self.tokenizer, self.variant, self.chat_template = tokenizer, variant, chat_template
         self.n_mels = int(n_mels or (80 if v1 else 128))
@@ -148,7 +158,10 @@ class Processor:
         self.chat_format = chat_format  # v1's generation_config.json "chat_format": "chatml" (Chat) or "raw"
         # Resolve the audio ids now, so a tokenizer without them fails here rather than per request.
         self.audio_token_id, self.audio_bos_id, self.audio_eos_id = (
-            tokenizer.audio_token_id, tokenizer.audio_bos_id, tokenizer.audio_eos_id)
+            tokenizer.audio_token_id,
+            tokenizer.audio_bos_id,
+            tokenizer.audio_eos_id,
+        )
 
     @property
     def is_chat(self) -> bool:
@@ -166,12 +179,14 @@ class Processor:
         model_dir = Path(model_dir)
         tokenizer = load_tokenizer(model_dir)
         kwargs = {"chat_template": load_chat_template(model_dir)}
-        for name, key, field in (("preprocessor_config.json", "feature_size", "n_mels"),
-                                 ("generation_config.json", "chat_format", "chat_format")):  # fmt: skip
+        for name, key, option in (
+            ("preprocessor_config.json", "feature_size", "n_mels"),
+            ("generation_config.json", "chat_format", "chat_format"),
+        ):
             path = model_dir / name
             if path.is_file():
                 try:
-                    kwargs[field] = json.loads(path.read_text(encoding="utf-8")).get(key)
+                    kwargs[option] = json.loads(path.read_text(encoding="utf-8")).get(key)
                 except ValueError as e:
                     raise ConfigError(f"cannot parse {path}: {e}") from e
         kwargs.update(overrides)
@@ -199,8 +214,9 @@ class Processor:
 
     # -- requests ----------------------------------------------------------------------------------------------------
 
-    def prepare_prompt(self, prompt: str, audio: Sequence | None = None,
-                       completion: str | None = None) -> PreparedRequest:
+    def prepare_prompt(
+        self, prompt: str, audio: Sequence | None = None, completion: str | None = None
+    ) -> PreparedRequest:
         """Raw text with placeholders: `<|audio_bos|><|AUDIO|><|audio_eos|>` (Qwen2-Audio, one per entry of
         `audio`) or `<audio>path</audio>` (v1; `audio`, if given, replaces the span paths in order)."""
         if not isinstance(prompt, str):
@@ -209,13 +225,18 @@ class Processor:
             return self._prepare_v1_prompt(prompt, audio, completion)
         return self._prepare_v2_text(prompt, list(audio or []), completion)
 
-    def prepare_messages(self, messages: Sequence[dict], completion: str | None = None,
-                         add_generation_prompt: bool = True) -> PreparedRequest:
+    def prepare_messages(
+        self, messages: Sequence[dict], completion: str | None = None, add_generation_prompt: bool = True
+    ) -> PreparedRequest:
         """Chat turns; audio parts `{"type": "audio", "audio": path_or_array}` (or `audio_url`/`url`/`path`)."""
         if self.variant == QWEN_AUDIO_V1:
             return self._prepare_v1_messages(messages, completion)
-        text = render_chat(messages, self.chat_template, add_generation_prompt=add_generation_prompt,
-                              special_tokens=getattr(self.tokenizer, "special_tokens_map", None))
+        text = render_chat(
+            messages,
+            self.chat_template,
+            add_generation_prompt=add_generation_prompt,
+            special_tokens=getattr(self.tokenizer, "special_tokens_map", None),
+        )
         return self._prepare_v2_text(text, audio_parts(messages), completion)
 
     def prepare(self, request: dict) -> PreparedRequest:
@@ -234,8 +255,9 @@ class Processor:
         `mels` and `mel_lengths` list objects (DPO's chosen and rejected condition on the same clips): treat them
         as read-only."""
         if isinstance(request, dict) and "completion" in request:
-            raise PromptError("prepare_completions takes the completions as its second argument; remove "
-                              "'completion' from the request")
+            raise PromptError(
+                "prepare_completions takes the completions as its second argument; remove 'completion' from the request"
+            )
         base = self.prepare(request)
         return [self._finish(base.token_ids, base.mels, base.mel_lengths, c, base.prompt_text) for c in completions]
 
@@ -249,16 +271,19 @@ class Processor:
                 out.append(e)
         return out
 
-    def collate(self, prepared: Sequence[PreparedRequest], padding_side: str = "left",
-                pad_to_length: int | None = None) -> ModelInputs:
+    def collate(
+        self, prepared: Sequence[PreparedRequest], padding_side: str = "left", pad_to_length: int | None = None
+    ) -> ModelInputs:
         return collate(prepared, pad_id=self.tokenizer.pad_id, padding_side=padding_side, pad_to_length=pad_to_length)
 
-    def __call__(self, batch, audio: Sequence | None = None, *, padding_side: str = "left",
-                 pad_to_length: int | None = None) -> ModelInputs:
+    def __call__(
+        self, batch, audio: Sequence | None = None, *, padding_side: str = "left", pad_to_length: int | None = None
+    ) -> ModelInputs:
         """Prepare + collate. `batch`: a prompt, a conversation, or a list of prompts / conversations / request
         dicts. `audio` (prompts only): one flat list consumed in placeholder order, as transformers takes it."""
-        if isinstance(batch, str) or (isinstance(batch, (list, tuple)) and batch and isinstance(batch[0], dict)
-                                      and "role" in batch[0]):
+        if isinstance(batch, str) or (
+            isinstance(batch, (list, tuple)) and batch and isinstance(batch[0], dict) and "role" in batch[0]
+        ):
             batch = [batch]
         pending = list(audio or [])
         prepared = []
@@ -266,8 +291,9 @@ class Processor:
             if isinstance(item, str):
                 k = self._count_placeholders(item)
                 if k > len(pending):
-                    raise PromptError(f"the prompts have more audio placeholders than the {len(audio or [])} "
-                                      "audio inputs given")
+                    raise PromptError(
+                        f"the prompts have more audio placeholders than the {len(audio or [])} audio inputs given"
+                    )
                 prepared.append(self.prepare_prompt(item, pending[:k] if audio is not None else None))
                 pending = pending[k:]
             elif isinstance(item, dict):
@@ -275,8 +301,10 @@ class Processor:
             else:
                 prepared.append(self.prepare_messages(item))
         if pending:
-            raise PromptError(f"{len(pending)} audio inputs left over: the prompts have fewer audio placeholders "
-                              f"than the {len(audio)} audio inputs given")
+            raise PromptError(
+                f"{len(pending)} audio inputs left over: the prompts have fewer audio placeholders "
+                f"than the {len(audio)} audio inputs given"
+            )
         return self.collate(prepared, padding_side=padding_side, pad_to_length=pad_to_length)
 
     def _count_placeholders(self, text: str) -> int:
@@ -287,8 +315,10 @@ class Processor:
     def _prepare_v2_text(self, text: str, sources: list, completion: str | None) -> PreparedRequest:
         parts = text.split(AUDIO_TOKEN)
         if len(parts) - 1 != len(sources):
-            raise PromptError(f"the prompt has {len(parts) - 1} {AUDIO_TOKEN} placeholders but {len(sources)} "
-                              "audio inputs were given; pass one audio per placeholder")
+            raise PromptError(
+                f"the prompt has {len(parts) - 1} {AUDIO_TOKEN} placeholders but {len(sources)} "
+                "audio inputs were given; pass one audio per placeholder"
+            )
         expanded, mels, lengths = [parts[0]], [], []
         for i, src in enumerate(sources):
             clips = self._clips(src, f"audio {i}")
@@ -338,8 +368,10 @@ class Processor:
             except ValueError:
                 raise PromptError("the prompt has an <audio> that is never closed with </audio>") from None
             if bos in ids[i + 1 : j] or k >= len(clip_lists):
-                raise PromptError("the <audio>...</audio> spans of the prompt are malformed (nested or on "
-                                  "several lines); write each as <audio>PATH</audio> on one line")
+                raise PromptError(
+                    "the <audio>...</audio> spans of the prompt are malformed (nested or on "
+                    "several lines); write each as <audio>PATH</audio> on one line"
+                )
             for _, L in clip_lists[k]:
                 out += [bos] + [pad] * num_audio_tokens(L) + [eos]
             k, i = k + 1, j + 1
@@ -351,12 +383,15 @@ class Processor:
         labels = v1_extract_audio_paths(prompt)
         sources = labels if audio is None else list(audio)
         if len(sources) != len(labels):
-            raise PromptError(f"the prompt has {len(labels)} <audio>...</audio> spans but {len(sources)} audio "
-                              "inputs were given; pass one audio per span (or none, to load the span paths)")
+            raise PromptError(
+                f"the prompt has {len(labels)} <audio>...</audio> spans but {len(sources)} audio "
+                "inputs were given; pass one audio per span (or none, to load the span paths)"
+            )
         clip_lists = [self._clips(s, f"audio {i}") for i, s in enumerate(sources)]
         ids = self._expand_v1_spans(self.tokenizer.encode(prompt), clip_lists)
-        return self._finish(ids, [m for c in clip_lists for m, _ in c], [L for c in clip_lists for _, L in c],
-                            completion, prompt)
+        return self._finish(
+            ids, [m for c in clip_lists for m, _ in c], [L for c in clip_lists for _, L in c], completion, prompt
+        )
 
     def _prepare_v1_messages(self, messages: Sequence[dict], completion: str | None) -> PreparedRequest:
         system, history, query, label_sources = v1_messages_to_context_args(messages)
@@ -369,9 +404,10 @@ class Processor:
 
         def encode(text: str) -> list[int]:
             ids = self.tokenizer.encode(text, allowed_special=self.tokenizer.audio_special_tokens)
-            return self._expand_v1_spans(ids, [clips_of(l) for l in v1_extract_audio_paths(text)])
+            return self._expand_v1_spans(ids, [clips_of(label) for label in v1_extract_audio_paths(text)])
 
         raw_text, ids = make_context_v1(self.tokenizer, query, history, system, encode=encode)
-        clip_lists = [clips_of(l) for l in v1_extract_audio_paths(raw_text)]  # the turns that were kept
-        return self._finish(ids, [m for c in clip_lists for m, _ in c], [L for c in clip_lists for _, L in c],
-                            completion, raw_text)
+        clip_lists = [clips_of(label) for label in v1_extract_audio_paths(raw_text)]  # the turns that were kept
+        return self._finish(
+            ids, [m for c in clip_lists for m, _ in c], [L for c in clip_lists for _, L in c], completion, raw_text
+        )

@@ -37,9 +37,14 @@ from qwen_audio_jax.text.processor import PreparedRequest, Processor
 from qwen_audio_jax.text.tokenizer import AUDIO_TOKEN
 from qwen_audio_jax.training.formats import parse_record
 
-__all__ = ["PreferenceExample", "PreparedPair", "ValidationReport", "read_preference_file", "read_sft_file",
-           "validate_examples", "pair_fingerprint"]
-
+__all__ = [
+    "PreferenceExample",
+    "PreparedPair",
+    "ValidationReport",
+    "read_examples",
+    "validate_examples",
+    "pair_fingerprint",
+]
 
 
 @dataclass
@@ -112,8 +117,13 @@ def _records(path: Path) -> Iterator[tuple[int, str, object]]:
 # -- validation -------------------------------------------------------------------------------------------------------
 
 # Report category -> words for the log.
-CATEGORIES = {"audio_mismatch": "audio count vs placeholders mismatch", "unreadable_audio": "unreadable audio",
-              "too_long": "too long", "bad_records": "bad records", "prompt_errors": "other prompt errors"}
+CATEGORIES = {
+    "audio_mismatch": "audio count vs placeholders mismatch",
+    "unreadable_audio": "unreadable audio",
+    "too_long": "too long",
+    "bad_records": "bad records",
+    "prompt_errors": "other prompt errors",
+}
 MAX_SAMPLES = 5
 
 
@@ -142,10 +152,14 @@ class ValidationReport:
             self.samples[category].append((example_id, message))
 
     def headline(self) -> str:
-        why = ", ".join(f"{getattr(self, k)} {w}" + (f" (> {self.max_length} tokens)" if k == "too_long" else "")
-                        for k, w in CATEGORIES.items() if getattr(self, k))
-        return (f"{self.source}: {self.total} examples, {self.kept} kept, {self.dropped} dropped"
-                + (f" ({why})" if why else ""))
+        why = ", ".join(
+            f"{getattr(self, k)} {w}" + (f" (> {self.max_length} tokens)" if k == "too_long" else "")
+            for k, w in CATEGORIES.items()
+            if getattr(self, k)
+        )
+        return f"{self.source}: {self.total} examples, {self.kept} kept, {self.dropped} dropped" + (
+            f" ({why})" if why else ""
+        )
 
     def summary(self) -> str:
         """The headline, then the first example of each drop category: a few lines for the log."""
@@ -154,15 +168,26 @@ class ValidationReport:
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
-        return {"source": self.source, "max_length": self.max_length, "total": self.total, "kept": self.kept,
-                "dropped": {k: getattr(self, k) for k in CATEGORIES},
-                "samples": {k: [list(s) for s in v] for k, v in self.samples.items()}}
+        return {
+            "source": self.source,
+            "max_length": self.max_length,
+            "total": self.total,
+            "kept": self.kept,
+            "dropped": {k: getattr(self, k) for k in CATEGORIES},
+            "samples": {k: [list(s) for s in v] for k, v in self.samples.items()},
+        }
 
 
-def validate_examples(examples: Sequence[PreferenceExample], processor: Processor, max_length: int, *,
-                      bad_records: Sequence[tuple[str, str]] = (), source: str = "<examples>",
-                      completion_suffix: str = "", keep_mels: bool = True,
-                      ) -> tuple[list[PreparedPair], ValidationReport]:
+def validate_examples(
+    examples: Sequence[PreferenceExample],
+    processor: Processor,
+    max_length: int,
+    *,
+    bad_records: Sequence[tuple[str, str]] = (),
+    source: str = "<examples>",
+    completion_suffix: str = "",
+    keep_mels: bool = True,
+) -> tuple[list[PreparedPair], ValidationReport]:
     """Prepare every example; drop (never truncate) the ones that cannot be trained on.
 
     Args:
@@ -204,8 +229,11 @@ def validate_examples(examples: Sequence[PreferenceExample], processor: Processo
         except QwenAudioError as e:
             report.add("prompt_errors", ex.id, str(e))
             continue
-        too_long = [f"{side} has {p.num_tokens} tokens > max_length {max_length}"
-                    for side, p in zip(("chosen", "rejected"), prepared) if p.num_tokens > max_length]
+        too_long = [
+            f"{side} has {p.num_tokens} tokens > max_length {max_length}"
+            for side, p in zip(("chosen", "rejected"), prepared)
+            if p.num_tokens > max_length
+        ]
         if too_long:
             report.add("too_long", ex.id, "; ".join(too_long))
             continue
@@ -233,11 +261,16 @@ def _placeholder_mismatch(request: dict, variant: str) -> str | None:
         return None if n == k else f"the prompt has {n} {what} but {k} audio files; give one file per placeholder"
     for i, m in enumerate([] if v1 else request.get("messages") or []):
         content = m.get("content")
-        texts = [content] if isinstance(content, str) else [p.get("text", "") for p in content or []
-                                                            if isinstance(p, dict) and p.get("type") == "text"]
+        texts = (
+            [content]
+            if isinstance(content, str)
+            else [p.get("text", "") for p in content or [] if isinstance(p, dict) and p.get("type") == "text"]
+        )
         if any(AUDIO_TOKEN in t for t in texts):
-            return (f"message {i} has a literal {AUDIO_TOKEN} in its text with no audio file for it; attach audio "
-                    "as {'type': 'audio', 'audio': path} parts instead")
+            return (
+                f"message {i} has a literal {AUDIO_TOKEN} in its text with no audio file for it; attach audio "
+                "as {'type': 'audio', 'audio': path} parts instead"
+            )
     return None
 
 
@@ -248,8 +281,11 @@ def pair_fingerprint(pairs: Sequence[PreparedPair]) -> str:
     h = hashlib.sha256(b"qwen-audio-jax/pairs/v1\n")
     for p in pairs:
         for side, r in (("chosen", p.chosen), ("rejected", p.rejected)):
-            rec = None if r is None else [[int(t) for t in r.token_ids], r.num_prompt_tokens,
-                                          [int(l) for l in r.mel_lengths]]
+            rec = (
+                None
+                if r is None
+                else [[int(t) for t in r.token_ids], r.num_prompt_tokens, [int(n) for n in r.mel_lengths]]
+            )
             h.update(json.dumps([p.id, side, rec], separators=(",", ":")).encode())
             h.update(b"\n")
     return h.hexdigest()

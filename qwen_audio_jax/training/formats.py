@@ -25,8 +25,10 @@ def parse_record(rec, base_dir: Path, preference: bool) -> tuple[dict, str, str 
     prompt = rec.get("prompt")
     if "messages" in rec:
         if "audio" in rec:
-            raise DataError("a top-level 'audio' list goes with 'prompt' only; put each clip inside 'messages' as "
-                            "{'type': 'audio', 'audio': path}")
+            raise DataError(
+                "a top-level 'audio' list goes with 'prompt' only; put each clip inside 'messages' as "
+                "{'type': 'audio', 'audio': path}"
+            )
         messages = _messages(rec["messages"], base_dir, "messages")
         if not preference and "chosen" not in rec and "completion" not in rec:
             return _split_last_turn(messages, "messages")
@@ -40,8 +42,10 @@ def parse_record(rec, base_dir: Path, preference: bool) -> tuple[dict, str, str 
     elif prompt is None and isinstance(rec.get("chosen"), list):
         return _parse_implicit(rec, base_dir, preference)
     else:
-        raise DataError(f"unknown record form (keys {sorted(rec)}); give 'messages' or 'prompt' with 'chosen' and "
-                        "'rejected', TRL's prompt/chosen/rejected turns, or LLaMA-Factory's 'conversations'")
+        raise DataError(
+            f"unknown record form (keys {sorted(rec)}); give 'messages' or 'prompt' with 'chosen' and "
+            "'rejected', TRL's prompt/chosen/rejected turns, or LLaMA-Factory's 'conversations'"
+        )
     return (request, *_targets(rec, preference))
 
 
@@ -50,14 +54,17 @@ def _targets(rec: dict, preference: bool) -> tuple[str, str | None]:
         raise DataError("the record has both 'completion' and 'chosen'; give one")
     key = "completion" if not preference and "chosen" not in rec else "chosen"
     if key not in rec:
-        raise DataError(f"missing '{key}'" + ("; a preference record needs 'chosen' and 'rejected'" if preference
-                                              else ""))  # fmt: skip
+        raise DataError(
+            f"missing '{key}'" + ("; a preference record needs 'chosen' and 'rejected'" if preference else "")
+        )
     chosen = _completion(rec[key], key)
     if not preference:
         return chosen, None
     if "rejected" not in rec:
-        raise DataError("missing 'rejected'; a preference record needs both 'chosen' and 'rejected' "
-                        "(SFT data trains with `qwen-audio-jax sft`)")
+        raise DataError(
+            "missing 'rejected'; a preference record needs both 'chosen' and 'rejected' "
+            "(SFT data trains with `qwen-audio-jax sft`)"
+        )
     return _pair(chosen, _completion(rec["rejected"], "rejected"))
 
 
@@ -74,8 +81,10 @@ def _parse_implicit(rec: dict, base_dir: Path, preference: bool) -> tuple[dict, 
         return _split_last_turn(chosen, "chosen")
     rejected = _messages(rec.get("rejected"), base_dir, "rejected")
     if len(chosen) < 2 or chosen[:-1] != rejected[:-1]:
-        raise DataError("'chosen' and 'rejected' (whole conversations, no 'prompt') must share every turn but the "
-                        "last, which is the assistant's answer; or give the shared turns as 'prompt'")
+        raise DataError(
+            "'chosen' and 'rejected' (whole conversations, no 'prompt') must share every turn but the "
+            "last, which is the assistant's answer; or give the shared turns as 'prompt'"
+        )
     request, text, _ = _split_last_turn(chosen, "chosen")
     return (request, text, None) if not preference else (request, *_pair(text, _completion(rejected[-1], "rejected")))
 
@@ -96,8 +105,10 @@ def _parse_sharegpt(rec: dict, base_dir: Path, preference: bool) -> tuple[dict, 
     turns = [_sharegpt_turn(t, f"conversations[{i}]") for i, t in enumerate(turns)]
     n = sum(text.count(LF_AUDIO) for _, text in turns)
     if n != len(audios):
-        raise DataError(f"the conversation has {n} {LF_AUDIO} placeholders but 'audios' lists {len(audios)} files; "
-                        "give one file per placeholder")
+        raise DataError(
+            f"the conversation has {n} {LF_AUDIO} placeholders but 'audios' lists {len(audios)} files; "
+            "give one file per placeholder"
+        )
     messages, pending = [], iter(audios)
     for i, (role, text) in enumerate(turns):
         if LF_AUDIO not in text:
@@ -125,8 +136,10 @@ def _sharegpt_turn(turn, where: str) -> tuple[str, str]:
     role, text = turn.get("from", turn.get("role")), turn.get("value", turn.get("content"))
     role = role if isinstance(role, str) else repr(role)
     if role in _TOOL_ROLES:
-        raise DataError(f"{where} is a tool turn (from {role!r}), which audio training data does not support; "
-                        "drop the tool calls from this record")
+        raise DataError(
+            f"{where} is a tool turn (from {role!r}), which audio training data does not support; "
+            "drop the tool calls from this record"
+        )
     if role not in _ROLES:
         raise DataError(f"{where} has unknown role {role!r}; use human/user, gpt/assistant or system")
     if not isinstance(text, str):
@@ -162,8 +175,10 @@ def _part(p, base_dir: Path, where: str) -> dict:
         return {"type": "audio", "audio": _resolve(src, base_dir)}
     if isinstance(p, dict) and p.get("type", "text") == "text" and isinstance(p.get("text"), str):
         return {"type": "text", "text": p["text"]}
-    raise DataError(f"{where}: unsupported content part {p!r:.80}; use {{'type': 'text', 'text': ...}} or "
-                    "{'type': 'audio', 'audio': path}")
+    raise DataError(
+        f"{where}: unsupported content part {p!r:.80}; use {{'type': 'text', 'text': ...}} or "
+        "{'type': 'audio', 'audio': path}"
+    )
 
 
 def _completion(value, what: str) -> str:

@@ -13,8 +13,8 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -30,8 +30,16 @@ from qwen_audio_jax.training.run import TrainingRun
 
 RUN_FILE = "run_config.json"
 # Keys a resumed run may change: how long it runs, how it logs and checkpoints, where it runs.
-MUTABLE_KEYS = ("train.steps", "train.log_every", "train.num_threads", "checkpoint.every", "checkpoint.keep",
-                "checkpoint.async_save", "mesh", "output_dir")  # fmt: skip
+MUTABLE_KEYS = (
+    "train.steps",
+    "train.log_every",
+    "train.num_threads",
+    "checkpoint.every",
+    "checkpoint.keep",
+    "checkpoint.async_save",
+    "mesh",
+    "output_dir",
+)
 
 
 class TrainingError(QwenAudioError):
@@ -61,11 +69,15 @@ def check_resume(run: TrainingRun, log: Callable[[str], None]) -> None:
     changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k) and k not in MUTABLE_KEYS)
     if changed:
         detail = ", ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in changed[:4])
-        raise ConfigError(f"{run.out} holds a run started with other settings ({detail}); resume it with its own "
-                          "settings or train into a new output_dir.")  # fmt: skip
+        raise ConfigError(
+            f"{run.out} holds a run started with other settings ({detail}); resume it with its own "
+            "settings or train into a new output_dir."
+        )
     if before.get("train.steps") != now.get("train.steps"):
-        log(f"note: train.steps changed {before.get('train.steps')} -> {now.get('train.steps')}; the learning-rate "
-            "schedule follows the new length from here on.")  # fmt: skip
+        log(
+            f"note: train.steps changed {before.get('train.steps')} -> {now.get('train.steps')}; the learning-rate "
+            "schedule follows the new length from here on."
+        )
         if jax.process_index() == 0:
             path.write_text(json.dumps(current, indent=2) + "\n")
 
@@ -83,23 +95,31 @@ def train(run: TrainingRun, *, log: Callable[[str], None] = print, progress: boo
         if run.preference and cfg.reference.mode == "precomputed":
             ref_table = load_reference_table(run.out, run.fingerprint, cfg)
         elif run.preference:
-            ref_params = run.load_params(cfg.reference.model) if cfg.reference.model else jax.tree_util.tree_map(
-                jnp.copy, state.params)  # fmt: skip
-        ckpt = TrainCheckpoints(run.out / "checkpoints", every=cfg.checkpoint.every, keep=cfg.checkpoint.keep,
-                                async_save=cfg.checkpoint.async_save)  # fmt: skip
+            ref_params = (
+                run.load_params(cfg.reference.model)
+                if cfg.reference.model
+                else jax.tree_util.tree_map(jnp.copy, state.params)
+            )
+        ckpt = TrainCheckpoints(
+            run.out / "checkpoints",
+            every=cfg.checkpoint.every,
+            keep=cfg.checkpoint.keep,
+            async_save=cfg.checkpoint.async_save,
+        )
         it = run.iterator(cfg.train.steps)
         start = ckpt.latest_step() or 0
         if start:
             try:
                 state, data_state = ckpt.restore(start, abstract_like(state))
             except (ValueError, KeyError, TypeError) as e:
-                raise ConfigError(f"{run.out / 'checkpoints'}: step {start} does not match this model "
-                                  f"({str(e).splitlines()[0][:120]}); train into a new output_dir.") from e
+                raise ConfigError(
+                    f"{run.out / 'checkpoints'}: step {start} does not match this model "
+                    f"({str(e).splitlines()[0][:120]}); train into a new output_dir."
+                ) from e
             it.set_state(data_state)
             log(f"resumed from step {start} ({run.out / 'checkpoints'})")
         metrics_out = MetricsWriter(run.out, enabled=jax.process_index() == 0, resume_after=start)
-        bar = tqdm(total=cfg.train.steps, initial=start, desc="dpo" if run.preference else "sft",
-                   disable=not progress)  # fmt: skip
+        bar = tqdm(total=cfg.train.steps, initial=start, desc="dpo" if run.preference else "sft", disable=not progress)
         last: dict = {}
         try:
             for step in range(start, cfg.train.steps):
@@ -142,9 +162,17 @@ def precompute_reference(run: TrainingRun, *, log: Callable[[str], None] = print
     ref_dir = reference.reference_model_dir(run.cfg)
     with run.placement.activate():
         params = run.load_params(ref_dir)
-        table = reference.compute_reference_table(run.module, params, run.examples, run.processor, run.placement,
-                                                  run.config.pad_token_id, run.cfg.train.batch_size,
-                                                  run.completion_suffix, progress=progress)  # fmt: skip
+        table = reference.compute_reference_table(
+            run.module,
+            params,
+            run.examples,
+            run.processor,
+            run.placement,
+            run.config.pad_token_id,
+            run.cfg.train.batch_size,
+            run.completion_suffix,
+            progress=progress,
+        )
     path = reference.save_reference_table(run.out, table, run.fingerprint, reference.model_identity(ref_dir))
     log(f"reference log-probs of {len(table)} pairs -> {path}")
     return path

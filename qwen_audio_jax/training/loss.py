@@ -36,7 +36,9 @@ class LossConfig:
         if bad:
             raise ConfigError(f"unknown loss type(s) {bad}; choose from {list(LOSS_TYPES)}.")
         if len(self.weights) != len(self.types):
-            raise ConfigError(f"loss.weights {list(self.weights)} must have one weight per loss type {list(self.types)}.")
+            raise ConfigError(
+                f"loss.weights {list(self.weights)} must have one weight per loss type {list(self.types)}."
+            )
         if not 0.0 <= self.label_smoothing < 0.5:
             raise ConfigError("loss.label_smoothing must be in [0, 0.5).")
         if self.beta <= 0:
@@ -71,8 +73,10 @@ def preference_loss(cfg: LossConfig, pi_c, pi_r, ref_c, ref_r, n_c, n_r, active)
     """(mean loss over active pairs, metrics dict of TRL names). active: [B] 1.0 for real pairs."""
     active = active.astype(jnp.float32)
     count = jnp.maximum(active.sum(), 1.0)
-    losses = sum(w * per_pair_losses(t, pi_c, pi_r, ref_c, ref_r, n_c, n_r, cfg.beta, cfg.label_smoothing)
-                 for t, w in zip(cfg.types, cfg.weights))  # fmt: skip
+    losses = sum(
+        w * per_pair_losses(t, pi_c, pi_r, ref_c, ref_r, n_c, n_r, cfg.beta, cfg.label_smoothing)
+        for t, w in zip(cfg.types, cfg.weights)
+    )
     loss = (losses * active).sum() / count
     chosen_rewards = cfg.beta * (pi_c - ref_c)
     rejected_rewards = cfg.beta * (pi_r - ref_r)

@@ -18,8 +18,11 @@ class MetricsWriter:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if resume_after and self.path.exists():
-            kept = [line for line in self.path.read_text().splitlines() if _step(line) is not None
-                    and _step(line) <= resume_after]  # fmt: skip
+            kept = [
+                line
+                for line in self.path.read_text().splitlines()
+                if _step(line) is not None and _step(line) <= resume_after
+            ]
             self.path.write_text("".join(line + "\n" for line in kept))
         elif self.path.exists():
             self.path.unlink()

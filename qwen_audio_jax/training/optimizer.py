@@ -17,7 +17,7 @@ stage did.
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -89,15 +89,15 @@ def encoder_depth_scale(decay: float, num_layers: int) -> optax.GradientTransfor
     return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
-def make_optimizer(cfg: OptimConfig, total_steps: int, encoder_layers: int = 0
-                   ) -> tuple[optax.GradientTransformation, Callable]:  # fmt: skip
+def make_optimizer(
+    cfg: OptimConfig, total_steps: int, encoder_layers: int = 0
+) -> tuple[optax.GradientTransformation, Callable]:
     """(optimizer, learning-rate schedule). The optimizer expects the model's nested param dict."""
     lr = schedule(cfg, total_steps)
 
     def adamw(multiplier: float):
         scaled = lr if multiplier == 1.0 else (lambda step: lr(step) * multiplier)
-        return optax.adamw(scaled, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay,
-                           mask=_decay_mask)  # fmt: skip
+        return optax.adamw(scaled, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay, mask=_decay_mask)
 
     encoder = adamw(cfg.encoder_lr_multiplier)
     if cfg.encoder_layer_decay != 1.0:
@@ -117,6 +117,4 @@ def make_optimizer(cfg: OptimConfig, total_steps: int, encoder_layers: int = 0
 
 def _decay_mask(params):
     # Scanned layers stack a leading axis, so a stacked bias is 2-D: decide by the leaf's name, not its rank.
-    return jax.tree_util.tree_map_with_path(
-        lambda path, x: path[-1].key in ("kernel", "embedding"), params
-    )
+    return jax.tree_util.tree_map_with_path(lambda path, x: path[-1].key in ("kernel", "embedding"), params)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import grain
 import numpy as np
@@ -44,8 +44,16 @@ class ExamplePreparer:
         return int(index), self.processor.prepare_completions(ex.request, completions)
 
 
-def make_iterator(examples: Sequence, processor: Processor, cfg: PipelineConfig, total_steps: int, *,
-                  preference: bool, process_index: int = 0, process_count: int = 1):  # fmt: skip
+def make_iterator(
+    examples: Sequence,
+    processor: Processor,
+    cfg: PipelineConfig,
+    total_steps: int,
+    *,
+    preference: bool,
+    process_index: int = 0,
+    process_count: int = 1,
+):
     """A grain iterator over this process's micro-batches (lists of (index, prepared)), with get_state() and
     set_state().
 
@@ -88,8 +96,9 @@ def batch_shape(micro_batches: list[list[tuple[int, list[PreparedRequest]]]], bu
     )
 
 
-def collate_step(micro_batches, shape: BatchShape, pad_id: int, n_mels: int, ref_table: dict | None = None,
-                 preference: bool = True) -> dict[str, np.ndarray]:  # fmt: skip
+def collate_step(
+    micro_batches, shape: BatchShape, pad_id: int, n_mels: int, ref_table: dict | None = None, preference: bool = True
+) -> dict[str, np.ndarray]:
     """Stacks A micro-batches of B examples into arrays [A, K, B, T] (K = 2: chosen, rejected; K = 1 for SFT),
     right-padded; clips [A, C, M, F] in pair order, once per pair (chosen and rejected share them)."""
     a, b = len(micro_batches), len(micro_batches[0])

@@ -16,8 +16,8 @@ from pathlib import Path
 import jax
 from tqdm import tqdm
 
-from qwen_audio_jax.errors import ConfigError
 from qwen_audio_jax.batching.buckets import Buckets
+from qwen_audio_jax.errors import ConfigError
 from qwen_audio_jax.model.logprobs import completion_logprobs
 from qwen_audio_jax.training.pipeline import ExamplePreparer, batch_shape, collate_step
 
@@ -39,8 +39,17 @@ def reference_model_dir(cfg) -> str:
     return cfg.reference.model or cfg.model
 
 
-def compute_reference_table(module, params, examples, processor, placement, pad_id: int, batch_size: int,
-                            completion_suffix: str = "", progress: bool = True) -> dict[int, list[float]]:  # fmt: skip
+def compute_reference_table(
+    module,
+    params,
+    examples,
+    processor,
+    placement,
+    pad_id: int,
+    batch_size: int,
+    completion_suffix: str = "",
+    progress: bool = True,
+) -> dict[int, list[float]]:
     """{example index: [log p_ref(chosen), log p_ref(rejected)]} over all examples, in order (the same
     sequences, suffix included, that training scores)."""
     prepare = ExamplePreparer(examples, processor, preference=True, completion_suffix=completion_suffix)
@@ -52,14 +61,20 @@ def compute_reference_table(module, params, examples, processor, placement, pad_
         shape = batch_shape([micro], buckets)
         arrays = collate_step([micro], shape, pad_id, processor.n_mels)
         if shape.completion not in fns:
-            fns[shape.completion] = jax.jit(functools.partial(completion_logprobs, module, clip_repeats=2,
-                                                              max_completion=shape.completion))  # fmt: skip
+            fns[shape.completion] = jax.jit(
+                functools.partial(completion_logprobs, module, clip_repeats=2, max_completion=shape.completion)
+            )
         fn = fns[shape.completion]
         rows = lambda x: placement.put(x[0].reshape(-1, x.shape[-1]))  # noqa: E731  [K, B, T] -> [K*B, T]
         mel = arrays.get("mel")
-        out = fn(params, rows(arrays["tokens"]), rows(arrays["mask"]), rows(arrays["completion_mask"]),
-                 None if mel is None else placement.put_replicated(mel[0]),
-                 None if mel is None else placement.put_replicated(arrays["mel_lengths"][0]))  # fmt: skip
+        out = fn(
+            params,
+            rows(arrays["tokens"]),
+            rows(arrays["mask"]),
+            rows(arrays["completion_mask"]),
+            None if mel is None else placement.put_replicated(mel[0]),
+            None if mel is None else placement.put_replicated(arrays["mel_lengths"][0]),
+        )
         logps = placement.to_host(out.sum_logprobs).reshape(2, -1)
         for j, (index, _) in enumerate(micro):
             table[index] = [float(logps[0, j]), float(logps[1, j])]
@@ -77,8 +92,10 @@ def save_reference_table(out_dir: Path, table: dict, fingerprint: str, identity:
 def load_reference_table(out_dir: Path, fingerprint: str, cfg) -> dict[int, list[float]]:
     path = Path(out_dir) / FILE
     if not path.is_file():
-        raise ConfigError(f"{path} not found; run `qwen-audio-jax dpo --config ... --precompute-ref` first "
-                          "(or set reference.mode: model).")  # fmt: skip
+        raise ConfigError(
+            f"{path} not found; run `qwen-audio-jax dpo --config ... --precompute-ref` first "
+            "(or set reference.mode: model)."
+        )
     doc = json.loads(path.read_text())
     if doc.get("fingerprint") != fingerprint:
         raise ConfigError(f"{path} was computed for different data; re-run with --precompute-ref.")

@@ -14,8 +14,8 @@ import dataclasses
 import functools
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -61,7 +61,7 @@ class TrainingRun:
     shapes_seen: set = dataclasses.field(default_factory=set)  # (length, clips, frames, completion) buckets
 
     @classmethod
-    def build(cls, cfg: RunConfig, log: Callable[[str], None] = print) -> "TrainingRun":
+    def build(cls, cfg: RunConfig, log: Callable[[str], None] = print) -> TrainingRun:
         if not cfg.model:
             raise ConfigError("set `model:` (a model dir written by `qwen-audio-jax convert`).")
         if not cfg.data.train:
@@ -76,8 +76,15 @@ class TrainingRun:
         preference = cfg.loss.is_preference
         suffix = processor.tokenizer.id_to_token(config.eos_token_id) or ""
         examples, bad = read_examples(cfg.data.train, preference)
-        pairs, report = validate_examples(examples, processor, cfg.data.max_length, bad_records=bad,
-                                          source=cfg.data.train, completion_suffix=suffix, keep_mels=False)  # fmt: skip
+        pairs, report = validate_examples(
+            examples,
+            processor,
+            cfg.data.max_length,
+            bad_records=bad,
+            source=cfg.data.train,
+            completion_suffix=suffix,
+            keep_mels=False,
+        )
         log(f"data: {report.summary()}")
         if jax.process_index() == 0:
             (out / "data_report.json").write_text(json.dumps(report.to_dict(), indent=2))
@@ -86,26 +93,48 @@ class TrainingRun:
         padded = placement.round_batch(local * procs) // procs  # padded with inactive pairs, never refused
         tx, lr_fn = make_optimizer(cfg.optim, cfg.train.steps, config.audio.num_layers)
         step_cfg = StepConfig(cfg.loss, cfg.optim.encoder_frozen, cfg.optim.freeze_projector, augment=cfg.augment)
-        module = build_module(config, dtype=jnp.dtype(cfg.train.compute_dtype), remat_policy=cfg.train.remat,
-                              inference_scaling=False)  # fmt: skip
-        return cls(cfg=cfg, out=out, placement=placement, config=config, processor=processor, preference=preference,
-                   examples=[e for e in examples if e.id in kept], report=report,
-                   fingerprint=pair_fingerprint(pairs), completion_suffix=suffix, local_pairs=local,
-                   padded_pairs=padded, module=module, tx=tx, lr_fn=lr_fn, step_cfg=step_cfg,
-                   param_shardings=placement.param_shardings(config))  # fmt: skip
+        module = build_module(
+            config, dtype=jnp.dtype(cfg.train.compute_dtype), remat_policy=cfg.train.remat, inference_scaling=False
+        )
+        return cls(
+            cfg=cfg,
+            out=out,
+            placement=placement,
+            config=config,
+            processor=processor,
+            preference=preference,
+            examples=[e for e in examples if e.id in kept],
+            report=report,
+            fingerprint=pair_fingerprint(pairs),
+            completion_suffix=suffix,
+            local_pairs=local,
+            padded_pairs=padded,
+            module=module,
+            tx=tx,
+            lr_fn=lr_fn,
+            step_cfg=step_cfg,
+            param_shardings=placement.param_shardings(config),
+        )
 
     # ---- params and state ----------------------------------------------------------------------------------
     def load_params(self, model_dir) -> dict:
         """fp32 master weights, whatever the stored dtype, restored straight into their shardings."""
-        target = jax.tree_util.tree_map(lambda x, s: jax.ShapeDtypeStruct(x.shape, jnp.float32, sharding=s),
-                                        abstract_params(self.config), self.param_shardings)  # fmt: skip
+        target = jax.tree_util.tree_map(
+            lambda x, s: jax.ShapeDtypeStruct(x.shape, jnp.float32, sharding=s),
+            abstract_params(self.config),
+            self.param_shardings,
+        )
         return load_params(model_dir, target)
 
     def initial_state(self) -> TrainState:
         params = self.load_params(self.cfg.model)
         opt_state = jax.jit(self.tx.init)(params)
-        state = TrainState(step=jnp.asarray(0, jnp.int32), params=params, opt_state=opt_state,
-                           rng=jax.random.PRNGKey(self.cfg.train.seed))  # fmt: skip
+        state = TrainState(
+            step=jnp.asarray(0, jnp.int32),
+            params=params,
+            opt_state=opt_state,
+            rng=jax.random.PRNGKey(self.cfg.train.seed),
+        )
         # Every leaf committed to the mesh (params and moments by their shardings, scalars replicated), as the
         # step's outputs will be, so step 2 reuses step 1's program and every donation lands.
         rep = self.placement.replicated()
@@ -116,10 +145,18 @@ class TrainingRun:
 
     def iterator(self, total_steps: int):
         cfg = self.cfg
-        pipeline = PipelineConfig(self.local_pairs, cfg.train.grad_accum, cfg.train.seed, cfg.train.num_threads,
-                                  self.completion_suffix)  # fmt: skip
-        return make_iterator(self.examples, self.processor, pipeline, total_steps, preference=self.preference,
-                             process_index=jax.process_index(), process_count=jax.process_count())  # fmt: skip
+        pipeline = PipelineConfig(
+            self.local_pairs, cfg.train.grad_accum, cfg.train.seed, cfg.train.num_threads, self.completion_suffix
+        )
+        return make_iterator(
+            self.examples,
+            self.processor,
+            pipeline,
+            total_steps,
+            preference=self.preference,
+            process_index=jax.process_index(),
+            process_count=jax.process_count(),
+        )
 
     # ---- batches and steps -----------------------------------------------------------------------------------
     def next_batch(self, it, ref_table: dict | None) -> tuple[TrainBatch, int]:
@@ -127,10 +164,12 @@ class TrainingRun:
         micro = [next(it) for _ in range(self.cfg.train.grad_accum)]
         shape = batch_shape(micro, Buckets())
         shape.length, shape.clips, shape.frames, shape.completion = agree_max(
-            (shape.length, shape.clips, shape.frames, shape.completion))
+            (shape.length, shape.clips, shape.frames, shape.completion)
+        )
         self.shapes_seen.add((shape.length, shape.clips, shape.frames, shape.completion))
-        arrays = collate_step(micro, shape, self.config.pad_token_id, self.processor.n_mels, ref_table,
-                              preference=self.preference)  # fmt: skip
+        arrays = collate_step(
+            micro, shape, self.config.pad_token_id, self.processor.n_mels, ref_table, preference=self.preference
+        )
         arrays = _pad_pairs(arrays, self.padded_pairs, self.config.pad_token_id)
         return TrainBatch(**{k: self._put(k, v) for k, v in arrays.items()}), shape.completion
 

@@ -91,8 +91,10 @@ class RunConfig:
 
     def __post_init__(self):
         if self.augment.spec_augment and self.loss.is_preference and self.reference.mode == "precomputed":
-            raise ConfigError("augment.spec_augment with reference.mode: precomputed would compare the policy on "
-                              "masked audio with a reference on clean audio; use reference.mode: model.")  # fmt: skip
+            raise ConfigError(
+                "augment.spec_augment with reference.mode: precomputed would compare the policy on "
+                "masked audio with a reference on clean audio; use reference.mode: model."
+            )
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

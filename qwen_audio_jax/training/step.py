@@ -8,7 +8,8 @@ each clip is encoded once per pair (`clip_repeats=2`). SFT rows are the B chosen
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import flax.struct
 import jax
@@ -63,10 +64,19 @@ def _rows(x):
 def _logprobs(module, params, micro: TrainBatch, cfg: StepConfig):
     k = micro.tokens.shape[0]
     return completion_logprobs(
-        module, params, _rows(micro.tokens), _rows(micro.mask), _rows(micro.completion_mask), micro.mel,
-        micro.mel_lengths, chunk=cfg.logprob_chunk, max_completion=cfg.max_completion, clip_repeats=k, frozen_encoder=cfg.frozen_encoder,
+        module,
+        params,
+        _rows(micro.tokens),
+        _rows(micro.mask),
+        _rows(micro.completion_mask),
+        micro.mel,
+        micro.mel_lengths,
+        chunk=cfg.logprob_chunk,
+        max_completion=cfg.max_completion,
+        clip_repeats=k,
+        frozen_encoder=cfg.frozen_encoder,
         frozen_projector=cfg.frozen_projector,
-    )  # fmt: skip
+    )
 
 
 def batch_loss(module, params, micro: TrainBatch, ref_logps, cfg: StepConfig):
