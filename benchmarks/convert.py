@@ -59,6 +59,7 @@ def write_synthetic(directory: Path, shard_bytes: int = 1 << 30) -> int:
     """Random tensors with the exact HF names/shapes, streamed into shards. Returns total bytes."""
     from flax import traverse_util
 
+    from qwen_audio_jax.conversion.hf_config import from_hf_config
     from qwen_audio_jax.conversion.name_map import hf_shape, qwen2_audio_rules
     from qwen_audio_jax.conversion.safetensors_io import write_safetensors
     from qwen_audio_jax.model.params import abstract_params
@@ -80,7 +81,7 @@ def write_synthetic(directory: Path, shard_bytes: int = 1 << 30) -> int:
 
     for rule in qwen2_audio_rules(config):
         shape = shapes[rule.target].shape
-        per = hf_shape(rule.transform, shape[1:] if rule.num_layers else shape)
+        per = hf_shape(rule, shape[1:] if rule.num_layers else shape)
         for name in rule.source_names():
             x = rng.standard_normal(per, dtype=np.float32) * 0.02
             if pending and pending_bytes + x.nbytes > shard_bytes:
@@ -98,6 +99,7 @@ def write_synthetic(directory: Path, shard_bytes: int = 1 << 30) -> int:
 def largest_group_bytes(directory: Path) -> int:
     import jax
 
+    from qwen_audio_jax.conversion.hf_config import from_hf_config
     from qwen_audio_jax.model.params import abstract_params
 
     config = from_hf_config(json.loads((directory / "config.json").read_text()))
@@ -140,7 +142,7 @@ def main() -> None:
         group = largest_group_bytes(src)
         ours = run_child(
             f"from qwen_audio_jax.conversion.hf_to_jax import convert\n"
-            f"convert({str(src)!r}, {str(dst)!r}, dtype='float32', progress=False, log=lambda m: None)"
+            f"convert({str(src)!r}, {str(dst)!r}, progress=False, log=lambda m: None)"
         )
         ref = run_child(
             "import torch\nfrom transformers import Qwen2AudioForConditionalGeneration\n"

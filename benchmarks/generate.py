@@ -1,13 +1,13 @@
-"""Batch generation: JAX engine vs transformers `generate` on the same weights and inputs, in one run.
+"""Batch generation on one batch: the JAX engine vs transformers `generate` on the same weights and inputs, in
+one run, in process (both sides loaded and warmed up), plus the CLI end to end in a fresh process.
 
-A ~140M-parameter Qwen2-Audio (real 156,032 vocab, d=384, 8 decoder + 4 encoder layers, random weights) is
-built in transformers, saved, and converted with `qwen-audio-jax convert`. A batch of 8 real clips of 4-10 s
-(fixture clips cut to length; synthetic audio when ../shared is absent) is prepared once, then both sides
-generate 128 new tokens greedily (min_new_tokens=128, so both do exactly the same number of steps), fp32 CPU.
+The benchmark model (benchmarks/_common.py: ~142M parameters, real 156,032 vocab, random weights), 8 chat
+requests over real clips of 4-10 s (fixture clips cut to length; synthetic audio when ../shared is absent),
+128 new tokens each, greedy with min_new_tokens=128 (both sides do exactly the same steps), fp32 CPU.
 
-Reported per side (median of --repeats runs after one warm-up/compile run):
-  end-to-end seconds and requests/s, audio-encoder seconds, prefill seconds, decode tokens/s;
-and the ratios JAX/reference. One JSON line.
+Reported per side (median of --repeats runs after one warm-up): seconds and requests/s for the batch, prefill
+seconds, decode tokens/s, audio-encoder seconds; the CLI's wall time (fresh process, warm compilation cache);
+the ratios. One JSON line.
 
     python benchmarks/generate.py [--repeats 3] [--new-tokens 128]
 """
@@ -16,42 +16,33 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
+from _common import STOP, build_model, fixture_audio, machine, run_cli
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-SPEC = dict(audio_d=384, audio_layers=4, audio_heads=6, audio_ffn=1536, hidden=384, layers=8, heads=6, kv_heads=6,
-            inter=1024, vocab=156032)
-CLIPS = [("librispeech_1272_16k.flac", 5.9), ("glass_breaking_48k_stereo.mp3", 4.05), ("spanish_48k.mp3", 6.0),
-         ("librispeech_1089_24k.wav", 9.0), ("chongqing_dialect_zh.wav", 8.0), ("music_97s_16k.wav", 10.0),
-         ("librispeech_1089_24k.wav", 4.5), ("music_97s_16k.wav", 7.0)]
-
-
-def batch_audio() -> tuple[list[np.ndarray], str]:
-    from qwen_audio_jax.audio.load import load_audio
-    from tests._paths import FIXTURE_AUDIO
-    from tests._requests import synth_clip
-
-    out, source = [], "fixtures"
-    for i, (name, seconds) in enumerate(CLIPS):
-        path = FIXTURE_AUDIO / name
-        if path.exists():
-            wav = load_audio(path)
-            start = int(16000 * 1.0 * (i % 3)) if len(wav) > 16000 * (seconds + 3) else 0
-            out.append(wav[start : start + int(seconds * 16000)])
-        else:
-            out.append(synth_clip(seconds, seed=i))
-            source = "synthetic"
-    return out, source
+CLIPS = [
+    ("librispeech_1272_16k.flac", 5.9),
+    ("glass_breaking_48k_stereo.mp3", 4.05),
+    ("spanish_48k.mp3", 6.0),
+    ("librispeech_1089_24k.wav", 9.0),
+    ("chongqing_dialect_zh.wav", 8.0),
+    ("music_97s_16k.wav", 10.0),
+    ("librispeech_1089_24k.wav", 4.5),
+    ("music_97s_16k.wav", 7.0),
+]
+PROMPTS = [
+    "What does the speaker say?",
+    "Describe the sound.",
+    "Translate the speech into English.",
+    "Transcribe the speech.",
+    "Which dialect is this?",
+    "What instruments do you hear?",
+    "Summarise the audio.",
+    "Describe the mood.",
+]
 
 
 def median_time(fn, repeats: int) -> float:
@@ -73,40 +64,46 @@ def main() -> None:
 
     import jax
     import jax.numpy as jnp
+    import soundfile as sf
     import torch
 
     from qwen_audio_jax import api
-    from qwen_audio_jax.conversion.hf_to_jax import convert
     from qwen_audio_jax.generation.engine import Engine
-from qwen_audio_jax.generation.options import GenerationOptions
+    from qwen_audio_jax.generation.options import GenerationOptions
     from qwen_audio_jax.model.params import build_module, count_params
     from qwen_audio_jax.text.processor import collate
-    from tests._hf_models import TinySpec, build_hf_model
-    from tests._model_dirs import PREPROCESSOR
-    from qwen_audio_jax.bundled import write_tokenizer_dir
 
     work = Path(tempfile.mkdtemp(prefix="qaj-gen-bench-"))
-    hf = build_hf_model(TinySpec("bench", **SPEC), seed=0)
-    hf.save_pretrained(work / "hf")
-    write_tokenizer_dir(work / "hf")
-    (work / "hf" / "preprocessor_config.json").write_text(json.dumps(PREPROCESSOR))
-    convert(work / "hf", work / "jax", dtype="float32", progress=False, log=lambda m: None)
-    model = api.load(work / "jax")
-    n_params = count_params(model.params)
+    hf, model_dir = build_model(work)
+    model = api.load(model_dir)
+    audio, real = zip(*(fixture_audio(n, s, 1.0 * (i % 3), seed=i) for i, (n, s) in enumerate(CLIPS)))
+    requests = []
+    for i, (a, p) in enumerate(zip(audio, PROMPTS)):
+        sf.write(work / f"c{i}.wav", a, 16000)
+        requests.append(
+            {
+                "id": str(i),
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [{"type": "audio", "audio": str(work / f"c{i}.wav")}, {"type": "text", "text": p}],
+                    }
+                ],
+            }
+        )
+    prepared = [model.processor.prepare_messages(r["messages"]) for r in requests]
 
-    audio, source = batch_audio()
-    prompts = ["What does the speaker say?", "Describe the sound.", "Translate the speech into English.",
-               "Transcribe the speech.", "Which dialect is this?", "What instruments do you hear?",
-               "Summarise the audio.", "Describe the mood."]
-    prepared = [model.processor.prepare_messages([{"role": "user", "content": [
-        {"type": "audio", "audio": a}, {"type": "text", "text": p}]}]) for a, p in zip(audio, prompts)]
-    stop = (151645, 151643)
-
-    # ---- JAX ----------------------------------------------------------------------------------------------------
+    # ---- JAX, in process ---------------------------------------------------------------------------------------
     engine = Engine(model.config, model.params, batch_size=8)
-    opts = GenerationOptions(max_new_tokens=n_new, min_new_tokens=n_new, stop_ids=stop)
-    jax_total = median_time(lambda: engine.generate(prepared, opts), args.repeats)
-    jax_prefill, jax_decode = engine.last_timings["prefill_s"], engine.last_timings["decode_s"]
+    opts = GenerationOptions(max_new_tokens=n_new, min_new_tokens=n_new)
+
+    def ours():
+        before = (engine.stats.prefill_s, engine.stats.decode_s)
+        out = engine.generate(prepared, opts)
+        ours.prefill_s, ours.decode_s = engine.stats.prefill_s - before[0], engine.stats.decode_s - before[1]
+        return out
+
+    jax_total = median_time(ours, args.repeats)
     module = build_module(model.config)
     batch = collate(prepared, pad_id=151643)
     a = engine.buckets.mel_frames(int(batch.mel_lengths.max()))
@@ -114,17 +111,45 @@ from qwen_audio_jax.generation.options import GenerationOptions
     mel_j, len_j = jnp.asarray(batch.mel[:, :, :a]), jnp.asarray(batch.mel_lengths)
     jax_encode = median_time(lambda: encode(model.params, mel_j, len_j).block_until_ready(), args.repeats)
 
-    # ---- transformers ---------------------------------------------------------------------------------------------
+    # ---- JAX, the CLI in a fresh process (the cache warmed by a first run) -----------------------------------------
+    (work / "requests.jsonl").write_text("".join(json.dumps(r) + "\n" for r in requests))
+    argv = [
+        "generate",
+        "--model",
+        str(model_dir),
+        "--input",
+        str(work / "requests.jsonl"),
+        "--max-new-tokens",
+        str(n_new),
+        "--min-new-tokens",
+        str(n_new),
+        "--batch-size",
+        "8",
+        "--no-progress",
+        "--compilation-cache",
+        str(work / "xla"),
+    ]
+    run_cli(argv + ["--output", str(work / "cold.jsonl")])
+    cli_s, cli = run_cli(argv + ["--output", str(work / "warm.jsonl")])
+
+    # ---- transformers, in process ------------------------------------------------------------------------------
     hf_inputs = dict(
-        input_ids=torch.from_numpy(batch.tokens).long(), attention_mask=torch.from_numpy(batch.attention_mask).long(),
+        input_ids=torch.from_numpy(batch.tokens).long(),
+        attention_mask=torch.from_numpy(batch.attention_mask).long(),
         input_features=torch.from_numpy(batch.mel),
         feature_attention_mask=(torch.arange(3000)[None] < torch.from_numpy(batch.mel_lengths)[:, None]).long(),
     )
 
     def hf_generate(k):
         with torch.no_grad():
-            return hf.generate(**hf_inputs, max_new_tokens=k, min_new_tokens=k, do_sample=False,
-                               eos_token_id=list(stop), pad_token_id=151643)
+            return hf.generate(
+                **hf_inputs,
+                max_new_tokens=k,
+                min_new_tokens=k,
+                do_sample=False,
+                eos_token_id=list(STOP),
+                pad_token_id=151643,
+            )
 
     ref_total = median_time(lambda: hf_generate(n_new), args.repeats)
     ref_prefill = median_time(lambda: hf_generate(1), args.repeats)
@@ -139,28 +164,47 @@ from qwen_audio_jax.generation.options import GenerationOptions
 
     ref_encode = median_time(hf_encode, args.repeats)
 
-    same = [o.token_ids for o in engine.generate(prepared, opts)] == hf_generate(n_new)[:, batch.tokens.shape[1]:].tolist()
+    want = hf_generate(n_new)[:, batch.tokens.shape[1] :].tolist()
+    same = [o.token_ids for o in engine.generate(prepared, opts)] == want
+    cli_tokens = {r["id"]: r["token_ids"] for r in map(json.loads, (work / "warm.jsonl").read_text().splitlines())}
     decode_tokens = 8 * (n_new - 1)
     result = {
         "benchmark": "generate",
-        "params": n_params,
+        "params": count_params(model.params),
         "batch": 8,
         "new_tokens": n_new,
-        "audio": source,
+        "audio": "fixtures" if all(real) else "synthetic",
         "clip_seconds": [round(len(x) / 16000, 2) for x in audio],
-        "same_tokens_as_reference": same,
-        "jax": {"seconds": round(jax_total, 3), "requests_per_s": round(8 / jax_total, 3),
-                "decode_tokens_per_s": round(decode_tokens / jax_decode, 1), "prefill_s": round(jax_prefill, 3),
-                "audio_encoder_s": round(jax_encode, 4), "mel_frames_encoded": a},
-        "reference": {"seconds": round(ref_total, 3), "requests_per_s": round(8 / ref_total, 3),
-                      "decode_tokens_per_s": round(decode_tokens / (ref_total - ref_prefill), 1),
-                      "prefill_s": round(ref_prefill, 3), "audio_encoder_s": round(ref_encode, 4),
-                      "mel_frames_encoded": 3000},
-        "speedup_end_to_end": round(ref_total / jax_total, 2),
-        "speedup_decode": round((decode_tokens / jax_decode) / (decode_tokens / (ref_total - ref_prefill)), 2),
+        "same_tokens_as_reference": same and [cli_tokens[str(i)] for i in range(8)] == want,
+        "jax": {
+            "seconds": round(jax_total, 3),
+            "requests_per_s": round(8 / jax_total, 3),
+            "decode_tokens_per_s": round(decode_tokens / ours.decode_s, 1),
+            "prefill_s": round(ours.prefill_s, 3),
+            "audio_encoder_s": round(jax_encode, 4),
+            "mel_frames_encoded": a,
+        },
+        "jax_cli": {
+            "seconds": round(cli_s, 2),
+            "load_s": cli["load_s"],
+            "compile_s": cli["compile_s"],
+            "first_result_s": cli["first_result_s"],
+            "device_idle_fraction": cli["input_wait_fraction"],
+        },
+        "reference": {
+            "seconds": round(ref_total, 3),
+            "requests_per_s": round(8 / ref_total, 3),
+            "decode_tokens_per_s": round(decode_tokens / (ref_total - ref_prefill), 1),
+            "prefill_s": round(ref_prefill, 3),
+            "audio_encoder_s": round(ref_encode, 4),
+            "mel_frames_encoded": 3000,
+        },
+        "speedup_in_process": round(ref_total / jax_total, 2),
+        "speedup_cli_vs_reference_in_process": round(ref_total / cli_s, 2),
+        "speedup_decode": round((decode_tokens / ours.decode_s) / (decode_tokens / (ref_total - ref_prefill)), 2),
+        "speedup_prefill": round(ref_prefill / ours.prefill_s, 2),
         "speedup_audio_encoder": round(ref_encode / jax_encode, 2),
-        "machine": f"{platform.machine()} {os.cpu_count()} cores, {platform.system()}, jax {jax.__version__} "
-                   f"({jax.default_backend()}), torch {torch.__version__} ({torch.get_num_threads()} threads)",
+        "machine": machine(),
     }
     print(json.dumps(result))
 

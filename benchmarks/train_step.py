@@ -109,7 +109,7 @@ def main() -> None:
     state = TrainState(jnp.asarray(0), params, tx.init(params), jax.random.PRNGKey(0))
     batch = TrainBatch(**{k: jnp.asarray(v) for k, v in arrays.items()})
     times = []
-    for i in range(args.steps + 1):
+    for _ in range(args.steps + 1):
         t = time.perf_counter()
         state, metrics = step(state, batch, ref_params)
         jax.block_until_ready(metrics["loss"])
@@ -157,7 +157,7 @@ def main() -> None:
         return loss.item()
 
     times = []
-    for i in range(args.steps + 1):
+    for _ in range(args.steps + 1):
         t = time.perf_counter()
         torch_step()
         times.append(time.perf_counter() - t)
