@@ -177,6 +177,28 @@ def test_recycled_slots_give_the_same_tokens(engine_factory, prepared):
         assert alone.finish_reason == "stop" or len(alone.token_ids) == budgets[r.tag]
 
 
+def test_a_failing_request_gets_its_own_error(engine_factory, prepared):
+    """A device failure while prefilling a group: each request is retried alone, so only the one that cannot run
+    gets an error (the others equal their runs alone)."""
+    engine = engine_factory(batch_size=4)
+    opts = GenerationOptions(max_new_tokens=6)
+    want = engine.generate(prepared[:4], opts)
+    others = {t for i in (0, 1, 3) for t in prepared[i].token_ids}
+    poison = next(t for t in prepared[2].token_ids if t not in others)  # a token only request 2 holds
+    real = engine._prefill
+
+    def flaky(params, tokens, *args, **kw):
+        if bool((np.asarray(tokens) == poison).any()):
+            raise RuntimeError("RESOURCE_EXHAUSTED: out of memory while prefilling")
+        return real(params, tokens, *args, **kw)
+
+    engine._prefill = flaky
+    got = engine.generate(prepared[:4], opts)
+    assert "out of memory" in got[2].error and got[2].token_ids == [] and got[2].finish_reason is None
+    for i in (0, 1, 3):
+        assert got[i].error is None and got[i].token_ids == want[i].token_ids
+
+
 @pytest.mark.parametrize("seconds", [0.5, 1.01, 2.0, 4.05, 9.98, 29.9])
 def test_short_audio_bucket_is_exact(seconds):
     """docs/decisions.md §6: encoding the first A >= L + 2 frames gives the 3000-frame valid

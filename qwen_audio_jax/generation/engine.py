@@ -26,17 +26,14 @@ from typing import Protocol
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from qwen_audio_jax.batching.buckets import Buckets, to_buckets
+from qwen_audio_jax.batching.buckets import Buckets
 from qwen_audio_jax.config import ModelConfig
-from qwen_audio_jax.generation import steps
+from qwen_audio_jax.generation import layout, steps
 from qwen_audio_jax.generation.options import GenerationOptions, RequestOptions
-from qwen_audio_jax.generation.sampling import SamplingParams
-from qwen_audio_jax.model import axes, rope
 from qwen_audio_jax.model.params import build_module
 from qwen_audio_jax.sharding.placement import Placement, agree_max, gather_processes
-from qwen_audio_jax.text.processor import PreparedRequest, collate
+from qwen_audio_jax.text.processor import PreparedRequest
 
 MAX_STOP_IDS = 8  # stop ids are padded to this many so their number never changes the compiled program
 DECODE_CHUNK = 32  # decode steps per device call at most (the host's progress granularity)
@@ -52,8 +49,9 @@ class EngineRequest:
 @dataclasses.dataclass
 class GenerationOutput:
     token_ids: list[int]  # generated ids, the stop id included when one was produced
-    finish_reason: str  # "stop" | "length"
+    finish_reason: str | None  # "stop" | "length" (None when the request failed)
     logprobs: list[float] | None = None  # model log-prob of each generated id (unprocessed logits)
+    error: str | None = None  # why the device could not run this request (its own error line)
 
 
 class RequestSource(Protocol):
@@ -129,12 +127,12 @@ class Engine:
         self._stop = steps.StopCriteria(jnp.asarray(padded, jnp.int32), jnp.asarray(config.pad_token_id, jnp.int32))
         # Explicit output shardings keep the slot state in one layout across insert, decode and grow, so each
         # program is reused and every donation lands.
-        state_sh = self._state_shardings()
+        state_sh = layout.state_shardings(self.placement, config.decoder, self.batch_size)
         rows2, rep = self.placement.batch_sharding(2), self.placement.replicated()
         self._prefill = jax.jit(
             functools.partial(steps.prefill, self.module.clone(return_kv=True)),
             static_argnames=("with_logprobs",),
-            out_shardings=self._prefilled_shardings(state_sh),
+            out_shardings=layout.prefilled_shardings(state_sh),
         )
         # (Each engine jits its own partials: its program counts are then its own.)
         self._insert = jax.jit(functools.partial(steps.insert), donate_argnums=(0,), out_shardings=state_sh)
@@ -262,45 +260,6 @@ class Engine:
         elif cache_len > self.cache_length():
             self._state = self._grow(self._state, cache_len)
 
-    def _state_shardings(self) -> steps.SlotState:
-        """Slots split over the batch axes; the cache by its logical axes (the cache length is never split,
-        so one sharding serves every cache length)."""
-        d = self.config.decoder
-        shape = (d.num_layers, self.batch_size, d.num_kv_heads, 1, d.head_dim)
-        cache = self.placement.logical_sharding(axes.CACHE_AXES, shape)
-        rows = self.placement.batch_sharding(1)
-        rows2 = self.placement.batch_sharding(2)
-        sampling = SamplingParams(rows, rows, rows, rows, rows)
-        return steps.SlotState(
-            cache=steps.KVCache(cache, cache),
-            lengths=rows,
-            rope_index=rows,
-            last_token=rows,
-            num_generated=rows,
-            max_new=rows,
-            done=rows,
-            seen=rows2,
-            keys=rows2,
-            sampling=sampling,
-        )
-
-    def _prefilled_shardings(self, state_sh: steps.SlotState) -> steps.Prefilled:
-        """Prefill's outputs laid out like the slots (rows over the batch axes), so insert sees one layout."""
-        rows, rows2 = state_sh.lengths, state_sh.seen
-        return steps.Prefilled(
-            k=state_sh.cache.k,
-            v=state_sh.cache.v,
-            lengths=rows,
-            rope_index=rows,
-            first_token=rows,
-            first_logprob=rows,
-            done=rows,
-            seen=rows2,
-            keys=rows2,
-            max_new=rows,
-            sampling=state_sh.sampling,
-        )
-
     def _admit(self, new: list[EngineRequest], free: collections.deque, running: dict, agreed) -> Iterator:
         """Prefill + insert the new requests into free slots (shapes agreed over processes)."""
         n_new, t_len, clips, frames, cache_len = agreed[:5]
@@ -311,11 +270,33 @@ class Engine:
         self.shapes_seen.add(("prefill", rows, t_len, clips, frames))
         self.shapes_seen.add(("insert", rows, t_len, self.cache_length()))
         slots = [free.popleft() for _ in new]
-        arrays = self._prefill_arrays(new, slots, local_rows, t_len, clips, frames)
+        arrays = layout.prefill_arrays(
+            new, slots, local_rows, (t_len, clips, frames), self.config, self.buckets, self.batch_size
+        )
         arrays = jax.tree_util.tree_map(gather_processes, arrays)  # multi-host: rows (and clips) in process order
         t0 = time.perf_counter()
+        try:
+            pre = self._run_prefill(arrays)
+            jax.block_until_ready(pre.first_token)  # an execution error surfaces here, inside the try
+        except Exception as e:  # noqa: BLE001 - a device failure on these requests must not end the job
+            free.extendleft(reversed(slots))
+            yield from self._isolate_failure(new, free, running, e)
+            return
         put = self.placement.put
-        pre = self._prefill(
+        self._state = self._insert(self._state, pre, put(arrays["slots"]))
+        first, first_lp, done = self.placement.to_host((pre.first_token, pre.first_logprob, pre.done))
+        self.stats.prefill_s += time.perf_counter() - t0
+        self.stats.prefills += 1
+        offset = jax.process_index() * local_rows  # this process's rows in the gathered batch
+        for i, (req, slot) in enumerate(zip(new, slots)):
+            running[slot] = _Running(req, [int(first[offset + i])], [float(first_lp[offset + i])])
+            self.stats.tokens += 1
+            if done[offset + i]:
+                yield self._finish(slot, free, running)
+
+    def _run_prefill(self, arrays: dict) -> steps.Prefilled:
+        put = self.placement.put
+        return self._prefill(
             self.params,
             put(arrays["tokens"]),
             put(arrays["lengths"]),
@@ -328,48 +309,18 @@ class Engine:
             self._stop,
             with_logprobs=self.return_logprobs,
         )
-        self._state = self._insert(self._state, pre, put(arrays["slots"]))
-        first, first_lp, done = self.placement.to_host((pre.first_token, pre.first_logprob, pre.done))
-        self.stats.prefill_s += time.perf_counter() - t0
-        self.stats.prefills += 1
-        offset = jax.process_index() * local_rows  # this process's rows in the gathered batch
-        for i, (req, slot) in enumerate(zip(new, slots)):
-            running[slot] = _Running(req, [int(first[offset + i])], [float(first_lp[offset + i])])
-            self.stats.tokens += 1
-            if done[offset + i]:
-                yield self._finish(slot, free, running)
 
-    def _prefill_arrays(self, new, slots, rows: int, t_len: int, clips: int, frames: int) -> dict:
-        """Host arrays of this process's `rows` prefill rows (right-padded; padding rows target slot B)."""
-        pad = self.config.pad_token_id
-        n_mels = self.config.audio.num_mel_bins
-        inputs = collate([r.prepared for r in new], pad_id=pad, padding_side="right") if new else None
-        batch = to_buckets(
-            inputs, self.buckets, rows, pad, sizes=(t_len, clips, frames), n_mels=n_mels, padding_side="right"
-        )
-        lengths = np.zeros(rows, np.int32)
-        lengths[: len(new)] = [r.prepared.num_tokens for r in new]
-        keys = np.zeros((rows, 2), np.uint32)
-        for i, r in enumerate(new):  # raw uint32[2] keys: each request's own stream (its seed and id)
-            keys[i] = np.asarray(jax.random.fold_in(jax.random.PRNGKey(r.options.seed), r.options.stream))
-        settings = [r.options.sampling_row for r in new] + [(0.0, 0, 1.0, 1.0, 0)] * (rows - len(new))
-        max_new = np.ones(rows, np.int32)
-        max_new[: len(new)] = [r.options.max_new_tokens for r in new]
-        slot_ids = np.full(rows, self.batch_size, np.int32)  # out of range: the insert drops padding rows
-        slot_ids[: len(new)] = slots
-        rope_index = np.zeros(rows, np.int32)
-        rope_index[: len(new)] = [rope.ntk_index(r.prepared.num_tokens, self.config.decoder) for r in new]
-        return {
-            "tokens": batch.tokens,
-            "lengths": lengths,
-            "mel": batch.mel,
-            "mel_lengths": batch.mel_lengths,
-            "rope_index": rope_index,
-            "keys": keys,
-            "sampling": SamplingParams.rows(settings),
-            "max_new": max_new,
-            "slots": slot_ids,
-        }
+    def _isolate_failure(self, new, free, running, exc: Exception) -> Iterator:
+        """A prefill that failed: alone (one process), each request is tried by itself, so only the one that
+        cannot run gets an error; on several processes (one collective program) every request of the group does."""
+        message = f"generation failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".strip()
+        if jax.process_count() == 1 and len(new) > 1:
+            for req in new:
+                yield from self._admit([req], free, running, agree_max(self._local_sizes([req], running, False)))
+            return
+        for req in new:
+            self.stats.results += 1
+            yield req.tag, GenerationOutput([], None, None, error=message)
 
     def _decode_chunk(self, free: collections.deque, running: dict, stop_on_free: bool) -> Iterator:
         self.shapes_seen.add(("decode", self.cache_length()))

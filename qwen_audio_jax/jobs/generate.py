@@ -121,6 +121,8 @@ class GenerateJob:
             yield self._result(rid, out)
 
     def _result(self, rid: str, out) -> dict:
+        if out.error is not None:
+            return self.error_result(rid, out.error)
         tokenizer = self.model.tokenizer
         result = {
             "id": rid,

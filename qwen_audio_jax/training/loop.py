@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 from tqdm import tqdm
 
-from qwen_audio_jax.checkpoint.model_dir import copy_aux_files, save_params, write_config
+from qwen_audio_jax.checkpoint.model_dir import copy_aux_files, read_source_config, save_params, write_config
 from qwen_audio_jax.checkpoint.safe_write import atomic_directory, mark
 from qwen_audio_jax.errors import ConfigError, QwenAudioError
 from qwen_audio_jax.training.checkpointing import TrainCheckpoints, abstract_like
@@ -179,11 +179,13 @@ def precompute_reference(run: TrainingRun, *, log: Callable[[str], None] = print
 
 
 def save_final_model(params, config, base_model_dir, dst: Path) -> None:
-    """Writes a model dir (fp32 params, config, the base model's tokenizer/preprocessor files)."""
+    """Writes a model dir (fp32 params, config, the base model's tokenizer/preprocessor files and its source
+    HF config, so export-hf writes the original format back)."""
+    source = read_source_config(base_model_dir)
     if jax.process_count() == 1:
         with atomic_directory(dst, "model", overwrite=True) as tmp:
             save_params(tmp, params)
-            write_config(tmp, config, "float32")
+            write_config(tmp, config, "float32", source)
             copy_aux_files(Path(base_model_dir), tmp)
         return
     # Multi-host: Orbax writes the params collectively (each host its shards); process 0 writes the rest.
@@ -191,7 +193,7 @@ def save_final_model(params, config, base_model_dir, dst: Path) -> None:
 
     save_params(dst, params, overwrite=True)
     if jax.process_index() == 0:
-        write_config(dst, config, "float32")
+        write_config(dst, config, "float32", source)
         copy_aux_files(Path(base_model_dir), dst)
         mark(dst, "model")
     multihost_utils.sync_global_devices("final model written")
