@@ -39,7 +39,7 @@ def main(specs: list[str]) -> dict:
     score_requests = [{**r, "completion": "A short answer, then a longer one."} for r in varied_requests()[:4]]
     config = tiny()
     params = init_params(config, jax.random.PRNGKey(3))
-    opts = GenerationOptions(max_new_tokens=24)
+    opts = GenerationOptions(max_new_tokens=12)
 
     def run(placement):
         """6 requests on 6 slots (rounded up to the mesh's batch axes: padded slots and prefill rows), then the

@@ -237,16 +237,16 @@ def test_too_short_bucket_is_not_exact():
 def test_bounded_compilation(engine_factory, qwen2_tokenizer):  # noqa: F811
     """60 requests of varied lengths, clip counts, clip durations and budgets compile one program per bucketed
     shape met (and never more than the grid allows); other sampling settings and seeds compile nothing new."""
-    buckets = Buckets(lengths=(64, 128, 256, 512, 1024), clips=(1, 2, 4), frames=(500, 1000, 3000))
+    buckets = Buckets(lengths=(64, 128, 256, 512), clips=(1, 2, 4), frames=(500, 1000, 3000))
     engine = engine_factory(batch_size=4, buckets=buckets)
     processor = Processor(qwen2_tokenizer)
     rng = np.random.default_rng(0)
     records = []
     for i in range(60):
-        clips = [synth_clip(float(rng.uniform(0.3, 12.0)), seed=i * 7 + j) for j in range(int(rng.integers(0, 3)))]
-        text = " ".join(["word"] * int(rng.integers(1, 120)))
+        clips = [synth_clip(float(rng.uniform(0.3, 8.0)), seed=i * 7 + j) for j in range(int(rng.integers(0, 3)))]
+        text = " ".join(["word"] * int(rng.integers(1, 100)))
         content = [{"type": "audio", "audio": c} for c in clips] + [{"type": "text", "text": text}]
-        records.append(({"messages": [{"role": "user", "content": content}]}, int(rng.integers(1, 12))))
+        records.append(({"messages": [{"role": "user", "content": content}]}, int(rng.integers(1, 8))))
     prepared = processor.prepare_many([r for r, _ in records])
     opts = GenerationOptions(max_new_tokens=12)
 
