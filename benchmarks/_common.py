@@ -35,14 +35,14 @@ STOP = (151645, 151643)
 def build_model(work: Path):
     """(transformers model, our model dir): random weights saved as an HF checkpoint with the bundled tokenizer,
     then `qwen-audio-jax convert` (lossless: fp32 stays fp32)."""
+    from qwen_audio_jax.audio.constants import preprocessor_config
     from qwen_audio_jax.bundled import write_tokenizer_dir
     from tests._hf_models import TinySpec, build_hf_model
-    from tests._model_dirs import PREPROCESSOR
 
     hf = build_hf_model(TinySpec("bench", **SPEC), seed=0)
     hf.save_pretrained(work / "hf")
     write_tokenizer_dir(work / "hf")
-    (work / "hf" / "preprocessor_config.json").write_text(json.dumps(PREPROCESSOR))
+    (work / "hf" / "preprocessor_config.json").write_text(json.dumps(preprocessor_config(128)))
     subprocess.run(
         [
             sys.executable,

@@ -8,23 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from qwen_audio_jax.audio.constants import preprocessor_config
 from tests._hf_models import GQA, build_hf_model
 from tests._tokenizer_dirs import make_qwen2_audio_tokenizer_dir
 
-PREPROCESSOR = {
-    "chunk_length": 30,
-    "feature_extractor_type": "WhisperFeatureExtractor",
-    "feature_size": 128,
-    "hop_length": 160,
-    "n_fft": 400,
-    "n_samples": 480000,
-    "nb_max_frames": 3000,
-    "padding_side": "right",
-    "padding_value": 0.0,
-    "processor_class": "Qwen2AudioProcessor",
-    "return_attention_mask": True,
-    "sampling_rate": 16000,
-}
+PREPROCESSOR = preprocessor_config(128)
 
 
 def make_tiny_hf_dir(path: Path, seed: int = 11) -> Path:
@@ -51,3 +39,22 @@ def tiny_model_dir(tiny_hf_dir, tmp_path_factory) -> Path:
     dst = tmp_path_factory.mktemp("tiny") / "jax"
     convert(tiny_hf_dir, dst, dtype="float32", progress=False, log=lambda m: None)
     return dst
+
+
+def build_tiny_model_dir(path: Path, seed: int = 0) -> Path:
+    """A random-weight `tiny()` model dir in our format (real Qwen2 tokenizer, 152k vocab), no conversion."""
+    import jax
+
+    from qwen_audio_jax.bundled import write_tokenizer_dir
+    from qwen_audio_jax.checkpoint.model_dir import save_params, write_config
+    from qwen_audio_jax.checkpoint.safe_write import atomic_directory
+    from qwen_audio_jax.config import tiny
+    from qwen_audio_jax.model.params import init_params
+
+    config = tiny()
+    with atomic_directory(path, "model", overwrite=True) as tmp:
+        save_params(tmp, jax.device_get(init_params(config, jax.random.PRNGKey(seed))))
+        write_config(tmp, config, "float32")
+        write_tokenizer_dir(tmp)
+        (tmp / "preprocessor_config.json").write_text(json.dumps(PREPROCESSOR, indent=2))
+    return path

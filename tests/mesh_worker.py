@@ -53,10 +53,10 @@ def main(specs: list[str]) -> dict:
 
     from pathlib import Path
 
-    from qwen_audio_jax.demo import build_tiny_model_dir
     from qwen_audio_jax.training.loop import train as train_run
     from qwen_audio_jax.training.run import TrainingRun
     from qwen_audio_jax.training.run_config import load_run_config
+    from tests._model_dirs import build_tiny_model_dir
     from tests._paths import REPO
     from tests._synthetic_prefs import write_preference_set
 

@@ -11,7 +11,6 @@ import time
 import pytest
 
 from qwen_audio_jax import api
-from qwen_audio_jax.demo import build_tiny_model_dir
 from qwen_audio_jax.generation.options import GenerationOptions
 from qwen_audio_jax.jobs.driver import run_file
 from qwen_audio_jax.jobs.generate import GenerateJob
@@ -19,6 +18,7 @@ from qwen_audio_jax.jobs.score import ScoreJob
 from qwen_audio_jax.training.loop import train
 from qwen_audio_jax.training.run import TrainingRun
 from qwen_audio_jax.training.run_config import load_run_config
+from tests._model_dirs import build_tiny_model_dir
 from tests._paths import REPO
 from tests._requests import synth_clip
 from tests._synthetic_prefs import write_preference_set

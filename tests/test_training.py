@@ -14,8 +14,8 @@ import pytest
 
 from qwen_audio_jax import api
 from qwen_audio_jax.cli.main import main
-from qwen_audio_jax.demo import build_tiny_model_dir
 from qwen_audio_jax.generation.options import GenerationOptions
+from tests._model_dirs import build_tiny_model_dir
 from tests._paths import REPO
 from tests._synthetic_prefs import SOUNDS, write_preference_set
 

@@ -19,13 +19,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from qwen_audio_jax.audio.constants import HOP, N_FFT, N_FRAMES, N_SAMPLES, SAMPLE_RATE
 from qwen_audio_jax.errors import ConfigError
 
-SAMPLE_RATE = 16000
-N_FFT = 400
-HOP = 160
-N_SAMPLES = 480000  # 30 s: every clip is padded (or truncated) to this, as the reference does.
-N_FRAMES = N_SAMPLES // HOP  # 3000 mel frames per clip.
 _PERIOD = math.lcm(HOP, N_FFT)  # 800: frame starts repeat their position in an 800-sample row every 5 frames
 _PHASES = _PERIOD // HOP  # 5 phases: frame 5k + j starts at 800k + 160j (see _frames)
 

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
+from qwen_audio_jax.audio.constants import N_SAMPLES, SAMPLE_RATE
 from qwen_audio_jax.errors import AudioError, ConfigError
 
-SAMPLE_RATE = 16000
-MAX_SAMPLES = 480000  # 30 s at 16 kHz: the Whisper window; the reference truncates everything past it.
+MAX_SAMPLES = N_SAMPLES  # 30 s at 16 kHz: the Whisper window; the reference truncates everything past it.
 LONG_AUDIO_POLICIES = ("truncate", "chunk")
 
 __all__ = [

@@ -1,4 +1,4 @@
-"""`demo`: the embedded default model answering about bundled clips or the user's own audio (no download)."""
+"""`demo`: the embedded model answering about the bundled held-out clips or the user's own audio (no download)."""
 
 from __future__ import annotations
 
@@ -8,14 +8,42 @@ from qwen_audio_jax.cli.args import positive_int
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="run the whole path on a bundled model and audio (no download)")
-    p.add_argument("--workdir", default=None, help="keep the demo's files here (default: a temp dir, removed)")
-    p.add_argument("--max-new-tokens", type=positive_int, default=16)
+    p = sub.add_parser(
+        "demo",
+        help="a small bundled Qwen2-Audio answers about held-out clips (or --audio FILE); no download",
+        description="Without --audio: asks the bundled demo model about the bundled held-out clips and prints, per "
+        "clip, the question, the expected answer and the model's answer, then the word error rate and accuracy. "
+        "With --audio FILE: answers about your file (by default: what it hears, a transcript for speech); the "
+        "answer alone is the last line.",
+    )
+    p.add_argument("--audio", default=None, help="an audio file to ask about instead of the bundled clips")
+    p.add_argument("--ask", default=None, help='the question about --audio (default: "What sound is this?")')
+    p.add_argument("--model", default=None, help="another model dir to run the demo with (default: the bundled one)")
+    p.add_argument("--batch-size", type=positive_int, default=8)
+    p.add_argument("--max-new-tokens", type=positive_int, default=None, help="default 24 (48 with --audio)")
+    p.add_argument("--output", default=None, help="also write the results as JSON lines here")
+    p.add_argument("--overwrite", action="store_true", help="replace --output if it holds earlier results")
     p.set_defaults(func=_demo)
 
 
 def _demo(args) -> int:
-    from qwen_audio_jax.demo import run_demo
+    from qwen_audio_jax.demo.bundle import DEMO_MODEL
+    from qwen_audio_jax.demo.run import answer_audio, run_demo
+    from qwen_audio_jax.errors import ConfigError
 
-    run_demo(args.workdir, keep=args.workdir is not None, max_new_tokens=args.max_new_tokens)
+    model_dir = args.model or DEMO_MODEL
+    if args.audio is None:
+        if args.ask is not None:
+            raise ConfigError("--ask is a question about --audio FILE; pass the file too.")
+        run_demo(
+            model_dir=model_dir,
+            batch_size=args.batch_size,
+            max_new_tokens=args.max_new_tokens or 24,
+            output=args.output,
+            overwrite=args.overwrite,
+        )
+    else:
+        if args.output is not None:
+            raise ConfigError("--output writes the bundled clips' results; with --audio the answer is printed.")
+        answer_audio(args.audio, args.ask, model_dir=model_dir, max_new_tokens=args.max_new_tokens or 48)
     return 0

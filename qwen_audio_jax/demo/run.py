@@ -1,0 +1,159 @@
+"""`qwen-audio-jax demo`: the bundled model answers about the bundled held-out clips, or about the user's own file.
+
+Everything goes through the public paths a user's own run takes: `api.load` of a model dir, the `generate` job
+(continuous batching over the jitted prefill/decode programs) through the one batch-job driver, and the demo
+task's scorer. The model and the clips come with the package, so nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from qwen_audio_jax.demo.bundle import DEMO_CLIPS, DEMO_MODEL, DemoItem, load_demo_items
+from qwen_audio_jax.demo.scoring import SPEECH_KINDS, score_answers, words
+from qwen_audio_jax.errors import AudioError
+
+__all__ = ["run_demo", "answer_audio", "recorded_figures", "DEFAULT_QUESTION", "TRAINED_MAX_SECONDS"]
+
+DEFAULT_QUESTION = "What sound is this?"  # answered with a transcript for speech, a name for other sounds
+TRAINED_MAX_SECONDS = 2.5  # the demo corpus's longest clip (scripts/make_demo_data.py MAX_SECONDS)
+FIGURES_FILE = "heldout_figures.json"  # written next to the model by scripts/train_demo_model.py
+
+
+def recorded_figures(model_dir: Path = DEMO_MODEL) -> dict | None:
+    """The figures recorded when the model was trained: {"heldout": ..., "demo_clips": ...} (score_answers dicts)."""
+    path = Path(model_dir) / FIGURES_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _job(model, batch_size: int, max_new_tokens: int, base_dir: Path | None = None):
+    from qwen_audio_jax.generation.options import GenerationOptions
+    from qwen_audio_jax.jobs.generate import GenerateJob
+
+    return GenerateJob(
+        model, GenerationOptions(max_new_tokens=max_new_tokens), batch_size=batch_size, base_dir=base_dir
+    )
+
+
+def _load(model_dir: Path, log: Callable[[str], None]):
+    from qwen_audio_jax import api
+    from qwen_audio_jax.model.params import count_params
+
+    start = time.perf_counter()
+    model = api.load(model_dir)
+    d, a = model.config.decoder, model.config.audio
+    log(
+        f"model: {model_dir} ({count_params(model.params) / 1e6:.1f}M params: {a.num_layers}-layer audio encoder, "
+        f"{d.num_layers}-layer decoder of width {d.hidden_size}; loaded in {time.perf_counter() - start:.1f} s)"
+    )
+    return model
+
+
+def _percent(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:.1f}%"
+
+
+def describe_figures(figures: dict) -> str:
+    """One line: the WER of each spoken kind and the accuracy on the sounds."""
+    parts = [
+        f"{kind} WER {_percent(figures['wer'][kind])} ({figures['reference_words'][kind]} words)"
+        for kind in SPEECH_KINDS
+        if kind in figures["wer"]
+    ]
+    if "sounds" in figures["accuracy"]:
+        parts.append(f"sounds {_percent(figures['accuracy']['sounds'])} right ({figures['answers']['sounds']} answers)")
+    return " · ".join(parts)
+
+
+def _show(i: int, n: int, item: DemoItem, result: dict, log: Callable[[str], None]) -> bool:
+    answer = result["text"]
+    ok = answer is not None and words(answer) == words(item.expected)
+    log(f"[{i + 1:{len(str(n))}d}/{n}] {item.clip}  ({item.kind}, {item.noise} background)")
+    log(f"    asked:    {item.question}")
+    log(f"    expected: {item.expected}")
+    shown = ("error: " + result["error"]) if answer is None else (answer or "(nothing)")
+    log(f"    answer:   {shown}  {'✓' if ok else '✗'}")
+    return ok
+
+
+def run_demo(
+    *,
+    model_dir: str | Path = DEMO_MODEL,
+    clips_dir: str | Path = DEMO_CLIPS,
+    batch_size: int = 8,
+    max_new_tokens: int = 24,
+    output: str | Path | None = None,
+    overwrite: bool = False,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Greedy answers to every bundled held-out request, printed with the expected answer, then the figures.
+
+    Returns {"figures": score_answers(...), "results": [...], "same_as_recorded": n, "seconds": s}. With
+    `output`, the results (plus "expected" and "kind") are written as JSON lines (never over a file that is not
+    our own results)."""
+    from qwen_audio_jax.checkpoint.safe_write import check_result_file
+    from qwen_audio_jax.jobs.driver import run_list
+
+    start = time.perf_counter()
+    if output is not None:
+        output = check_result_file(output, input_path=None, resume=False, overwrite=overwrite)
+    items = load_demo_items(Path(clips_dir))
+    model = _load(Path(model_dir), log)
+    log(f"asking it about {len(items)} held-out clips it never heard in training (greedy, batches of {batch_size})")
+    t = time.perf_counter()
+    results = run_list(
+        _job(model, batch_size, max_new_tokens, Path(clips_dir).absolute()), [it.request for it in items]
+    )
+    generate_s = time.perf_counter() - t
+    for i, (item, result) in enumerate(zip(items, results, strict=True)):
+        _show(i, len(items), item, result, log)
+    figures = score_answers((it.kind, it.expected, r["text"]) for it, r in zip(items, results, strict=True))
+    same = sum(r["text"] == it.trained_model_output for it, r in zip(items, results, strict=True))
+    log(f"these {len(items)} clips: {describe_figures(figures)}  ({generate_s:.1f} s incl. compilation)")
+    recorded = recorded_figures(Path(model_dir))
+    if recorded is not None:
+        log(
+            f"full held-out split when trained ({recorded['heldout_requests']} requests): "
+            f"{describe_figures(recorded['heldout'])}"
+        )
+    if output is not None:
+        with open(output, "w", encoding="utf-8") as f:
+            for item, r in zip(items, results, strict=True):
+                f.write(json.dumps({**r, "expected": item.expected, "kind": item.kind}) + "\n")
+        log(f"results: {output}")
+    return {"figures": figures, "results": results, "same_as_recorded": same, "seconds": time.perf_counter() - start}
+
+
+def answer_audio(
+    audio: str | Path,
+    question: str | None = None,
+    *,
+    model_dir: str | Path = DEMO_MODEL,
+    max_new_tokens: int = 48,
+    log: Callable[[str], None] = print,
+) -> str:
+    """The model's answer about one audio file (default question: DEFAULT_QUESTION); logged last, returned."""
+    from qwen_audio_jax.audio.constants import SAMPLE_RATE
+    from qwen_audio_jax.audio.load import load_audio
+    from qwen_audio_jax.jobs.driver import run_list
+
+    wav = load_audio(str(audio))  # AudioError naming the file for a missing / unreadable one
+    seconds = len(wav) / SAMPLE_RATE
+    model = _load(Path(model_dir), log)
+    if seconds > TRAINED_MAX_SECONDS:
+        log(
+            f"note: {audio} is {seconds:.1f} s long; the demo model only heard clips of up to "
+            f"{TRAINED_MAX_SECONDS} s, so expect a poor answer (a converted Qwen2-Audio checkpoint handles 30 s)."
+        )
+    question = question or DEFAULT_QUESTION
+    content = [{"type": "audio", "audio": wav}, {"type": "text", "text": question}]
+    request = {"id": "audio", "messages": [{"role": "user", "content": content}]}
+    [result] = run_list(_job(model, 1, max_new_tokens), [request])
+    if result["error"] is not None:
+        raise AudioError(f"{audio}: {result['error']}")
+    log(f"asked about {audio} ({seconds:.1f} s): {question}")
+    log(result["text"])
+    return result["text"]
