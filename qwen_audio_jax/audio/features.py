@@ -126,22 +126,30 @@ def log_mel_numpy(wav: np.ndarray, n_mels: int = 128) -> np.ndarray:
     Returns:
       (n_mels, 3000) float32.
     """
-    x = np.zeros(N_SAMPLES, np.float32)
     w = np.asarray(wav, np.float32).reshape(-1)[:N_SAMPLES]  # the extractor casts to float32 before padding
+    # Frames whose 400-sample window lies wholly in the zero padding are exactly log10(1e-10) = -10 before the
+    # floor, so only the first `active` frames are computed (a 2 s clip: 214 of 3000, ~12x less work); the rest
+    # are filled in. Near 30 s the right reflect padding reads the clip again, so everything is computed.
+    active = -(-(w.shape[0] + N_FFT // 2) // HOP) + 1
+    if active * HOP + N_FFT >= N_SAMPLES:
+        active = N_FRAMES
+    x = np.zeros(N_SAMPLES if active == N_FRAMES else active * HOP + N_FFT // 2, np.float32)
     x[: w.shape[0]] = w
     # float64 STFT: it agrees with the extractor's numpy path to ~1e-7 and with its (default) float32 torch path to
     # <= ~5e-5, which is the torch path's own rounding; a float32 STFT here is no closer to torch (the two round
     # differently), only further from the exact value.
-    xp = np.pad(x.astype(np.float64), N_FFT // 2, mode="reflect")  # torch.stft(center=True, pad_mode="reflect")
+    right = N_FFT // 2 if active == N_FRAMES else 0  # a short clip's right neighbours are the zero padding itself
+    xp = np.pad(x.astype(np.float64), (N_FFT // 2, right), mode="reflect")  # torch.stft(center=True, "reflect")
     window = _hann_window().astype(np.float64)  # periodic Hann, with torch.hann_window's float32 rounding
     # Only the first 3000 of the 3001 centred frames: Whisper drops the last one (centred on sample 480000, half in
     # the reflect padding) so 30 s gives exactly 3000 10-ms frames, and it does so BEFORE the max, so that frame
     # never influences the floor either.
-    frames = np.lib.stride_tricks.sliding_window_view(xp, N_FFT)[::HOP][:N_FRAMES]
+    frames = np.lib.stride_tricks.sliding_window_view(xp, N_FFT)[::HOP][: min(active, N_FRAMES)]
     spec = np.fft.rfft(frames * window, axis=-1)
-    power = spec.real**2 + spec.imag**2  # (3000, 201)
-    mel = power @ _mel_filter_bank_f64(int(n_mels), SAMPLE_RATE, N_FFT)  # (3000, M)
-    logmel = np.log10(np.maximum(mel, 1e-10)).T  # (M, 3000)
+    power = spec.real**2 + spec.imag**2  # (active, 201)
+    mel = power @ _mel_filter_bank_f64(int(n_mels), SAMPLE_RATE, N_FFT)  # (active, M)
+    logmel = np.full((int(n_mels), N_FRAMES), -10.0)  # (M, 3000): log10 of the 1e-10 clamp on silent frames
+    logmel[:, : mel.shape[0]] = np.log10(np.maximum(mel, 1e-10)).T
     # Floor at max - 8 over the whole padded 30 s of this one clip (padding frames included), as the reference.
     logmel = np.maximum(logmel, logmel.max() - 8.0)
     return ((logmel + 4.0) / 4.0).astype(np.float32)
