@@ -65,6 +65,9 @@ def describe_figures(figures: dict) -> str:
     ]
     if "sounds" in figures["accuracy"]:
         parts.append(f"sounds {_percent(figures['accuracy']['sounds'])} right ({figures['answers']['sounds']} answers)")
+    if "sound_class" in figures:
+        c = figures["sound_class"]
+        parts.append(f"sound class {_percent(c['accuracy'])} right ({c['answers']} answers)")
     return " · ".join(parts)
 
 

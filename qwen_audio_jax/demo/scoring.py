@@ -1,4 +1,8 @@
-"""Held-out figures of the demo task: word error rate on the spoken clips, exact-answer accuracy on the sounds.
+"""Held-out figures of the demo task: word error rate on the spoken clips, accuracy on the sounds.
+
+Two accuracies on the sounds: the exact answer ("A steady tone at the note A4." must name the note too), and
+the sound class the answer names (tone / chirp / noise / beeps), scored on the answers whose expected text names
+one (not on "A4." to "Which musical note is this tone?").
 
 One scorer for the demo command, the training script's held-out evaluation and the tests. Words are lower-cased
 with punctuation dropped (so "Five, five six." reads as three words); the error count is the edit distance
@@ -33,10 +37,12 @@ def score_answers(items: Iterable[tuple[str, str, str | None]]) -> dict:
     """items: (kind, expected, answer) triples; answer None for a request that failed (counted as wrong).
 
     Returns {"wer": {kind: WER}, "reference_words": {kind: n}, "accuracy": {"sounds": acc, kind: acc},
-    "answers": {kind: n}, "failed": n}; a kind with no item is absent.
+    "answers": {kind: n}, "sound_class": {"accuracy": acc, "answers": n}, "failed": n}; a kind with no item
+    is absent ("sound_class" too, when no expected answer names a class).
     """
     counts: dict[str, list] = {}
     right: dict[str, list[bool]] = {}
+    classes: list[bool] = []
     failed = 0
     for kind, expected, answer in items:
         failed += answer is None
@@ -46,10 +52,15 @@ def score_answers(items: Iterable[tuple[str, str, str | None]]) -> dict:
             ok = words(expected) == words(answer)
             right.setdefault(kind, []).append(ok)
             right.setdefault("sounds", []).append(ok)
-    return {
+            if sound_class(expected) != "other":
+                classes.append(sound_class(expected) == sound_class(answer))
+    figures = {
         "wer": {k: round(corpus_wer(c), 4) for k, c in counts.items() if corpus_wer(c) is not None},
         "reference_words": {k: sum(x.ref_len for x in c) for k, c in counts.items()},
         "accuracy": {k: round(sum(v) / len(v), 4) for k, v in right.items()},
         "answers": {k: len(v) for k, v in right.items()},
         "failed": failed,
     }
+    if classes:
+        figures["sound_class"] = {"accuracy": round(sum(classes) / len(classes), 4), "answers": len(classes)}
+    return figures
