@@ -133,7 +133,11 @@ def train_step(
 
     zeros = jax.tree_util.tree_map(jnp.zeros_like, state.params)
     n_micro = batch.tokens.shape[0]
-    grads, metrics = jax.lax.scan(micro_step, zeros, (jnp.arange(n_micro), batch))
+    if n_micro == 1:  # no loop: XLA:CPU runs the conv-kernel gradients of the encoder far slower inside one
+        grads, metrics = micro_step(zeros, (jnp.int32(0), jax.tree_util.tree_map(lambda x: x[0], batch)))
+        metrics = jax.tree_util.tree_map(lambda v: v[None], metrics)
+    else:
+        grads, metrics = jax.lax.scan(micro_step, zeros, (jnp.arange(n_micro), batch))
     grads = jax.tree_util.tree_map(lambda g: g / n_micro, grads)
     metrics = {k: (v.sum() if k == "tokens" else v.mean()) for k, v in metrics.items()}
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
