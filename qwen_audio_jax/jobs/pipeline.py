@@ -27,8 +27,10 @@ class PreparedStream:
     """Records in, prepared items out (`take`), errors reported through `on_error(id, message)`.
 
     prepare(record) -> item runs in the workers; an item is whatever the job needs (for generation, an
-    EngineRequest). Items come out in input order among those that are ready (a slow clip does not hold back
-    the ones after it).
+    EngineRequest). Items come out strictly in input order, `n` at a time (fewer only at the end): so which
+    requests are prefilled together, and therefore the programs a job compiles and the order of its results,
+    depend on the input alone, never on thread timing. Measured on a 128-request corpus, taking whatever was
+    ready instead made a warm-cache rerun compile 10 new programs (26 s of its 108 s).
     """
 
     def __init__(
@@ -60,36 +62,33 @@ class PreparedStream:
                 continue
             self._pending.append((record, self._pool.submit(self._prepare, record)))
 
-    def _collect(self, n: int) -> list:
-        out, keep = [], collections.deque()
-        while self._pending:
-            record, fut = self._pending.popleft()
-            if len(out) < n and fut.done():
-                try:
-                    out.append(fut.result())
-                except QwenAudioError as e:
-                    self._on_error(record.id, str(e))
-                except Exception as e:  # noqa: BLE001 - a bug on one request must not end the job
-                    self._on_error(
-                        record.id,
-                        f"internal error while preparing the request ({type(e).__name__}: "
-                        f"{str(e).splitlines()[0] if str(e) else 'no message'}).",
-                    )
-            else:
-                keep.append((record, fut))
-        self._pending = keep
+    def _next(self):
+        """The next item in input order, waiting for it; None if its record failed (reported)."""
+        record, fut = self._pending.popleft()
         self._fill()
-        return out
+        try:
+            return fut.result()
+        except QwenAudioError as e:
+            self._on_error(record.id, str(e))
+        except Exception as e:  # noqa: BLE001 - a bug on one request must not end the job
+            first = str(e).splitlines()[0] if str(e) else "no message"
+            self._on_error(record.id, f"internal error while preparing the request ({type(e).__name__}: {first}).")
+        return None
 
-    def take(self, n: int, block: bool) -> list:
-        """Up to n ready items; with block, waits until one is ready or nothing is left."""
-        out = self._collect(n)
+    def take(self, n: int, block: bool = True) -> list:
+        """The next n items in input order (fewer only when the input ends), waiting for them to be prepared.
+
+        `block` is the engine's hint that no slot is decoding; the stream waits either way (workers run up to
+        `ahead` requests in front, so it rarely has to) and counts every wait in `wait_s`: while the host
+        waits here, the device has nothing queued.
+        """
+        out = []
         t0 = time.perf_counter()
-        while block and not out and self._pending:
-            futures.wait([f for _, f in self._pending], return_when=futures.FIRST_COMPLETED)
-            out = self._collect(n)
-        if block:
-            self.wait_s += time.perf_counter() - t0
+        while len(out) < n and self._pending:
+            item = self._next()
+            if item is not None:
+                out.append(item)
+        self.wait_s += time.perf_counter() - t0
         return out
 
     @property

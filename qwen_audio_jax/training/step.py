@@ -133,7 +133,9 @@ def train_step(
 
     zeros = jax.tree_util.tree_map(jnp.zeros_like, state.params)
     n_micro = batch.tokens.shape[0]
-    if n_micro == 1:  # no loop: XLA:CPU runs the conv-kernel gradients of the encoder far slower inside one
+    # One micro-batch: no scan. XLA:CPU runs the encoder's conv-kernel gradients much slower inside a loop body
+    # (demo model, batch 8: 0.78 -> 0.47 s per step with the encoder trained); the arithmetic is the same.
+    if n_micro == 1:
         grads, metrics = micro_step(zeros, (jnp.int32(0), jax.tree_util.tree_map(lambda x: x[0], batch)))
         metrics = jax.tree_util.tree_map(lambda v: v[None], metrics)
     else:
