@@ -19,6 +19,8 @@ def main(pid: int, port: int, work: Path) -> None:
     jax.distributed.initialize(f"localhost:{port}", num_processes=2, process_id=pid)
     assert jax.process_count() == 2 and jax.device_count() == 8 and jax.local_device_count() == 4
 
+    from jax.experimental import multihost_utils
+
     from qwen_audio_jax import api
     from qwen_audio_jax.generation.options import GenerationOptions
     from qwen_audio_jax.jobs.driver import run_file
@@ -48,6 +50,10 @@ def main(pid: int, port: int, work: Path) -> None:
         "checkpoint.every=2",
         "train.num_threads=1",
     ]
+    # The two processes share the test session's 2 cores: a starved one can fall minutes behind after the
+    # score phase, and Orbax's restore barrier gives up after 300 s. Meet here first (a device collective, no
+    # such limit), so the barriers inside train() only see the skew of training's own setup.
+    multihost_utils.sync_global_devices("multihost_worker: before training")
     train(TrainingRun.build(load_run_config(spec["config"], overrides + ["train.steps=3"])), progress=False)
     # A second run of the same command resumes from the step-3 checkpoint and takes one more step.
     train(TrainingRun.build(load_run_config(spec["config"], overrides + ["train.steps=4"])), progress=False)
