@@ -114,6 +114,7 @@ def test_exported_demo_model_runs_the_same_in_transformers(tmp_path):
     from qwen_audio_jax import api
     from qwen_audio_jax.generation.engine import Engine
     from qwen_audio_jax.generation.options import GenerationOptions
+    from qwen_audio_jax.jobs.generate import resolve_audio
     from qwen_audio_jax.text.processor import collate
 
     hf_dir = tmp_path / "hf"
@@ -121,14 +122,7 @@ def test_exported_demo_model_runs_the_same_in_transformers(tmp_path):
     model = api.load(DEMO_MODEL)
     stop, pad = model.config.stop_ids, model.config.pad_token_id
     items = load_demo_items(DEMO_CLIPS)
-    requests = json.loads(json.dumps([it.request for it in items]))
-    for r in requests:  # absolute clip paths
-        for turn in r.get("messages", []):
-            for c in turn["content"]:
-                if c.get("type") == "audio":
-                    c["audio"] = str(DEMO_CLIPS / c["audio"])
-        if "audio" in r:
-            r["audio"] = [str(DEMO_CLIPS / a) for a in r["audio"]]
+    requests = [resolve_audio(it.request, DEMO_CLIPS) for it in items]  # clip paths relative to the clips dir
     prepared = model.processor.prepare_many(requests)
     ours = Engine(model.config, model.params, batch_size=8).generate(
         prepared, GenerationOptions(max_new_tokens=24, stop_ids=stop)

@@ -128,20 +128,13 @@ class Qwen2AudioTokenizer(Tokenizer):
     audio_eos_id = property(lambda self: self._required_id(AUDIO_EOS, "audio end"))
 
 
-def build_bpe(vocab_file: str | Path, merges_file: str | Path):
-    """The `tokenizers.Tokenizer` that transformers' `Qwen2Converter` builds from vocab.json + merges.txt."""
+def qwen2_bpe(vocab: dict | None = None, merges: list | None = None):
+    """An empty (vocab None: to be trained) or given byte-level BPE with Qwen2's pipeline: NFC, the Qwen2
+    pre-tokenizer regex, byte-level decoding; what transformers' `Qwen2Converter` builds."""
     from tokenizers import Regex, decoders, normalizers, pre_tokenizers, processors
     from tokenizers import Tokenizer as HFTokenizer
     from tokenizers.models import BPE
 
-    vocab = _read_json(Path(vocab_file))
-    merges = []
-    with open(merges_file, encoding="utf-8") as f:
-        for i, line in enumerate(f):
-            line = line.strip()  # as Qwen2Tokenizer: skip the "#version" header and blank lines
-            if (i == 0 and line.startswith("#version:")) or not line:
-                continue
-            merges.append(tuple(line.split()))
     tok = HFTokenizer(
         BPE(
             vocab=vocab,
@@ -164,6 +157,19 @@ def build_bpe(vocab_file: str | Path, merges_file: str | Path):
     tok.decoder = decoders.ByteLevel()
     tok.post_processor = processors.ByteLevel(trim_offsets=False)
     return tok
+
+
+def build_bpe(vocab_file: str | Path, merges_file: str | Path):
+    """The `tokenizers.Tokenizer` that transformers' `Qwen2Converter` builds from vocab.json + merges.txt."""
+    vocab = _read_json(Path(vocab_file))
+    merges = []
+    with open(merges_file, encoding="utf-8") as f:
+        for i, line in enumerate(f):
+            line = line.strip()  # as Qwen2Tokenizer: skip the "#version" header and blank lines
+            if (i == 0 and line.startswith("#version:")) or not line:
+                continue
+            merges.append(tuple(line.split()))
+    return qwen2_bpe(vocab, merges)
 
 
 def _add_configured_tokens(tok, config: dict, path: Path) -> None:

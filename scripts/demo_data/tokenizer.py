@@ -46,26 +46,14 @@ def tokenizer_texts(records: list[dict]) -> list[str]:
 def build_tokenizer(texts: list[str], out_dir: Path, vocab_size: int = 640) -> Path:
     """A Qwen2-style byte-level BPE (same pre-tokenizer regex, NFC, byte-level decoder) with the Qwen2-Audio
     special tokens, written as tokenizer.json + tokenizer_config.json + chat_template.json."""
-    from tokenizers import Regex, Tokenizer, decoders, normalizers, pre_tokenizers, processors
-    from tokenizers.models import BPE
+    from tokenizers import AddedToken, pre_tokenizers
     from tokenizers.trainers import BpeTrainer
 
     sys.path.insert(0, str(REPO))
     from qwen_audio_jax.text.chat_template import DEFAULT_CHAT_TEMPLATE
-    from qwen_audio_jax.text.tokenizer import PAT_STR
+    from qwen_audio_jax.text.tokenizer_qwen2 import qwen2_bpe
 
-    tok = Tokenizer(
-        BPE(unk_token=None, continuing_subword_prefix="", end_of_word_suffix="", fuse_unk=False, byte_fallback=False)
-    )
-    tok.normalizer = normalizers.NFC()
-    tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Split(Regex(PAT_STR), behavior="isolated", invert=False),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-        ]
-    )
-    tok.decoder = decoders.ByteLevel()
-    tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    tok = qwen2_bpe()  # empty, trained below
     trainer = BpeTrainer(
         vocab_size=vocab_size,
         min_frequency=2,
@@ -77,8 +65,6 @@ def build_tokenizer(texts: list[str], out_dir: Path, vocab_size: int = 640) -> P
     splitter = re.compile("|".join(re.escape(s) for s in SPECIAL_TOKENS))
     clean = [piece for t in texts for piece in splitter.split(t) if piece]
     tok.train_from_iterator(clean, trainer=trainer)
-    from tokenizers import AddedToken
-
     base = tok.get_vocab_size(with_added_tokens=False)
     tok.add_special_tokens(
         [
