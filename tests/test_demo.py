@@ -109,8 +109,8 @@ def test_demo_argument_errors(tmp_path, capsys):
 def test_exported_demo_model_runs_the_same_in_transformers(tmp_path):
     """export-hf of the bundled model: transformers loads it (model and tokenizer) and its greedy tokens on the
     demo clips equal ours."""
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
+    torch = pytest.importorskip("torch", reason="torch is the parity oracle: pip install torch==2.13.0")
+    transformers = pytest.importorskip("transformers", reason="the parity oracle: pip install -e '.[test]'")
     from qwen_audio_jax import api
     from qwen_audio_jax.generation.engine import Engine
     from qwen_audio_jax.generation.options import GenerationOptions
