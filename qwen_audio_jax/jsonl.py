@@ -14,20 +14,43 @@ from pathlib import Path
 
 from qwen_audio_jax.errors import DataError
 
+# Deepest nesting a line may have: real requests, records and manifests nest under 10 levels (messages ->
+# turn -> content -> part); a hostile line nested hundreds deep would exhaust Python's recursion limit in any
+# code that walks it, so it is that line's error (json's own C parser stops near 1000 levels).
+MAX_DEPTH = 64
+
+
+def _bad_string(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _walk(value) -> tuple[int, bool]:
+    """(nesting depth, holds a string that cannot be encoded as UTF-8), without recursion; stops past MAX_DEPTH."""
+    depth, bad = 0, False
+    stack = [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, str):
+            bad = bad or _bad_string(item)
+        elif isinstance(item, (dict, list)):
+            depth = max(depth, level)
+            if depth > MAX_DEPTH:
+                break
+            children = item.items() if isinstance(item, dict) else ((None, v) for v in item)
+            for k, v in children:
+                if isinstance(k, str) and _bad_string(k):
+                    bad = True
+                stack.append((v, level + 1))
+    return depth, bad
+
 
 def invalid_unicode(value) -> bool:
     """True when a decoded JSON value holds a string that cannot be encoded as UTF-8 (a lone surrogate)."""
-    if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            return True
-        return False
-    if isinstance(value, dict):
-        return any(invalid_unicode(k) or invalid_unicode(v) for k, v in value.items())
-    if isinstance(value, list):
-        return any(invalid_unicode(v) for v in value)
-    return False
+    return _walk(value)[1]
 
 
 def parse_line(raw: bytes) -> tuple[dict | None, str | None]:
@@ -39,18 +62,30 @@ def parse_line(raw: bytes) -> tuple[dict | None, str | None]:
         reason = f"not valid UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1}); save the file as UTF-8."
         try:  # the rest of the line may still say which request it was
             value = json.loads(raw.decode("utf-8", errors="replace"))
-        except ValueError:
+        except (ValueError, RecursionError):
             value = None
+        if isinstance(value, dict) and _walk(value)[0] > MAX_DEPTH:
+            value = {"id": value.get("id")}
         return (value if isinstance(value, dict) else None), reason
     try:
         value = json.loads(text)
     except json.JSONDecodeError as e:
         return None, f"not valid JSON ({e.msg} at column {e.colno}); fix the line."
+    except RecursionError:
+        return None, _too_deep()
     if not isinstance(value, dict):
         return None, f"a JSON {type(value).__name__}, not an object; write one object per line."
-    if invalid_unicode(value):
+    depth, bad = _walk(value)
+    if depth > MAX_DEPTH:  # only its id is handed on (when it has a usable one), never the deep value
+        rid = value.get("id")
+        return ({"id": rid} if isinstance(rid, str) and not _bad_string(rid) else None), _too_deep()
+    if bad:
         return value, "invalid Unicode (a lone surrogate escape such as \\ud800); fix the line."
     return value, None
+
+
+def _too_deep() -> str:
+    return f"nested more than {MAX_DEPTH} levels deep (arrays or objects inside each other); flatten the line."
 
 
 def open_jsonl(path: str | Path, what: str = "input file") -> Path:
@@ -58,8 +93,13 @@ def open_jsonl(path: str | Path, what: str = "input file") -> Path:
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: {what} not found; check the path.")
-    if not path.is_file():
+    if path.is_dir():
         raise DataError(f"{path}: is a directory, not a JSONL file; pass the {what}.")
+    if not path.is_file():  # a pipe (`<(cmd)`) or a device: read twice (checked, then read; resumed), so refused
+        raise DataError(
+            f"{path}: is not a regular file (a pipe, a device or a socket); save it to a file and pass that as "
+            f"the {what}."
+        )
     try:
         with open(path, "rb") as f:
             head = f.read(4096)

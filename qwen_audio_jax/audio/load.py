@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import os
+import stat
 import warnings
 from pathlib import Path
 
@@ -22,6 +23,9 @@ from qwen_audio_jax.audio.constants import N_SAMPLES, SAMPLE_RATE
 from qwen_audio_jax.errors import AudioError, ConfigError
 
 MAX_SAMPLES = N_SAMPLES  # 30 s at 16 kHz: the Whisper window; the reference truncates everything past it.
+# Sample rates an array may declare: up to 1 MHz (no audio format goes higher), and at least 1 kHz, so
+# resampling to 16 kHz multiplies a clip's length by at most 16.
+MIN_RATE, MAX_RATE = 1_000, 1_000_000
 LONG_AUDIO_POLICIES = ("truncate", "chunk")
 
 __all__ = [
@@ -57,7 +61,8 @@ def load_audio(path: str | os.PathLike) -> np.ndarray:
       soxr_hq, exactly as `librosa.load(path, sr=16000, mono=True)`.
 
     Raises:
-      AudioError: the file is missing, is a directory, cannot be decoded, has zero samples, or holds NaN/Inf.
+      AudioError: the file is missing, is a directory or not a regular file (a FIFO would block forever), cannot
+        be decoded, has zero samples, or holds NaN/Inf.
     """
     p = Path(path)
     if not p.exists():
@@ -65,6 +70,14 @@ def load_audio(path: str | os.PathLike) -> np.ndarray:
         raise AudioError(f"{p}: no such audio file; check the path{where}.")
     if p.is_dir():
         raise AudioError(f"{p}: is a directory, not an audio file; pass the path of one audio file inside it.")
+    try:
+        mode = p.stat().st_mode
+    except OSError as e:
+        raise AudioError(f"{p}: cannot read this audio file ({e.strerror}).") from None
+    if not stat.S_ISREG(mode):  # a FIFO or a device would block the decoder forever (and Ctrl-C with it)
+        raise AudioError(
+            f"{p}: is not a regular file (a pipe, a device or a socket); save the audio to a file and pass that."
+        )
     # Decode at the native rate first so a NaN/Inf or empty file gets its own message (librosa's own check says
     # only "not finite", and soxr would smear a single NaN over the whole clip).
     native, native_sr = _decode(p)
@@ -127,7 +140,8 @@ def as_waveform(x: np.ndarray, sample_rate: int, source: str = "<array>") -> np.
       (N',) float32 at `SAMPLE_RATE`: channels averaged, then resampled with soxr_hq (librosa.load's resampler).
 
     Raises:
-      AudioError: not a numeric 1-D/2-D array, bad sample rate, zero samples, or NaN/Inf samples.
+      AudioError: not a numeric 1-D/2-D array, a sample rate outside [MIN_RATE, MAX_RATE], zero samples, or
+        NaN/Inf samples.
     """
     x = np.asarray(x)
     if x.dtype == np.int16:
@@ -146,6 +160,10 @@ def as_waveform(x: np.ndarray, sample_rate: int, source: str = "<array>") -> np.
         )
     if isinstance(sample_rate, bool) or not isinstance(sample_rate, (int, np.integer)) or sample_rate <= 0:
         raise AudioError(f"{source}: sample rate must be a positive integer in Hz, got {sample_rate!r}.")
+    if not MIN_RATE <= sample_rate <= MAX_RATE:  # a huge rate stalls the resampler; a tiny one inflates the clip
+        raise AudioError(
+            f"{source}: sample rate {sample_rate} Hz is out of range: it must be in [{MIN_RATE}, {MAX_RATE}] Hz."
+        )
     if x.ndim == 2 and x.shape[0] > x.shape[1]:
         x = x.T  # (N, C) -> (C, N)
     x = _check_samples(x.astype(np.float32, copy=False), source)

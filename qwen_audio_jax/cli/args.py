@@ -25,10 +25,15 @@ def _number(kind, ok, allowed: str):
     return parse
 
 
-positive_int = _number(int, lambda v: v >= 1, ">= 1")
-nonneg_int = _number(int, lambda v: v >= 0, ">= 0")
-nonneg_float = _number(float, lambda v: v >= 0, ">= 0")
-positive_float = _number(float, lambda v: v > 0, "> 0")
+# Integer flags end up as int32 device values (budgets, top-k, stop ids) or bounded host sizes, and float flags
+# as float32: a value past those ranges is refused here instead of overflowing after the model has loaded.
+INT32_MAX = 2**31 - 1
+FLOAT32_MAX = 3.4028234663852886e38
+
+positive_int = _number(int, lambda v: 1 <= v <= INT32_MAX, f"in [1, {INT32_MAX}]")
+nonneg_int = _number(int, lambda v: 0 <= v <= INT32_MAX, f"in [0, {INT32_MAX}]")
+nonneg_float = _number(float, lambda v: 0 <= v <= FLOAT32_MAX, "in [0, 3.4e38]")
+positive_float = _number(float, lambda v: 1.2e-38 <= v <= FLOAT32_MAX, "in [1.2e-38, 3.4e38]")
 probability = _number(float, lambda v: 0 < v <= 1, "in (0, 1]")
 seed_int = _number(int, lambda v: 0 <= v < 2**32, "in [0, 2**32)")
 

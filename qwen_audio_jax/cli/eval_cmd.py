@@ -48,8 +48,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def _eval(args) -> int:
-    from qwen_audio_jax.jobs.evaluate import evaluate
+    from qwen_audio_jax.jobs.evaluate import check_output, evaluate
 
+    # The output is checked before the model loads, so a wrong --output costs nothing.
+    check_output(args.manifest, args.output, generating=bool(args.model), predictions=args.predictions)
     model = None
     if args.model:
         from qwen_audio_jax.cli.infer_cmd import load_model

@@ -42,6 +42,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def _train(args) -> int:
+    from qwen_audio_jax.checkpoint.safe_write import release_work_dir
     from qwen_audio_jax.cli.args import start_runtime
     from qwen_audio_jax.errors import ConfigError
     from qwen_audio_jax.training.loop import precompute_reference, train
@@ -63,10 +64,13 @@ def _train(args) -> int:
     if args.command_name == "sft" and cfg.loss.is_preference:
         raise ConfigError("`sft` trains the SFT loss only; use `qwen-audio-jax dpo` for preference losses.")
     start_runtime(args)
-    run = TrainingRun.build(cfg)
-    if getattr(args, "precompute_ref", False):
-        precompute_reference(run, progress=not args.no_progress)
-        return 0
-    summary = train(run, progress=not args.no_progress)
+    try:
+        run = TrainingRun.build(cfg)  # checks output_dir against the model, reference and data, then locks it
+        if getattr(args, "precompute_ref", False):
+            precompute_reference(run, progress=not args.no_progress)
+            return 0
+        summary = train(run, progress=not args.no_progress)
+    finally:
+        release_work_dir(cfg.output_dir)
     print(json.dumps({"final_model": summary["final_model"], **summary["last_metrics"]}), file=sys.stderr)
     return 0

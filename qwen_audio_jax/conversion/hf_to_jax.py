@@ -28,7 +28,7 @@ from qwen_audio_jax.checkpoint.model_dir import (
     read_config_json,
     write_config,
 )
-from qwen_audio_jax.checkpoint.safe_write import atomic_directory
+from qwen_audio_jax.checkpoint.safe_write import atomic_directory, deferred_interrupt
 from qwen_audio_jax.config import ModelConfig
 from qwen_audio_jax.conversion.hf_config import from_hf_config
 from qwen_audio_jax.conversion.name_map import ParamRule, hf_shape, rules_for, to_ours
@@ -139,13 +139,15 @@ def convert(
         writer = ParamWriter(tmp)
         bar = tqdm(total=len(rules), desc="convert", unit="param", disable=not progress)
         for path, array in iter_params(source, config, DTYPES.get(dtype), rules):
-            writer.add(path, array)
+            with deferred_interrupt():  # Orbax finishes a group in its own threads: Ctrl-C waits for it
+                writer.add(path, array)
             total += array.nbytes
             stored.add(str(array.dtype))
             del array
             bar.update()
         bar.close()
-        writer.finalize()
+        with deferred_interrupt():
+            writer.finalize()
         write_config(tmp, config, stored.pop() if len(stored) == 1 else "mixed", source_config)
         copied = copy_aux_files(src, tmp)
     seconds = time.perf_counter() - start

@@ -29,15 +29,22 @@ def _check(name: str, value, kind: type, ok, allowed: str, error=ConfigError):
     return value
 
 
+# Every value becomes a 32-bit device value (int32 budgets and top-k, uint32 seeds, float32 sampling values), so
+# the ranges stop there: a larger one would pass here and overflow on the device, on every --resume again.
+INT32_MAX = 2**31 - 1
+FLOAT32_MAX = 3.4028234663852886e38
+FLOAT32_TINY = 1.1754943508222875e-38  # the smallest normal float32: a smaller penalty would become 0
+
+
 def validate_sampling(values: dict, error=ConfigError, prefix: str = "") -> None:
     """Checks each present key of PER_REQUEST_KEYS; `prefix` names where the value came from."""
     rules = {
-        "max_new_tokens": (int, lambda v: v >= 1, ">= 1"),
-        "min_new_tokens": (int, lambda v: v >= 0, ">= 0"),
-        "temperature": (float, lambda v: v >= 0, ">= 0 (0 = greedy)"),
-        "top_k": (int, lambda v: v >= 0, ">= 0 (0 = off)"),
+        "max_new_tokens": (int, lambda v: 1 <= v <= INT32_MAX, f"in [1, {INT32_MAX}]"),
+        "min_new_tokens": (int, lambda v: 0 <= v <= INT32_MAX, f"in [0, {INT32_MAX}]"),
+        "temperature": (float, lambda v: 0 <= v <= FLOAT32_MAX, "in [0, 3.4e38] (0 = greedy)"),
+        "top_k": (int, lambda v: 0 <= v <= INT32_MAX, f"in [0, {INT32_MAX}] (0 = off)"),
         "top_p": (float, lambda v: 0 < v <= 1, "in (0, 1] (1 = off)"),
-        "repetition_penalty": (float, lambda v: v > 0, "> 0 (1 = off)"),
+        "repetition_penalty": (float, lambda v: FLOAT32_TINY <= v <= FLOAT32_MAX, "in [1.2e-38, 3.4e38] (1 = off)"),
         "seed": (int, lambda v: 0 <= v < 2**32, "in [0, 2**32)"),
     }
     for key, value in values.items():
@@ -62,7 +69,7 @@ class GenerationOptions:
     def __post_init__(self):
         validate_sampling({k: getattr(self, k) for k in PER_REQUEST_KEYS})
         for i in self.stop_ids:
-            _check("stop id", i, int, lambda v: v >= 0, ">= 0")
+            _check("stop id", i, int, lambda v: 0 <= v <= INT32_MAX, f"in [0, {INT32_MAX}]")
 
     def for_request(self, record: dict | None, request_id: str = "") -> RequestOptions:
         """This request's settings: the job's, overridden by the record's own keys (validated)."""

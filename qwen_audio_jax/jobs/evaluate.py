@@ -11,8 +11,18 @@ Scoring is qwen_audio_jax/eval (docs/eval.md): the official normalisers, WER per
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+from qwen_audio_jax.checkpoint.locks import check_not_in_use
+from qwen_audio_jax.checkpoint.safe_write import (
+    DIR_LOCK,
+    check_sources,
+    is_ours,
+    prepare_work_dir,
+    release_work_dir,
+)
+from qwen_audio_jax.errors import ConfigError, OutputError
 from qwen_audio_jax.eval.manifest import ManifestEntry, read_manifest
 from qwen_audio_jax.eval.report import format_table, read_predictions, write_outputs
 from qwen_audio_jax.eval.scoring import score_predictions
@@ -25,6 +35,29 @@ from qwen_audio_jax.jobs.tasks import AUDIO
 EVAL_OPTIONS = GenerationOptions(max_new_tokens=256, min_new_tokens=1)
 PREDICTIONS = "predictions.jsonl"
 REQUESTS = "requests.jsonl"
+SCORES = ("metrics.json", "errors.jsonl")  # what scoring writes; generating also writes REQUESTS and PREDICTIONS
+
+
+def check_output(manifest: str | Path, output_dir: str | Path, *, generating: bool, predictions=None) -> Path:
+    """Checks eval's output directory before anything loads (OutputError, one line): not the same as, inside or a
+    parent of the manifest; not in use by another run; and a file eval would write there (requests.jsonl,
+    predictions.jsonl, metrics.json, errors.jsonl) is replaced only in a directory eval made (it carries the
+    tool's marker), never in one of the user's. Returns it as an absolute path."""
+    out = check_sources(output_dir, {"manifest": manifest}, "--output")
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"--output {out} is a file; pass a directory (eval writes several files into it).")
+    if predictions is not None and Path(predictions).absolute() in {out / name for name in SCORES}:
+        raise OutputError(f"--predictions {predictions} is a file eval writes into --output; choose another --output.")
+    if out.is_dir() and not is_ours(out):
+        names = (REQUESTS, PREDICTIONS, *SCORES) if generating else SCORES
+        taken = [name for name in names if (out / name).exists()]
+        if taken:
+            raise OutputError(
+                f"--output {out} holds a {taken[0]} that qwen-audio-jax did not write (the directory has no marker), "
+                "so eval will not replace it; choose a new or empty directory."
+            )
+    check_not_in_use(out / DIR_LOCK, out)
+    return out
 
 
 def request_for(entry: ManifestEntry, task: str, *, v1: bool) -> dict:
@@ -59,35 +92,37 @@ def evaluate(
 ) -> dict:
     """Scores `predictions` (a results JSONL) or generates them with `model` first. Writes OUT/metrics.json and
     OUT/errors.jsonl (and OUT/predictions.jsonl when generating); returns {"metrics": ..., "table": ...}."""
-    import json
-
-    from qwen_audio_jax.errors import ConfigError
-
     if (model is None) == (predictions is None):
         raise ConfigError("eval needs exactly one of --model (generate, then score) or --predictions (score).")
+    out = check_output(manifest, output_dir, generating=model is not None, predictions=predictions)
     entries, problems = read_manifest(manifest, task)
     for p in problems:
         log(f"warning: {p.message}")
-    out = Path(output_dir).absolute()
-    out.mkdir(parents=True, exist_ok=True)
-    if variant is None:
-        variant = "qwen_audio_v1" if model is not None and model.config.is_v1 else "qwen2_audio"
-    if model is not None:
-        requests = out / REQUESTS
-        requests.write_text(
-            "".join(
-                json.dumps(request_for(e, task, v1=model.config.is_v1), ensure_ascii=False) + "\n" for e in entries
-            ),
-            encoding="utf-8",
-        )
-        job = GenerateJob(model, options, batch_size=batch_size, chat=chat)
-        summary = run_file(
-            job, requests, out / PREDICTIONS, resume=resume, overwrite=overwrite or not resume, progress=progress
-        )
-        log(f"generated {summary['requests']} predictions ({summary['errors']} errors) -> {out / PREDICTIONS}")
-        predictions = out / PREDICTIONS
-    preds = read_predictions(predictions)
-    result = score_predictions(task, entries, preds, variant=variant, problems=problems)
-    write_outputs(result, out)
-    table = format_table(result)
-    return {"metrics": result.to_json(), "table": table, "output": str(out)}
+    out = prepare_work_dir(out, what="--output", kind="eval", sources={"manifest": manifest})
+    try:  # the directory is locked (another eval into it is refused) until this returns
+        if variant is None:
+            variant = "qwen_audio_v1" if model is not None and model.config.is_v1 else "qwen2_audio"
+        if model is not None:
+            summary = _generate(model, task, entries, out, options, batch_size, chat, resume, overwrite, progress)
+            log(f"generated {summary['requests']} predictions ({summary['errors']} errors) -> {out / PREDICTIONS}")
+            predictions = out / PREDICTIONS
+        preds = read_predictions(predictions)
+        result = score_predictions(task, entries, preds, variant=variant, problems=problems)
+        write_outputs(result, out)
+        return {"metrics": result.to_json(), "table": format_table(result), "output": str(out)}
+    finally:
+        release_work_dir(out)
+
+
+def _generate(model, task, entries, out: Path, options, batch_size, chat, resume, overwrite, progress) -> dict:
+    """OUT/requests.jsonl from the manifest, then the generate driver into OUT/predictions.jsonl; its summary."""
+    requests = out / REQUESTS
+    lines = (json.dumps(request_for(e, task, v1=model.config.is_v1), ensure_ascii=False) + "\n" for e in entries)
+    try:
+        requests.write_text("".join(lines), encoding="utf-8")
+    except OSError as e:
+        raise OutputError(f"cannot write {requests} ({e.strerror}); choose a writable --output.") from None
+    job = GenerateJob(model, options, batch_size=batch_size, chat=chat)
+    return run_file(
+        job, requests, out / PREDICTIONS, resume=resume, overwrite=overwrite or not resume, progress=progress
+    )

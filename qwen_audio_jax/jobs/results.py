@@ -2,16 +2,21 @@
 
 Results are appended and flushed as they come (fsync), so a killed run loses at most what was in flight.
 `--resume` drops a torn last line, keeps every complete result and skips the ids already answered; with
-`--retry-errors` a request whose line is an error is removed from the file and tried again.
+`--retry-errors` a request whose line is an error is removed from the file and tried again. A writer holds
+the file's lock (checkpoint/locks.py) from opening to closing, so two runs never write one file.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
+
+from qwen_audio_jax.checkpoint.locks import acquire, release, sidecar_lock
+from qwen_audio_jax.errors import OutputError
 
 
 class ResultWriter:
@@ -20,16 +25,29 @@ class ResultWriter:
     def __init__(self, path: str | Path, *, resume: bool = False, retry_errors: bool = False):
         """Opens `path` (checked beforehand by checkpoint/safe_write.py's `check_result_file`): appending to its
         complete lines with resume, else replacing it."""
-        self.path = Path(path)
+        self.path = Path(path).absolute()
         self.done_ids: set[str] = set()
         self.retried = 0
         self._synced = time.monotonic()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        if resume and self.path.exists():
-            self._repair_and_collect(retry_errors)
-            self._f = open(self.path, "a", encoding="utf-8")
-        else:
-            self._f = open(self.path, "w", encoding="utf-8")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise OutputError(f"cannot create the output directory {self.path.parent} ({e.strerror}).") from None
+        # Locked before the file is touched: a second run on this file (a `--resume` beside a running job) is
+        # refused with the holder's pid instead of truncating it or appending between its lines.
+        self._lock = acquire(sidecar_lock(self.path), self.path)
+        try:
+            if resume and self.path.exists():
+                self._repair_and_collect(retry_errors)
+                self._f = open(self.path, "a", encoding="utf-8")
+            else:
+                self._f = open(self.path, "w", encoding="utf-8")
+        except OSError as e:
+            release(self._lock)
+            raise OutputError(f"cannot write {self.path} ({e.strerror}); choose another output path.") from None
+        except BaseException:
+            release(self._lock)
+            raise
 
     @staticmethod
     def existing_ids(path: str | Path) -> set[str]:
@@ -57,19 +75,36 @@ class ResultWriter:
     def write(self, result: dict) -> None:
         """Appends one line and flushes it to the OS (it survives the process being killed); fsync (power
         loss) at most once a second and at close."""
-        self._f.write(json.dumps(result, ensure_ascii=False) + "\n")
-        self._f.flush()
+        try:
+            self._f.write(json.dumps(result, ensure_ascii=False) + "\n")
+            self._f.flush()
+        except OSError as e:
+            raise self._full(e) from None
         if time.monotonic() - self._synced > 1.0:
             self.sync()
 
     def sync(self) -> None:
-        self._f.flush()
-        os.fsync(self._f.fileno())
+        try:
+            self._f.flush()
+            os.fsync(self._f.fileno())
+        except OSError as e:
+            raise self._full(e) from None
         self._synced = time.monotonic()
 
+    def _full(self, e: OSError) -> OutputError:
+        """A full disk or a vanished mount while writing: one line; the complete lines so far stay."""
+        return OutputError(
+            f"cannot write {self.path} ({e.strerror}); the complete results so far are kept: fix that, then run "
+            "again with --resume."
+        )
+
     def close(self) -> None:
-        self.sync()
-        self._f.close()
+        try:
+            self.sync()
+        finally:
+            with contextlib.suppress(OSError):
+                self._f.close()
+            release(self._lock)
 
     def __enter__(self):
         return self

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 from tqdm import tqdm
 
 from qwen_audio_jax.checkpoint.model_dir import copy_aux_files, read_source_config, save_params, write_config
-from qwen_audio_jax.checkpoint.safe_write import atomic_directory, mark
+from qwen_audio_jax.checkpoint.safe_write import atomic_directory, check_destination, deferred_interrupt, mark
 from qwen_audio_jax.errors import ConfigError, QwenAudioError
 from qwen_audio_jax.training.checkpointing import TrainCheckpoints, abstract_like
 from qwen_audio_jax.training.metrics import MetricsWriter
@@ -86,9 +86,7 @@ def train(run: TrainingRun, *, log: Callable[[str], None] = print, progress: boo
     cfg = run.cfg
     log = log if jax.process_index() == 0 else (lambda m: None)
     progress = progress and jax.process_index() == 0
-    check_resume(run, log)
-    if jax.process_index() == 0:
-        mark(run.out, "training")
+    check_resume(run, log)  # output_dir was checked, locked and (when the tool made it) marked by TrainingRun.build
     with run.placement.activate():
         state = run.initial_state()
         ref_params, ref_table = None, None
@@ -180,17 +178,20 @@ def precompute_reference(run: TrainingRun, *, log: Callable[[str], None] = print
 
 def save_final_model(params, config, base_model_dir, dst: Path) -> None:
     """Writes a model dir (fp32 params, config, the base model's tokenizer/preprocessor files and its source
-    HF config, so export-hf writes the original format back)."""
+    HF config, so export-hf writes the original format back). Never over the base model (a sources check), only
+    over a model dir the tool wrote; a Ctrl-C waits for the params write to finish, then cleans up."""
     source = read_source_config(base_model_dir)
     if jax.process_count() == 1:
-        with atomic_directory(dst, "model", overwrite=True) as tmp:
-            save_params(tmp, params)
+        with atomic_directory(dst, "model", sources={"model": base_model_dir}, overwrite=True) as tmp:
+            with deferred_interrupt():
+                save_params(tmp, params)
             write_config(tmp, config, "float32", source)
             copy_aux_files(Path(base_model_dir), tmp)
         return
     # Multi-host: Orbax writes the params collectively (each host its shards); process 0 writes the rest.
     from jax.experimental import multihost_utils
 
+    check_destination(dst, sources={"model": base_model_dir}, overwrite=True)
     save_params(dst, params, overwrite=True)
     if jax.process_index() == 0:
         write_config(dst, config, "float32", source)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -24,7 +23,7 @@ import numpy as np
 from qwen_audio_jax.batching.buckets import Buckets
 from qwen_audio_jax.checkpoint.model_dir import load_params, read_model_dir_config
 from qwen_audio_jax.config import ModelConfig
-from qwen_audio_jax.errors import ConfigError, OutputError
+from qwen_audio_jax.errors import ConfigError
 from qwen_audio_jax.model.params import abstract_params, build_module
 from qwen_audio_jax.sharding.placement import Placement, agree_max, gather_processes
 from qwen_audio_jax.text.processor import Processor
@@ -66,7 +65,7 @@ class TrainingRun:
             raise ConfigError("set `model:` (a model dir written by `qwen-audio-jax convert`).")
         if not cfg.data.train:
             raise ConfigError("set `data.train:` (a JSONL file of preference pairs or SFT examples).")
-        out = _output_dir(cfg.output_dir)
+        out = _output_dir(cfg)
         placement = Placement.create(cfg.mesh)
         procs = jax.process_count()
         if cfg.train.batch_size % procs:
@@ -197,18 +196,17 @@ class TrainingRun:
         return sum(f._cache_size() for f in self.steps.values())
 
 
-def _output_dir(path: str) -> Path:
-    """output_dir, created and checked writable before anything else runs (one line if it cannot be)."""
-    out = Path(path).absolute()
-    if out.exists() and not out.is_dir():
-        raise OutputError(f"output_dir {out} is a file; choose a directory.")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise OutputError(f"cannot create output_dir {out} ({e.strerror}); choose a writable location.") from e
-    if not os.access(out, os.W_OK):
-        raise OutputError(f"output_dir {out} is not writable; choose a writable location.")
-    return out
+def _output_dir(cfg: RunConfig) -> Path:
+    """output_dir, checked before anything else runs (one line if it cannot be used): not the same as, inside
+    or a parent of the model, the reference model or the data (training writes OUTPUT/model at the end, so a
+    foreign OUTPUT/model is refused too); a directory, writable, and used by no other run (process 0 holds its
+    lock until the run ends). It is marked as the tool's only when created here or found empty."""
+    from qwen_audio_jax.checkpoint.safe_write import check_destination, prepare_work_dir
+
+    sources = {"model": cfg.model, "reference model": cfg.reference.model, "training data": cfg.data.train}
+    check_destination(Path(cfg.output_dir) / "model", sources=sources, overwrite=True, what="output_dir")
+    lock = jax.process_index() == 0
+    return prepare_work_dir(cfg.output_dir, what="output_dir", kind="training", sources=sources, lock=lock)
 
 
 def _pad_pairs(arrays: dict, pairs: int, pad_id: int) -> dict:

@@ -8,6 +8,7 @@ Every key is a field below; an unknown key, a value of the wrong type or out of 
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from pathlib import Path
 from typing import Any
@@ -141,10 +142,28 @@ def _coerce(value: Any, hint, key: str):
         try:
             if hint is int and isinstance(value, float) and not value.is_integer():
                 raise ValueError
-            return hint(value)
-        except (TypeError, ValueError):
+            if hint is not str and isinstance(value, bool):
+                raise ValueError
+            out = hint(value)
+        except (TypeError, ValueError, OverflowError):
             pass
+        else:
+            _check_number(out, key)
+            return out
     raise ConfigError(f"{key}: {value!r} is not a valid {getattr(hint, '__name__', hint)}.")
+
+
+# Every number of a run ends up in a 32-bit device value or an optax hyper-parameter: a NaN or an infinity
+# (YAML's .nan / .inf) would pass every range check (comparisons with NaN are false) and corrupt training from
+# its first step, and an integer past int32 would overflow, so both are refused when the config is read.
+_INT32 = (-(2**31), 2**31 - 1)
+
+
+def _check_number(value, key: str) -> None:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{key}: {value!r} is not a finite number; pass a finite value.")
+    if isinstance(value, int) and not _INT32[0] <= value <= _INT32[1]:
+        raise ConfigError(f"{key}={value} is out of range: it must be in [{_INT32[0]}, {_INT32[1]}].")
 
 
 def _set_dotted(doc: dict, dotted: str, value: Any) -> None:
