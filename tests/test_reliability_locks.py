@@ -208,3 +208,19 @@ def test_a_killed_writer_leaves_a_marked_temporary_that_the_next_run_removes(tmp
         proc.wait()
     assert live.exists() and (live / ".written-by-qwen-audio-jax").exists()
     assert remove_stale_temps(dst, warn=lambda m: None) == [live]
+
+
+def test_eval_into_a_directory_in_use_is_refused(tmp_path, capsys):
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text(json.dumps({"id": "u0", "audio": "a.wav", "reference": "hi", "source": "s", "language": "en"}))
+    preds = tmp_path / "p.jsonl"
+    preds.write_text(json.dumps({"id": "u0", "text": "hi", "error": None}) + "\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    argv = ["eval", "--task", "asr", "--manifest", str(manifest), "--predictions", str(preds), "--output", str(out)]
+    with holder(HOLD_LOCK, out / DIR_LOCK) as proc:
+        capsys.readouterr()
+        status = main(argv)
+        assert status == 2 and f"in use by process {proc.pid}" in _one_error_line(capsys.readouterr().err)
+        assert [p.name for p in out.iterdir()] == [DIR_LOCK]
+    assert main(argv) == 0 and (out / "metrics.json").exists()

@@ -46,6 +46,9 @@ def check_output(manifest: str | Path, output_dir: str | Path, *, generating: bo
     out = check_sources(output_dir, {"manifest": manifest}, "--output")
     if out.exists() and not out.is_dir():
         raise OutputError(f"--output {out} is a file; pass a directory (eval writes several files into it).")
+    existing = next(p for p in (out, *out.parents) if p.exists())
+    if not existing.is_dir():
+        raise OutputError(f"{existing} is a file, so --output {out} cannot be created; choose another --output.")
     if predictions is not None and Path(predictions).absolute() in {out / name for name in SCORES}:
         raise OutputError(f"--predictions {predictions} is a file eval writes into --output; choose another --output.")
     if out.is_dir() and not is_ours(out):

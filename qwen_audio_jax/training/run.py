@@ -23,7 +23,7 @@ import numpy as np
 from qwen_audio_jax.batching.buckets import Buckets
 from qwen_audio_jax.checkpoint.model_dir import load_params, read_model_dir_config
 from qwen_audio_jax.config import ModelConfig
-from qwen_audio_jax.errors import ConfigError
+from qwen_audio_jax.errors import ConfigError, OutputError
 from qwen_audio_jax.model.params import abstract_params, build_module
 from qwen_audio_jax.sharding.placement import Placement, agree_max, gather_processes
 from qwen_audio_jax.text.processor import Processor
@@ -201,12 +201,17 @@ def _output_dir(cfg: RunConfig) -> Path:
     or a parent of the model, the reference model or the data (training writes OUTPUT/model at the end, so a
     foreign OUTPUT/model is refused too); a directory, writable, and used by no other run (process 0 holds its
     lock until the run ends). It is marked as the tool's only when created here or found empty."""
-    from qwen_audio_jax.checkpoint.safe_write import check_destination, prepare_work_dir
+    from qwen_audio_jax.checkpoint.safe_write import check_sources, is_ours, prepare_work_dir
 
     sources = {"model": cfg.model, "reference model": cfg.reference.model, "training data": cfg.data.train}
-    check_destination(Path(cfg.output_dir) / "model", sources=sources, overwrite=True, what="output_dir")
-    lock = jax.process_index() == 0
-    return prepare_work_dir(cfg.output_dir, what="output_dir", kind="training", sources=sources, lock=lock)
+    out = check_sources(cfg.output_dir, sources, "output_dir")
+    final = out / "model"
+    if final.exists() and not (final.is_dir() and (is_ours(final) or not any(final.iterdir()))):
+        raise OutputError(
+            f"output_dir {out} holds a model/ that qwen-audio-jax did not write, and training writes its final "
+            "model there; choose another output_dir."
+        )
+    return prepare_work_dir(out, what="output_dir", kind="training", sources=sources, lock=jax.process_index() == 0)
 
 
 def _pad_pairs(arrays: dict, pairs: int, pad_id: int) -> dict:
