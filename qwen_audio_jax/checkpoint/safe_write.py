@@ -23,6 +23,7 @@ import contextlib
 import errno
 import fcntl
 import json
+import logging
 import os
 import shutil
 import stat
@@ -144,6 +145,8 @@ def prepare_work_dir(
         try:
             mark(out, kind)
         except OSError as e:
+            if lock:
+                release(out / DIR_LOCK, fully=True)
             raise OutputError(f"cannot write in {what} {out} ({e.strerror}); choose a writable location.") from None
     return out
 
@@ -245,6 +248,10 @@ def atomic_directory(dst: str | Path, kind: str, *, sources=(), overwrite: bool 
         except OSError as e:
             raise OutputError(f"cannot write in {dst.parent} ({e.strerror}); choose a writable destination.") from None
         held = os.open(tmp, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        # Orbax logs every failure of its writer threads with a full traceback (hundreds of lines for a full
+        # disk) before the same error reaches us; it is reported once, as one line, below.
+        absl, level = logging.getLogger("absl"), logging.getLogger("absl").level
+        absl.setLevel(logging.CRITICAL)
         try:
             with contextlib.suppress(OSError):
                 fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a live temp is never taken for stale
@@ -264,6 +271,7 @@ def atomic_directory(dst: str | Path, kind: str, *, sources=(), overwrite: bool 
                 raise short from None
             raise
         finally:
+            absl.setLevel(level)
             os.close(held)
 
 

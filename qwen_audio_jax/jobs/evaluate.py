@@ -12,6 +12,7 @@ Scoring is qwen_audio_jax/eval (docs/eval.md): the official normalisers, WER per
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from qwen_audio_jax.checkpoint.locks import check_not_in_use
@@ -49,6 +50,8 @@ def check_output(manifest: str | Path, output_dir: str | Path, *, generating: bo
     existing = next(p for p in (out, *out.parents) if p.exists())
     if not existing.is_dir():
         raise OutputError(f"{existing} is a file, so --output {out} cannot be created; choose another --output.")
+    if not os.access(existing, os.W_OK):
+        raise OutputError(f"{existing} is not writable, so eval cannot write --output {out}; choose another --output.")
     if predictions is not None and Path(predictions).absolute() in {out / name for name in SCORES}:
         raise OutputError(f"--predictions {predictions} is a file eval writes into --output; choose another --output.")
     if out.is_dir() and not is_ours(out):
@@ -111,7 +114,12 @@ def evaluate(
             predictions = out / PREDICTIONS
         preds = read_predictions(predictions)
         result = score_predictions(task, entries, preds, variant=variant, problems=problems)
-        write_outputs(result, out)
+        try:
+            write_outputs(result, out)
+        except OSError as e:
+            raise OutputError(
+                f"cannot write the scores into {out} ({e.strerror}); free space, then run again."
+            ) from None
         return {"metrics": result.to_json(), "table": format_table(result), "output": str(out)}
     finally:
         release_work_dir(out)
