@@ -19,9 +19,10 @@ import jax.numpy as jnp
 
 from qwen_audio_jax.checkpoint.model_dir import load_params, read_model_dir_config
 from qwen_audio_jax.config import ModelConfig
-from qwen_audio_jax.generation.engine import Engine
+from qwen_audio_jax.generation.engine import Engine, EngineOptions
 from qwen_audio_jax.generation.options import GenerationOptions
 from qwen_audio_jax.model.params import abstract_params
+from qwen_audio_jax.model.quant import QUANTIZE_MODES, quantize_params
 from qwen_audio_jax.sharding.placement import Placement
 from qwen_audio_jax.text.processor import Processor
 
@@ -37,6 +38,7 @@ class LoadedModel:
     model_dir: Path
     placement: Placement
     attention: str = "auto"  # model/attention.py implementation
+    quantized: bool = False  # int8 decoder kernels and lm_head (model/quant.py)
 
     @property
     def tokenizer(self):
@@ -56,12 +58,17 @@ def load(
     mesh: str | None = None,
     long_audio: str = "truncate",
     attention: str = "auto",
+    quantize: str = "none",
 ) -> LoadedModel:
     """Loads config, params (cast to the compute dtype while restoring) and the processor of a model dir.
 
     placement (or a `mesh` spec string such as "data=2,fsdp=4"; default one device): params are restored
     straight into their shardings, so each host reads only its shards and none holds the whole model.
+    quantize "int8": the decoder's linear layers and the lm_head become int8 with per-output-channel scales
+    (model/quant.py), converted on the devices right after loading.
     """
+    if quantize not in QUANTIZE_MODES:
+        raise ValueError(f"quantize must be one of {QUANTIZE_MODES}, got {quantize!r}")
     model_dir = Path(model_dir).absolute()
     config, _ = read_model_dir_config(model_dir)
     dtype = dtype or default_dtype()
@@ -72,8 +79,14 @@ def load(
         placement.param_shardings(config),
     )
     params = load_params(model_dir, target)
+    quantized = quantize == "int8"
+    if quantized:
+        with placement.activate():
+            params = jax.jit(
+                quantize_params, out_shardings=placement.param_shardings(config, quantized=True), donate_argnums=0
+            )(params)
     processor = Processor.from_model_dir(model_dir, long_audio=long_audio)
-    return LoadedModel(config, params, processor, dtype, model_dir, placement, attention)
+    return LoadedModel(config, params, processor, dtype, model_dir, placement, attention, quantized)
 
 
 def generate(
@@ -83,12 +96,15 @@ def generate(
     *,
     batch_size: int = 8,
     engine: Engine | None = None,
+    engine_options: EngineOptions | None = None,
 ) -> list[dict]:
-    """One result dict per request, in order: {"id", "text", "token_ids", "finish_reason", "error"}."""
+    """One result dict per request, in order: {"id", "text", "token_ids", "finish_reason", "error"}.
+    engine_options: slots, cache size and dtype (batch_size is a shortcut for EngineOptions(batch_size=...))."""
     from qwen_audio_jax.jobs.driver import run_list
     from qwen_audio_jax.jobs.generate import GenerateJob
 
-    return run_list(GenerateJob(model, options, batch_size=batch_size, engine=engine), list(requests))
+    engine_options = engine_options or EngineOptions(batch_size=batch_size)
+    return run_list(GenerateJob(model, options, engine_options, engine=engine), list(requests))
 
 
 def score(model: LoadedModel, requests: Sequence[dict], *, batch_size: int = 8) -> list[dict]:

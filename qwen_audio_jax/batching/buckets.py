@@ -1,6 +1,10 @@
-"""Static-shape buckets, shared by generation, scoring and training (docs/decisions.md §5):
-every batch is padded to a (rows, length, clips, mel frames) point of a small grid, so a job over a large
-corpus compiles a bounded number of programs.
+"""Static-shape buckets, shared by generation, scoring and training (docs/decisions.md §5): every device call
+is padded to a point of a small grid, so a job over any corpus compiles a bounded number of programs.
+
+Inference (generate, score, eval) uses coarse grids, since each point is a program to compile on the user's
+first run: one clip per encoder call at `inference_frames`, prompt chunks at `chunks` (longer prompts run in
+several chunks), scored sequences at `score_lengths`. Training batches many rows per call and uses the finer
+`lengths` / `frames` grids (less padding; a run compiles its buckets once).
 
 Mel frames (docs/decisions.md §6): a clip of L valid frames gives the reference's valid
 encoder outputs from any prefix of A >= L + 2 frames (the conv stem reads one frame past the last valid conv2
@@ -29,13 +33,31 @@ class Buckets:
     completions: tuple[int, ...] = (8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
     # Multiples of 4 (conv stride 2, then pool 2); finer at the short end, where most clips are.
     frames: tuple[int, ...] = (128, 256, 384, 512, 640, 768, 1024, 1280, 1536, 2048, 2560, 3000)
+    # Inference: a clip is encoded alone at one of these (one program each).
+    inference_frames: tuple[int, ...] = (256, 512, 1024, 2048, 3000)
+    # Generation: prompt chunks (one prefill program each); the last is the chunk size of long prompts.
+    chunks: tuple[int, ...] = (64, 128, 256, 384, 512, 768, 1024)
+    # Scoring: whole sequences (prompt + completion), one program each.
+    score_lengths: tuple[int, ...] = (64, 128, 256, 512, 1024, 2048, 4096, 8192)
 
     def __post_init__(self):
-        if any(f % 4 or f > 3000 for f in self.frames) or 3000 not in self.frames:
-            raise ValueError("mel frame buckets must be multiples of 4, at most 3000, and include 3000")
+        for frames in (self.frames, self.inference_frames):
+            if any(f % 4 or f > 3000 for f in frames) or 3000 not in frames:
+                raise ValueError("mel frame buckets must be multiples of 4, at most 3000, and include 3000")
 
     def prompt_length(self, n: int) -> int:
         return _smallest(self.lengths, n, f"a prompt of {n} tokens")
+
+    def chunk_length(self, n: int) -> int:
+        """The prefill bucket of a chunk of n tokens (n at most the largest chunk)."""
+        return _smallest(self.chunks, n, f"a prompt chunk of {n} tokens")
+
+    def score_length(self, n: int) -> int:
+        return _smallest(self.score_lengths, n, f"a scored sequence of {n} tokens")
+
+    def inference_mel_frames(self, length: int) -> int:
+        """The encoder bucket of one clip of `length` valid frames at inference (>= length + 2, or 3000)."""
+        return _exact_frames(self.inference_frames, length)
 
     def completion_length(self, n: int) -> int:
         return _smallest(self.completions, n, f"a completion of {n} tokens")
@@ -44,22 +66,15 @@ class Buckets:
         return 0 if n == 0 else _smallest(self.clips, n, f"{n} audio clips in one batch")
 
     def mel_frames(self, longest: int) -> int:
-        """Smallest frame bucket that is exact for a clip of `longest` valid frames (>= longest + 2)."""
-        for b in self.frames:
-            if b >= longest + 2:
-                return b
-        return 3000  # the reference's own length: exact by definition
+        """Smallest training frame bucket that is exact for a clip of `longest` valid frames (>= longest + 2)."""
+        return _exact_frames(self.frames, longest)
 
-    def rows(self, n: int, divisor: int, limit: int) -> int:
-        """Rows of a prefill batch for n requests: divisor x a power of two, at most `limit` (the slots)."""
-        rows = divisor
-        while rows < n:
-            rows *= 2
-        return min(rows, limit)
 
-    def row_options(self, divisor: int, limit: int) -> int:
-        """How many distinct `rows` buckets exist below `limit`."""
-        return len({self.rows(n, divisor, limit) for n in range(1, limit + 1)})
+def _exact_frames(options: tuple[int, ...], longest: int) -> int:
+    for b in options:
+        if b >= longest + 2:
+            return b
+    return 3000  # the reference's own length: exact by definition
 
 
 def _smallest(options: tuple[int, ...], n: int, what: str) -> int:

@@ -38,7 +38,7 @@ probability = _number(float, lambda v: 0 < v <= 1, "in (0, 1]")
 seed_int = _number(int, lambda v: 0 <= v < 2**32, "in [0, 2**32)")
 
 DTYPES = ("float32", "bfloat16")
-ATTENTION = ("auto", "xla", "dot_product")
+ATTENTION = ("auto", "xla", "dot_product", "cudnn")
 
 
 def add_runtime_flags(p: argparse.ArgumentParser, *, mesh_help: str | None = None) -> None:
@@ -60,8 +60,8 @@ def add_runtime_flags(p: argparse.ArgumentParser, *, mesh_help: str | None = Non
         "--attention",
         choices=ATTENTION,
         default="auto",
-        help="attention implementation (default auto: cuDNN flash attention via "
-        "jax.nn.dot_product_attention on GPU, the XLA einsum path elsewhere)",
+        help="attention implementation (default auto: cuDNN flash attention on GPU where it applies, the XLA "
+        "einsum path elsewhere; the summary says which each kind of call ran)",
     )
     p.add_argument("--compilation-cache", default=None, metavar="DIR", help=CACHE_FLAG_HELP)
     p.add_argument(
@@ -87,3 +87,58 @@ def compute_dtype(args):
     import jax.numpy as jnp
 
     return {"float32": jnp.float32, "bfloat16": jnp.bfloat16, None: None}[args.dtype]
+
+
+QUANTIZE = ("none", "int8")
+KV_CACHE_DTYPES = ("auto", "int8")
+
+
+def add_quantize_flag(p: argparse.ArgumentParser) -> None:
+    """--quantize (generate, score, eval, serve)."""
+    p.add_argument(
+        "--quantize",
+        choices=QUANTIZE,
+        default="none",
+        help="int8: weight-only int8 for the decoder's linear layers and the lm_head (per-output-channel scales, "
+        "quantized at load; the audio tower keeps the compute dtype)",
+    )
+
+
+def add_engine_flags(p: argparse.ArgumentParser) -> None:
+    """The generation engine's sizing (generate, eval, serve): one flag per field of EngineOptions."""
+    p.add_argument(
+        "--max-len",
+        type=positive_int,
+        default=None,
+        help="prompt + max_new_tokens of one request, at most (default and ceiling: the model's context, 8192)",
+    )
+    p.add_argument(
+        "--kv-cache-tokens",
+        type=positive_int,
+        default=None,
+        help="size of the paged KV cache in tokens over all slots (default: 2048 per slot, and at least --max-len)",
+    )
+    p.add_argument(
+        "--kv-cache-dtype",
+        choices=KV_CACHE_DTYPES,
+        default="auto",
+        help="auto: the compute dtype; int8: keys and values in int8 with per-token, per-head scales",
+    )
+    p.add_argument(
+        "--precompile",
+        action="store_true",
+        help="compile the engine's whole program set before the first request (a progress bar per program)",
+    )
+
+
+def engine_options(args):
+    """EngineOptions from the flags of add_engine_flags and --batch-size."""
+    from qwen_audio_jax.generation.engine import EngineOptions
+
+    return EngineOptions(
+        batch_size=args.batch_size,
+        max_len=args.max_len,
+        kv_cache_tokens=args.kv_cache_tokens,
+        kv_cache_dtype=args.kv_cache_dtype,
+        precompile=args.precompile,
+    )

@@ -9,8 +9,11 @@ import time
 from pathlib import Path
 
 from qwen_audio_jax.cli.args import (
+    add_engine_flags,
+    add_quantize_flag,
     add_runtime_flags,
     compute_dtype,
+    engine_options,
     nonneg_float,
     nonneg_int,
     positive_float,
@@ -61,6 +64,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--no-chat", dest="chat", action="store_false")
     add_runtime_flags(p)
+    add_quantize_flag(p)
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -91,6 +95,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         help="extra stop token id (repeatable); the model's own stop ids always stop",
     )
     p.add_argument("--logprobs", action="store_true", help="add per-token log-probs to each result")
+    add_engine_flags(p)
     p.set_defaults(func=_generate)
 
     p = sub.add_parser("score", help="summed log-prob of given completions (DPO reference, multiple choice)")
@@ -105,7 +110,12 @@ def load_model(args):
     from qwen_audio_jax.api import load
 
     model = load(
-        args.model, dtype=compute_dtype(args), mesh=args.mesh, long_audio=args.long_audio, attention=args.attention
+        args.model,
+        dtype=compute_dtype(args),
+        mesh=args.mesh,
+        long_audio=args.long_audio,
+        attention=args.attention,
+        quantize=getattr(args, "quantize", "none"),
     )
     return model, time.perf_counter() - t0
 
@@ -134,7 +144,7 @@ def _generate(args) -> int:
     _check_paths(args)
     model, load_s = load_model(args)
     job = GenerateJob(
-        model, options, batch_size=args.batch_size, chat=args.chat, base_dir=Path(args.input).absolute().parent
+        model, options, engine_options(args), chat=args.chat, base_dir=Path(args.input).absolute().parent
     )
     summary = run_file(
         job,

@@ -30,11 +30,12 @@ def recorded_figures(model_dir: Path = DEMO_MODEL) -> dict | None:
 
 
 def _job(model, batch_size: int, max_new_tokens: int, base_dir: Path | None = None):
+    from qwen_audio_jax.generation.engine import EngineOptions
     from qwen_audio_jax.generation.options import GenerationOptions
     from qwen_audio_jax.jobs.generate import GenerateJob
 
     return GenerateJob(
-        model, GenerationOptions(max_new_tokens=max_new_tokens), batch_size=batch_size, base_dir=base_dir
+        model, GenerationOptions(max_new_tokens=max_new_tokens), EngineOptions(batch_size=batch_size), base_dir=base_dir
     )
 
 

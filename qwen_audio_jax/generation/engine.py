@@ -1,24 +1,28 @@
-"""Continuous batching: B decode slots, each its own request at its own depth (docs/architecture.md, "Engine").
+"""Continuous batching over B decode slots with a paged KV cache, from a fixed set of compiled programs
+(docs/architecture.md, "Engine").
 
     engine = Engine(config, params, batch_size=8)
-    for tag, output in engine.run(source):        # source: what is ready to prefill (jobs/pipeline.py)
+    engine.precompile()                            # optional: every program now, with a progress bar
+    for tag, output in engine.run(source):         # source: what is ready to prefill (jobs/pipeline.py)
         ...
 
-The host loop: take ready requests for the free slots -> `prefill` them at bucketed shapes -> `insert` them
-into the slots (the other slots keep their caches) -> `decode` many steps in one device call, which returns as
-soon as a slot finishes while requests wait (or after `chunk` steps) -> emit each finished request at once and
-free its slot. A request's output depends only on itself: its tokens, its own budget and sampling settings
-(traced per-slot values), its own random stream.
+The host loop: admit ready requests in input order (a slot and the pages for prompt + budget) -> encode their
+clips into the feature buffer -> prefill their prompts chunk by chunk into the pages -> decode many steps in
+one device call, which returns as soon as a slot finishes while requests wait -> emit each finished request
+at once and free its slot and pages. A request's output depends only on itself: its tokens, its own budget and
+sampling settings (traced per-slot values), its own random stream.
 
-Multi-host: process p owns slots [p*B/P, (p+1)*B/P) and its own requests; before each device call the
-processes agree (one small all-gather) on the shapes, so every process runs the same programs in lockstep.
+The programs: `init`, `encode` per mel-frame bucket, `prefill` per chunk-length bucket, `extend` (later chunks
+of long prompts), `decode`: at most `program_bound()`, whatever the corpus (tests/test_program_set.py).
+
+Multi-host: process p owns page domains [p*D/P, (p+1)*D/P) with their slots and its own requests; before each
+device call the processes agree on the shapes (batching/device_batch.py), so all run the same programs.
 """
 
 from __future__ import annotations
 
 import collections
 import dataclasses
-import functools
 import math
 import time
 from collections.abc import Iterable, Iterator
@@ -28,15 +32,42 @@ import jax
 import jax.numpy as jnp
 
 from qwen_audio_jax.batching.buckets import Buckets
+from qwen_audio_jax.batching.device_batch import DeviceBatch, error_message, run_isolated
 from qwen_audio_jax.config import ModelConfig
 from qwen_audio_jax.generation import layout, steps
 from qwen_audio_jax.generation.options import GenerationOptions, RequestOptions
+from qwen_audio_jax.generation.programs import ProgramSet
+from qwen_audio_jax.generation.scheduler import CacheGeometry, ChunkPlan, Scheduler
+from qwen_audio_jax.model.attention import chosen
+from qwen_audio_jax.model.paged import KV_DTYPES
 from qwen_audio_jax.model.params import build_module
-from qwen_audio_jax.sharding.placement import Placement, agree_max, gather_processes
+from qwen_audio_jax.sharding.placement import Placement
 from qwen_audio_jax.text.processor import PreparedRequest
 
 MAX_STOP_IDS = 8  # stop ids are padded to this many so their number never changes the compiled program
 DECODE_CHUNK = 32  # decode steps per device call at most (the host's progress granularity)
+PAGE_SIZE = 128  # tokens per KV page
+TOKENS_PER_SLOT = 2048  # default pool size per slot (--kv-cache-tokens overrides)
+
+
+@dataclasses.dataclass(frozen=True)
+class EngineOptions:
+    """How a job's engine is sized: the one home of these choices and their defaults (the CLI flags of
+    generate / eval / serve map onto it)."""
+
+    batch_size: int = 8  # decode slots (rounded up to the mesh's batch axes and the process count)
+    max_len: int | None = None  # prompt + budget of one request (default and ceiling: the model's context)
+    kv_cache_tokens: int | None = None  # the page pool over all slots (default TOKENS_PER_SLOT per slot)
+    kv_cache_dtype: str = "auto"  # "auto" (the compute dtype) | "int8"
+    precompile: bool = False  # compile the whole program set before the first request
+
+    def engine_kwargs(self) -> dict:
+        return dict(
+            batch_size=self.batch_size,
+            max_len=self.max_len,
+            kv_cache_tokens=self.kv_cache_tokens,
+            kv_cache_dtype=self.kv_cache_dtype,
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,25 +112,31 @@ class ListSource:
 
 @dataclasses.dataclass
 class EngineStats:
-    prefill_s: float = 0.0  # device time of prefill + insert (waited for)
+    prefill_s: float = 0.0  # device time of encode + prefill calls (waited for)
     decode_s: float = 0.0
     input_wait_s: float = 0.0  # time the device sat idle waiting for prepared requests
     first_result_s: float | None = None  # from the first `run` call to the first finished request
-    prefills: int = 0
+    prefills: int = 0  # prefill calls
+    encodes: int = 0  # encode calls
     decode_calls: int = 0
+    decode_steps: int = 0
     tokens: int = 0
     results: int = 0
 
 
 @dataclasses.dataclass
-class _Running:
-    request: EngineRequest
-    tokens: list[int]
-    logprobs: list[float]
+class _Output:
+    tokens: list[int] = dataclasses.field(default_factory=list)
+    logprobs: list[float] = dataclasses.field(default_factory=list)
 
 
 class Engine:
-    """Jitted continuous-batching generation over `batch_size` slots on a placement (default: one device)."""
+    """Jitted continuous-batching generation over `batch_size` slots on a placement (default: one device).
+
+    max_len: prompt + budget of one request at most (default and ceiling: the model's context); kv_cache_tokens:
+    the page pool's size over all slots (default TOKENS_PER_SLOT per slot, at least max_len per domain);
+    kv_cache_dtype "int8" stores keys/values in int8 with per-token, per-head scales; quantized: `params` is the
+    int8 tree of model/quant.py."""
 
     def __init__(
         self,
@@ -114,76 +151,83 @@ class Engine:
         return_logprobs: bool = False,
         stop_ids: tuple[int, ...] = (),
         chunk: int = DECODE_CHUNK,
+        max_len: int | None = None,
+        kv_cache_tokens: int | None = None,
+        page_size: int = PAGE_SIZE,
+        kv_cache_dtype: str = "auto",
+        quantized: bool = False,
     ):
-        self.config, self.buckets, self.chunk = config, buckets, chunk
+        if kv_cache_dtype not in KV_DTYPES:
+            raise ValueError(f"kv_cache_dtype must be one of {KV_DTYPES}, got {kv_cache_dtype!r}")
+        self.config, self.buckets, self.chunk, self.dtype = config, buckets, chunk, dtype
         self.placement = placement or Placement.create(None)
+        self.batch = DeviceBatch(self.placement)
+        self.domains = math.lcm(self.placement.batch_divisor, jax.process_count())
         self.batch_size = self.placement.round_batch(batch_size)
         self.return_logprobs = return_logprobs
-        self.module = build_module(config, dtype=dtype, attention=attention)
-        self.dtype = dtype
-        self.params = jax.device_put(params, self.placement.param_shardings(config))  # a no-op if already there
+        self.quantized, self.kv_int8 = quantized, kv_cache_dtype == "int8"
+        limit = config.decoder.max_position_embeddings
+        self.max_len = min(max_len or limit, limit)
+        self.geometry = CacheGeometry.plan(
+            self.batch_size,
+            self.domains,
+            self.max_len,
+            page_size,
+            kv_cache_tokens,
+            TOKENS_PER_SLOT,
+            max_clip_rows=(config.audio.max_mel_frames // 4) + 2,
+        )
         self.stop_ids = tuple(dict.fromkeys(config.stop_ids + tuple(stop_ids)))[:MAX_STOP_IDS]
         padded = list(self.stop_ids) + [self.stop_ids[0]] * (MAX_STOP_IDS - len(self.stop_ids))
         self._stop = steps.StopCriteria(jnp.asarray(padded, jnp.int32), jnp.asarray(config.pad_token_id, jnp.int32))
-        # Explicit output shardings keep the slot state in one layout across insert, decode and grow, so each
-        # program is reused and every donation lands.
-        state_sh = layout.state_shardings(self.placement, config.decoder, self.batch_size)
-        rows2, rep = self.placement.batch_sharding(2), self.placement.replicated()
-        self._prefill = jax.jit(
-            functools.partial(steps.prefill, self.module.clone(return_kv=True)),
-            static_argnames=("with_logprobs",),
-            out_shardings=layout.prefilled_shardings(state_sh),
-        )
-        # (Each engine jits its own partials: its program counts are then its own.)
-        self._insert = jax.jit(functools.partial(steps.insert), donate_argnums=(0,), out_shardings=state_sh)
-        self._decode = jax.jit(
-            functools.partial(steps.decode, self.module),
-            static_argnames=("chunk", "with_logprobs"),
-            donate_argnums=(1,),
-            out_shardings=(state_sh, rows2, rows2, rep),
-        )
-        self._grow = jax.jit(functools.partial(steps.grow), static_argnums=(1,), out_shardings=state_sh)
-        self._init = jax.jit(
-            functools.partial(steps.empty_state, config.decoder, self.batch_size, dtype=dtype),
-            static_argnums=(0,),
-            out_shardings=state_sh,
+        self.module = build_module(config, dtype=dtype, attention=attention, quantized=quantized)
+        self.params = jax.device_put(params, self.placement.param_shardings(config, quantized))
+        self.programs = ProgramSet(
+            self.module, self.params, self.placement, config, self.geometry, dtype, self.kv_int8, buckets, self._stop
         )
         self._state: steps.SlotState | None = None
+        self._features: jax.Array | None = None
         self.stats = EngineStats()
         self._started: float | None = None
-        # The static shapes met so far, per program: ("prefill", rows, length, clips, frames),
-        # ("insert", rows, length, cache), ("decode", cache). Bounded by the bucket grid.
-        self.shapes_seen: set[tuple] = set()
 
     # ---- public ----------------------------------------------------------------------------------------------
     def compiled_programs(self) -> dict[str, int]:
-        return {
-            name: fn._cache_size()
-            for name, fn in (
-                ("prefill", self._prefill),
-                ("insert", self._insert),
-                ("decode", self._decode),
-                ("grow", self._grow),
-                ("init", self._init),
-            )
-        }
+        """Programs compiled so far, per family (jit cache sizes)."""
+        return self.programs.compiled()
 
-    def program_bound(self, frames: int | None = None) -> int:
-        """The most programs a job can compile: prefill over rows x lengths x (no audio + clips x frames),
-        insert over rows x lengths x cache lengths, decode and grow over cache lengths, one state init."""
-        b = self.buckets
-        rows = b.row_options(self._row_divisor, self.batch_size)
-        frames = len(b.frames) if frames is None else frames
-        n_len = len(b.lengths)
-        return rows * n_len * (1 + len(b.clips) * frames) + rows * n_len * n_len + 3 * n_len
+    def program_bound(self) -> int:
+        """The most programs any job on this engine compiles: init + encode per frame bucket + prefill per chunk
+        bucket + extend + decode."""
+        return self.programs.bound()
+
+    def precompile(self, progress: bool = True) -> int:
+        """Compiles the whole program set now (a progress bar per program); returns how many were compiled."""
+        n, self._state, self._features = self.programs.precompile(progress, self.chunk)
+        return n
 
     @property
-    def _row_divisor(self) -> int:
-        """Prefill rows come in multiples of this: they split over the batch axes and over processes."""
-        return math.lcm(self.placement.batch_divisor, jax.process_count())
+    def kv_cache_bytes(self) -> int:
+        """Bytes of the page pool (all domains)."""
+        return self.programs.kv_cache_bytes()
 
-    def cache_length(self) -> int:
-        return 0 if self._state is None else int(self._state.cache.k.shape[3])
+    @property
+    def weights_bytes(self) -> int:
+        """Bytes of the params as the engine holds them (int8 kernels count one byte per weight)."""
+        return sum(int(x.size) * x.dtype.itemsize for x in jax.tree_util.tree_leaves(self.params))
+
+    def attention_paths(self) -> dict[str, str]:
+        """The attention implementation each kind of call runs (model/attention.py: chosen per call)."""
+        impl = self.module.attention
+
+        def q(heads, head_dim):
+            return jax.ShapeDtypeStruct((1, 1, heads, head_dim), jnp.dtype(self.dtype))
+
+        a, d = self.config.audio, self.config.decoder
+        return {
+            "encoder": chosen(impl, q(a.num_heads, a.head_dim)),
+            "prefill": chosen(impl, q(d.num_heads, d.head_dim)),
+            "decode": "paged",
+        }
 
     def generate(self, prepared: list[PreparedRequest], options: GenerationOptions) -> list[GenerationOutput]:
         """Convenience: generate for a list (outputs in input order), every request with the job's options."""
@@ -191,168 +235,157 @@ class Engine:
         out = dict(self.run(ListSource(reqs), return_logprobs=options.return_logprobs))
         return [out[i] for i in range(len(prepared))]
 
+    def check_request(self, prepared: PreparedRequest, options: RequestOptions) -> str | None:
+        """Why the engine cannot run this request (None if it can): prompt + budget over max_len."""
+        need = prepared.num_tokens + options.max_new_tokens
+        if need > self.max_len:
+            return (
+                f"the prompt has {prepared.num_tokens} tokens; with max_new_tokens={options.max_new_tokens} that "
+                f"exceeds the {self.max_len}-token limit of this run. Shorten the prompt or the audio, lower "
+                "max_new_tokens, or raise --max-len (at most the model's context)."
+            )
+        return None
+
     def run(
         self, source: RequestSource, return_logprobs: bool | None = None
     ) -> Iterator[tuple[object, GenerationOutput]]:
         """Generates until the source is exhausted and every slot is done; yields (tag, output) as each request
-        finishes. return_logprobs (static: its own programs) replaces the engine's setting when given. Multi-host: every
-        process calls this with its own source."""
+        finishes. Multi-host: every process calls this with its own source."""
         if return_logprobs is not None:
             self.return_logprobs = return_logprobs
-        procs, me = jax.process_count(), jax.process_index()
-        local = self.batch_size // procs
-        free = collections.deque(range(me * local, (me + 1) * local))
-        running: dict[int, _Running] = {}
-        waiting: collections.deque[EngineRequest] = collections.deque()  # taken from the source, not yet admitted
+        me, procs = self.batch.process
+        per = self.domains // procs
+        sched = Scheduler(self.geometry, me * per, per, self.config.audio_token_id)
+        outputs: dict[int, _Output] = {}
+        waiting: collections.deque[EngineRequest] = collections.deque()
         self._started = self._started or time.perf_counter()
         with self.placement.activate():
+            self._ensure_state()
             while True:
-                t0 = time.perf_counter()
-                block = not running and not waiting and not source.exhausted  # the device idles until input
-                if len(free) > len(waiting):
-                    waiting.extend(source.take(len(free) - len(waiting), block=block))
-                if block:
-                    self.stats.input_wait_s += time.perf_counter() - t0
-                new = self._select(waiting, len(free))
+                block = not sched.running and not waiting and not source.exhausted
+                want = sched.free_slot_count() - len(waiting)
+                if want > 0:
+                    t0 = time.perf_counter()
+                    waiting.extend(source.take(want, block=block))
+                    if block:
+                        self.stats.input_wait_s += time.perf_counter() - t0
+                while waiting and sched.admit(waiting[0], self._tokens_needed(waiting[0])) is not None:
+                    waiting.popleft()
                 more = bool(waiting) or not source.exhausted
-                agreed = agree_max(self._local_sizes(new, running, more))
-                n_new, any_running, any_more = agreed[0], agreed[5], agreed[6]
-                if not (n_new or any_running or any_more):
+                prefill, live, pending = self.batch.agree((sched.has_prefill(), bool(outputs), more))
+                if prefill:
+                    yield from self._prefill_round(sched, outputs, sched.domains)
+                elif live:
+                    yield from self._decode_chunk(sched, outputs, stop_on_free=bool(pending))
+                elif not pending:
                     return
-                if n_new:
-                    yield from self._admit(new, free, running, agreed)
-                if n_new or any_running:  # decided on agreed values: every process calls decode together
-                    yield from self._decode_chunk(free, running, stop_on_free=bool(any_more))
 
     # ---- host loop pieces ------------------------------------------------------------------------------------
-    def _select(self, waiting: collections.deque, free: int) -> list[EngineRequest]:
-        """The next requests to prefill together: in arrival order, as many as there are free slots and as
-        their clips fit the largest clip bucket (at least one)."""
-        out, clips = [], 0
-        while waiting and len(out) < free:
-            n = len(waiting[0].prepared.mels)
-            if out and clips + n > self.buckets.clips[-1]:
-                break
-            out.append(waiting.popleft())
-            clips += n
-        return out
+    def _tokens_needed(self, req: EngineRequest) -> int:
+        return req.prepared.num_tokens + req.options.max_new_tokens
 
-    def _local_sizes(self, new: list[EngineRequest], running: dict, more: bool) -> tuple[int, ...]:
-        """This process's needs: (new rows, length bucket, clips, frame bucket, cache length, running, more)."""
-        t_len = clips = frames = 0
-        cache_len = self.cache_length()
-        for r in new:
-            n = r.prepared.num_tokens
-            t_len = max(t_len, self.buckets.prompt_length(n))
-            cache_len = max(cache_len, n + r.options.max_new_tokens)
-        if new:
-            batch_clips = sum(len(r.prepared.mels) for r in new)
-            clips = self.buckets.num_clips(batch_clips)
-            lengths = [length for r in new for length in r.prepared.mel_lengths]
-            frames = self.buckets.mel_frames(max(lengths)) if lengths else 0
-            cache_len = max(cache_len, t_len)
-        cache_len = self.buckets.prompt_length(cache_len) if cache_len else 0
-        return len(new), t_len, clips, frames, cache_len, int(bool(running)), int(more)
+    def _ensure_state(self) -> None:
+        if self._state is None or self._state.lengths.is_deleted():
+            self._state, self._features = self.programs.init()
 
-    def _ensure_state(self, cache_len: int) -> None:
-        if self._state is None:
-            self._state = self._init(cache_len)
-        elif cache_len > self.cache_length():
-            self._state = self._grow(self._state, cache_len)
+    def _prefill_round(self, sched: Scheduler, outputs: dict, domains: list[int]) -> Iterator:
+        """Encodes the clips of each domain's current prompt (if not yet done) and prefills its next chunk; a
+        device failure is retried on fewer domains, so only a request that fails alone gets its error."""
+        working = [d for d in domains if sched.current(d) is not None]
+        finished: list = []
 
-    def _admit(self, new: list[EngineRequest], free: collections.deque, running: dict, agreed) -> Iterator:
-        """Prefill + insert the new requests into free slots (shapes agreed over processes)."""
-        n_new, t_len, clips, frames, cache_len = agreed[:5]
-        procs = jax.process_count()
-        rows = self.buckets.rows(n_new * procs, self._row_divisor, self.batch_size)
-        local_rows = rows // procs
-        self._ensure_state(cache_len)
-        self.shapes_seen.add(("prefill", rows, t_len, clips, frames))
-        self.shapes_seen.add(("insert", rows, t_len, self.cache_length()))
-        slots = [free.popleft() for _ in new]
-        arrays = layout.prefill_arrays(
-            new, slots, local_rows, (t_len, clips, frames), self.config, self.buckets, self.batch_size
-        )
-        arrays = jax.tree_util.tree_map(gather_processes, arrays)  # multi-host: rows (and clips) in process order
+        def run(ds):
+            finished.extend(self._prefill_call(sched, outputs, ds))
+            return [None] * len(ds)
+
+        def fail(d, exc):
+            adm = sched.current(d)
+            if adm is not None:
+                sched.release(adm.slot)
+                outputs.pop(adm.slot, None)
+                self.stats.results += 1
+                finished.append((adm.request.tag, GenerationOutput([], None, None, error=error_message(exc))))
+            self._ensure_state()  # a failed call may have consumed the donated state
+
+        run_isolated(working, run, fail)
+        yield from finished
+
+    def _prefill_call(self, sched: Scheduler, outputs: dict, domains: list[int]) -> list:
+        chosen = set(domains)
         t0 = time.perf_counter()
-        try:
-            pre = self._run_prefill(arrays)
-            jax.block_until_ready(pre.first_token)  # an execution error surfaces here, inside the try
-        except Exception as e:  # noqa: BLE001 - a device failure on these requests must not end the job
-            free.extendleft(reversed(slots))
-            yield from self._isolate_failure(new, free, running, e)
-            return
-        put = self.placement.put
-        self._state = self._insert(self._state, pre, put(arrays["slots"]))
-        first, first_lp, done = self.placement.to_host((pre.first_token, pre.first_logprob, pre.done))
+        clips = {d: c for d, c in sched.clips_to_encode().items() if d in chosen}
+        calls = self.batch.agree((max((len(c) for c in clips.values()), default=0),))[0]
+        if calls:
+            frames = self.batch.agree(
+                [
+                    max((self.buckets.inference_mel_frames(c[j][1]) for c in clips.values() if j < len(c)), default=0)
+                    for j in range(calls)
+                ]
+            )
+            for j in range(calls):
+                row = {d: c[j] for d, c in clips.items() if j < len(c)}
+                arrays = layout.encode_arrays(
+                    row, frames[j], self.config.audio.num_mel_bins, self.geometry, sched.domains
+                )
+                placed = self.batch.place(arrays)
+                self._features = self.programs.encode(
+                    self._features, placed["mel"], placed["mel_lengths"], placed["offsets"]
+                )
+                self.stats.encodes += 1
+            for d in clips:
+                sched.current(d).clips_encoded = True
+        plans = {d: p for d, p in sched.next_chunks(self.buckets.chunks[-1]).items() if d in chosen}
+        longest = max((p.length for p in plans.values()), default=0)
+        t, extend = self.batch.agree(
+            (self.buckets.chunk_length(longest) if plans else 0, any(p.start > 0 for p in plans.values()))
+        )
+        if extend:
+            t = self.buckets.chunks[-1]
+        rows = layout.prefill_arrays(plans, t, self.config, self.geometry, sched.domains)
+        self._state, pre = self.programs.prefill(self._state, self._features, self.batch.place(rows), bool(extend))
+        first, logprob, done = self.batch.mine((pre.first_token, pre.first_logprob, pre.done), len(sched.domains))
         self.stats.prefill_s += time.perf_counter() - t0
         self.stats.prefills += 1
-        offset = jax.process_index() * local_rows  # this process's rows in the gathered batch
-        for i, (req, slot) in enumerate(zip(new, slots)):
-            running[slot] = _Running(req, [int(first[offset + i])], [float(first_lp[offset + i])])
+        finished = []
+        for i, d in enumerate(sched.domains):
+            plan: ChunkPlan | None = plans.get(d)
+            if plan is None:
+                continue
+            sched.advance(plan)
+            if not plan.final:
+                continue
+            slot = plan.admitted.slot
+            outputs[slot] = _Output([int(first[i])], [float(logprob[i])])
             self.stats.tokens += 1
-            if done[offset + i]:
-                yield self._finish(slot, free, running)
+            if done[i]:
+                finished.append(self._finish(slot, sched, outputs))
+        return finished
 
-    def _run_prefill(self, arrays: dict) -> steps.Prefilled:
-        put = self.placement.put
-        return self._prefill(
-            self.params,
-            put(arrays["tokens"]),
-            put(arrays["lengths"]),
-            put(arrays["mel"]),
-            put(arrays["mel_lengths"]),
-            put(arrays["rope_index"]),
-            put(arrays["keys"]),
-            jax.tree_util.tree_map(put, arrays["sampling"]),
-            put(arrays["max_new"]),
-            self._stop,
-            with_logprobs=self.return_logprobs,
-        )
-
-    def _isolate_failure(self, new, free, running, exc: Exception) -> Iterator:
-        """A prefill that failed: alone (one process), each request is tried by itself, so only the one that
-        cannot run gets an error; on several processes (one collective program) every request of the group does."""
-        message = f"generation failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".strip()
-        if jax.process_count() == 1 and len(new) > 1:
-            for req in new:
-                yield from self._admit([req], free, running, agree_max(self._local_sizes([req], running, False)))
-            return
-        for req in new:
-            self.stats.results += 1
-            yield req.tag, GenerationOutput([], None, None, error=message)
-
-    def _decode_chunk(self, free: collections.deque, running: dict, stop_on_free: bool) -> Iterator:
-        self.shapes_seen.add(("decode", self.cache_length()))
+    def _decode_chunk(self, sched: Scheduler, outputs: dict, stop_on_free: bool) -> Iterator:
         t0 = time.perf_counter()
-        self._state, tokens, logprobs, n = self._decode(
-            self.params,
-            self._state,
-            self._stop,
-            jnp.asarray(stop_on_free),
-            chunk=self.chunk,
-            with_logprobs=self.return_logprobs,
-        )
-        tokens, logprobs, done, n = self.placement.to_host((tokens, logprobs, self._state.done, n))
+        self._state, tokens, logprobs, n = self.programs.decode(self._state, jnp.asarray(stop_on_free), self.chunk)
+        tokens, logprobs, done, n = self.batch.fetch((tokens, logprobs, self._state.done, n))
         self.stats.decode_s += time.perf_counter() - t0
         self.stats.decode_calls += 1
-        for slot, run in list(running.items()):
+        self.stats.decode_steps += int(n)
+        for slot, out in list(outputs.items()):
             got = tokens[slot, : int(n)]
             keep = got != steps.NO_TOKEN
-            run.tokens += got[keep].tolist()
-            run.logprobs += logprobs[slot, : int(n)][keep].tolist()
+            out.tokens += got[keep].tolist()
+            out.logprobs += logprobs[slot, : int(n)][keep].tolist()
             self.stats.tokens += int(keep.sum())
             if done[slot]:
-                yield self._finish(slot, free, running)
+                yield self._finish(slot, sched, outputs)
 
-    def _finish(self, slot: int, free: collections.deque, running: dict) -> tuple[object, GenerationOutput]:
-        run = running.pop(slot)
-        free.append(slot)
+    def _finish(self, slot: int, sched: Scheduler, outputs: dict) -> tuple[object, GenerationOutput]:
+        adm = sched.release(slot)
+        out = outputs.pop(slot)
         self.stats.results += 1
         if self.stats.first_result_s is None:
             self.stats.first_result_s = time.perf_counter() - self._started
-        ids = run.tokens[: run.request.options.max_new_tokens]
+        ids = out.tokens[: adm.request.options.max_new_tokens]
         reason = "stop" if ids and ids[-1] in self.stop_ids else "length"
-        return run.request.tag, GenerationOutput(
-            ids, reason, run.logprobs[: len(ids)] if self.return_logprobs else None
+        return adm.request.tag, GenerationOutput(
+            ids, reason, out.logprobs[: len(ids)] if self.return_logprobs else None
         )
+

@@ -1,30 +1,35 @@
-"""How the engine lays out its data: the shardings of the slot state and of prefill's outputs (one layout
-across prefill, insert, decode and grow, so each program is reused and every donation lands), and the host
-arrays of a prefill batch."""
+"""How the engine lays out its data: the shardings of the slot state (one layout across prefill and decode, so
+every donation lands), and the host arrays of an encode or prefill call (one row per page domain)."""
 
 from __future__ import annotations
 
-import jax
 import numpy as np
 
-from qwen_audio_jax.batching.buckets import Buckets, to_buckets
-from qwen_audio_jax.config import DecoderConfig, ModelConfig
+from qwen_audio_jax.config import ModelConfig
 from qwen_audio_jax.generation import steps
 from qwen_audio_jax.generation.sampling import SamplingParams
-from qwen_audio_jax.model import axes, rope
+from qwen_audio_jax.generation.scheduler import CacheGeometry, ChunkPlan
+from qwen_audio_jax.model import axes, paged, rope
 from qwen_audio_jax.sharding.placement import Placement
-from qwen_audio_jax.text.processor import collate
+
+# The page pool [L, D, NP, K, P, H]: domains split like the batch, kv heads like the model's heads.
+POOL_AXES = (axes.LAYERS, axes.BATCH, None, axes.ACT_HEADS, None, None)
 
 
-def state_shardings(placement: Placement, config: DecoderConfig, batch: int) -> steps.SlotState:
-    """Slots split over the batch axes; the cache by its logical axes (the cache length is never split, so one
-    sharding serves every cache length)."""
-    cache = placement.logical_sharding(
-        axes.CACHE_AXES, (config.num_layers, batch, config.num_kv_heads, 1, config.head_dim)
-    )
+def pool_shape(config: ModelConfig, geometry: CacheGeometry) -> tuple[int, ...]:
+    d = config.decoder
+    return (d.num_layers, geometry.domains, geometry.pages, d.num_kv_heads, geometry.page_size, d.head_dim)
+
+
+def state_shardings(placement: Placement, config: ModelConfig, geometry: CacheGeometry, kv_int8: bool):
+    """Slots split over the batch axes; the pool by POOL_AXES."""
+    shape = pool_shape(config, geometry)
+    pool = placement.logical_sharding(POOL_AXES, shape)
+    scale = placement.logical_sharding(POOL_AXES[:-1], shape[:-1]) if kv_int8 else None
     rows, rows2 = placement.batch_sharding(1), placement.batch_sharding(2)
     return steps.SlotState(
-        cache=steps.KVCache(cache, cache),
+        pool=paged.PagedKV(pool, pool, scale, scale),
+        table=rows2,
         lengths=rows,
         rope_index=rows,
         last_token=rows,
@@ -37,52 +42,61 @@ def state_shardings(placement: Placement, config: DecoderConfig, batch: int) -> 
     )
 
 
-def prefilled_shardings(state: steps.SlotState) -> steps.Prefilled:
-    """Prefill's outputs laid out like the slots (rows over the batch axes), so insert sees one layout."""
-    rows, rows2 = state.lengths, state.seen
-    return steps.Prefilled(
-        k=state.cache.k,
-        v=state.cache.v,
-        lengths=rows,
-        rope_index=rows,
-        first_token=rows,
-        first_logprob=rows,
-        done=rows,
-        seen=rows2,
-        keys=rows2,
-        max_new=rows,
-        sampling=state.sampling,
-    )
+def encode_arrays(
+    clips: dict[int, tuple[np.ndarray, int, int]], frames: int, n_mels: int, geometry, domains: list[int]
+) -> dict:
+    """Host arrays of this process's rows of one encode call: row i holds domain domains[i]'s clip (mel cut to
+    `frames`, valid length, buffer row) or a padding clip (length 0) aimed at the domain's scratch rows past
+    its region's longest prompt."""
+    mel = np.zeros((len(domains), n_mels, frames), np.float32)
+    lengths = np.zeros(len(domains), np.int32)
+    offsets = np.asarray([d * geometry.feature_rows + geometry.max_len for d in domains], np.int32)
+    for i, d in enumerate(domains):
+        if d in clips:
+            m, length, offset = clips[d]
+            mel[i] = m[:, :frames]
+            lengths[i] = length
+            offsets[i] = d * geometry.feature_rows + offset
+    return {"mel": mel, "mel_lengths": lengths, "offsets": offsets}
 
 
 def prefill_arrays(
-    new, slots, rows: int, sizes: tuple[int, int, int], config: ModelConfig, buckets: Buckets, slot_count: int
-) -> dict:
-    """Host arrays of one process's `rows` prefill rows for the EngineRequests `new` going into `slots`:
-    right-padded to sizes = (length, clips, frames); padding rows target slot `slot_count` (dropped)."""
-    pad = config.pad_token_id
-    inputs = collate([r.prepared for r in new], pad_id=pad, padding_side="right") if new else None
-    batch = to_buckets(inputs, buckets, rows, pad, sizes=sizes, n_mels=config.audio.num_mel_bins, padding_side="right")
-    lengths = np.zeros(rows, np.int32)
-    lengths[: len(new)] = [r.prepared.num_tokens for r in new]
-    keys = np.zeros((rows, 2), np.uint32)
-    for i, r in enumerate(new):  # raw uint32[2] keys: each request's own stream (its seed and id)
-        keys[i] = np.asarray(jax.random.fold_in(jax.random.PRNGKey(r.options.seed), r.options.stream))
-    settings = [r.options.sampling_row for r in new] + [(0.0, 0, 1.0, 1.0, 0)] * (rows - len(new))
-    max_new = np.ones(rows, np.int32)
-    max_new[: len(new)] = [r.options.max_new_tokens for r in new]
-    slot_ids = np.full(rows, slot_count, np.int32)
-    slot_ids[: len(new)] = slots
-    rope_index = np.zeros(rows, np.int32)
-    rope_index[: len(new)] = [rope.ntk_index(r.prepared.num_tokens, config.decoder) for r in new]
-    return {
-        "tokens": batch.tokens,
-        "lengths": lengths,
-        "mel": batch.mel,
-        "mel_lengths": batch.mel_lengths,
-        "rope_index": rope_index,
-        "keys": keys,
-        "sampling": SamplingParams.rows(settings),
-        "max_new": max_new,
-        "slots": slot_ids,
-    }
+    plans: dict[int, ChunkPlan], t: int, config: ModelConfig, geometry: CacheGeometry, domains: list[int]
+) -> steps.PrefillRows:
+    """Host arrays (numpy) of this process's rows of one prefill call: row i is domain domains[i]'s chunk,
+    right-padded to t tokens; a domain with nothing to prefill gets a padding row (no tokens, slot B: every
+    write is dropped)."""
+    r = len(domains)
+    tokens = np.full((r, t), config.pad_token_id, np.int32)
+    n_real, start = np.zeros(r, np.int32), np.zeros(r, np.int32)
+    final = np.zeros(r, bool)
+    slot = np.full(r, geometry.slots, np.int32)
+    table = np.zeros((r, geometry.max_pages), np.int32)
+    audio_offset = np.asarray([d * geometry.feature_rows for d in domains], np.int32)
+    rope_index, max_new = np.zeros(r, np.int32), np.ones(r, np.int32)
+    seed, stream = np.zeros(r, np.uint32), np.zeros(r, np.uint32)
+    settings = [(0.0, 0, 1.0, 1.0, 0)] * r
+    for d, plan in ((i, plans[dom]) for i, dom in enumerate(domains) if dom in plans):
+        adm, req = plan.admitted, plan.admitted.request
+        tokens[d, : plan.length] = adm.tokens[plan.start : plan.start + plan.length]
+        n_real[d], start[d], final[d], slot[d] = plan.length, plan.start, plan.final, adm.slot
+        table[d, : len(adm.pages)] = adm.pages
+        audio_offset[d] += plan.audio_before
+        rope_index[d] = rope.ntk_index(req.prepared.num_tokens, config.decoder)
+        max_new[d] = req.options.max_new_tokens
+        seed[d], stream[d] = req.options.seed, req.options.stream
+        settings[d] = req.options.sampling_row
+    return steps.PrefillRows(
+        tokens=tokens,
+        n_real=n_real,
+        start=start,
+        final=final,
+        slot=slot,
+        table=table,
+        audio_offset=audio_offset,
+        rope_index=rope_index,
+        seed=seed,
+        stream=stream,
+        max_new=max_new,
+        sampling=SamplingParams.rows(settings),
+    )

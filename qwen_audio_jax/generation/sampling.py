@@ -104,6 +104,17 @@ def warp(logits_BV, params: SamplingParams):
     return logits_BV
 
 
+def request_keys(seed_B: jax.Array, stream_B: jax.Array) -> jax.Array:
+    """[B, 2] uint32 PRNG keys: each request's own stream, `fold_in(PRNGKey(seed), stream)` (computed on the
+    device, inside the step that needs it, so no host-side program is compiled for it)."""
+
+    def one(seed, stream):
+        key = jnp.stack([jnp.zeros((), jnp.uint32), seed.astype(jnp.uint32)])  # PRNGKey of a 32-bit seed
+        return jax.random.fold_in(key, stream.astype(jnp.uint32))
+
+    return jax.vmap(one)(seed_B, stream_B)
+
+
 def split_keys(keys_B2):
     """Each row's key -> (its next key, a key to draw with)."""
     pairs = jax.vmap(jax.random.split)(keys_B2)

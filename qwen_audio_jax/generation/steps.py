@@ -1,12 +1,15 @@
-"""The jitted generation steps as pure functions over explicit state: prefill, insert, decode (JetStream's
-prefill / insert / generate pattern).
+"""The jitted generation steps as pure functions over explicit state. Each compiles once per static shape, and
+none of the shapes depends on the corpus (docs/decisions.md §5):
 
-* `prefill` runs P new requests (right-padded to a length bucket, their clips to a frame bucket) through the
-  cache-free forward pass, returns every layer's keys/values and each row's first token;
-* `insert` writes those into free slots of the engine's `SlotState` (donated), leaving the others untouched;
-* `decode` runs a `lax.while_loop` of up to `chunk` steps over all B slots, each slot at its own depth, and
-  returns to the host early when a slot finishes while requests are waiting (`stop_on_free`).
-Rows are independent: a slot's tokens do not depend on what the other slots hold.
+* `empty_state`: B empty slots and the page pool;
+* `encode`: clips -> projected audio features, written into the feature buffer at given rows (one program per
+  mel-frame bucket; a clip is always encoded alone, as the reference does);
+* `prefill`: one chunk of R prompts (one per page domain) through the decoder, their keys/values written into
+  the slots' pages and, for a prompt's last chunk, its first token sampled and its slot made live (one program
+  per chunk-length bucket; a prompt's later chunks attend to its earlier ones through the pages);
+* `decode`: up to `chunk` steps of every slot in one `lax.while_loop`, each slot at its own depth, returning
+  early when a slot finishes while requests are waiting (one program).
+Rows are independent: a slot's tokens never depend on what the other slots hold.
 """
 
 from __future__ import annotations
@@ -15,9 +18,8 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
-from qwen_audio_jax.config import DecoderConfig
-from qwen_audio_jax.generation.sampling import SamplingParams, select_next, split_keys
-from qwen_audio_jax.model.decoder import KVCache
+from qwen_audio_jax.generation.sampling import SamplingParams, request_keys, select_next, split_keys
+from qwen_audio_jax.model.paged import PagedKV, PageRefs
 
 NO_TOKEN = -1  # in decode's per-chunk output: the slot produced nothing at that step
 
@@ -30,10 +32,12 @@ class StopCriteria:
 
 @flax.struct.dataclass
 class SlotState:
-    """B decode slots. A slot with done=True is finished or empty; its entries are ignored."""
+    """B decode slots over D page domains (slot b is in domain b // (B / D)). A slot with done=True is finished,
+    empty or still being prefilled; it reads and writes only the null page."""
 
-    cache: KVCache  # k, v [L, B, K, S, H]
-    lengths: jax.Array  # [B] int32: cache entries in use = RoPE position and cache entry of `last_token`
+    pool: PagedKV  # [L, D, NP, K, P, H]
+    table: jax.Array  # [B, MP] int32: each slot's pages in order (page ids within its domain)
+    lengths: jax.Array  # [B] int32: tokens in the cache = RoPE position of `last_token`
     rope_index: jax.Array  # [B] int32: the slot's RoPE table row (v1's NTK alpha, chosen at prefill)
     last_token: jax.Array  # [B] int32: the newest token, not yet fed to the decoder
     num_generated: jax.Array  # [B] int32
@@ -45,34 +49,48 @@ class SlotState:
 
 
 @flax.struct.dataclass
+class PrefillRows:
+    """R prompt chunks, row r in page domain r (padding rows: n_real 0 and slot B, which every write drops)."""
+
+    tokens: jax.Array  # [R, T] int32, right-padded
+    n_real: jax.Array  # [R] int32: real tokens of the chunk
+    start: jax.Array  # [R] int32: the chunk's first position in its prompt
+    final: jax.Array  # [R] bool: the prompt's last chunk (its first token is sampled, its slot made live)
+    slot: jax.Array  # [R] int32
+    table: jax.Array  # [R, MP] int32: the slot's pages
+    audio_offset: jax.Array  # [R] int32: feature-buffer row of the chunk's first audio slot
+    rope_index: jax.Array  # [R] int32
+    seed: jax.Array  # [R] uint32: the request's seed
+    stream: jax.Array  # [R] uint32: the request's stream (its id)
+    max_new: jax.Array  # [R] int32
+    sampling: SamplingParams  # [R] each
+
+
+@flax.struct.dataclass
 class Prefilled:
-    """P prefilled rows, ready to insert. Padding rows have length 0 and done=True."""
+    """What the host needs back from a prefill call, per row."""
 
-    k: jax.Array  # [L, P, K, T, H]
-    v: jax.Array
-    lengths: jax.Array  # [P] prompt lengths
-    rope_index: jax.Array  # [P]
-    first_token: jax.Array  # [P]
-    first_logprob: jax.Array  # [P] model log-prob of the first token (0 when not asked)
-    done: jax.Array  # [P]
-    seen: jax.Array  # [P, V]
-    keys: jax.Array  # [P, 2]
-    max_new: jax.Array  # [P]
-    sampling: SamplingParams  # [P]
+    first_token: jax.Array  # [R] int32 (meaningful for final rows)
+    first_logprob: jax.Array  # [R] fp32: model log-prob of the first token
+    done: jax.Array  # [R] bool: the request finished with its first token
 
 
-def empty_state(config: DecoderConfig, batch: int, cache_len: int, dtype) -> SlotState:
-    """All slots empty (done), caches zero."""
+def empty_state(
+    vocab: int, batch: int, max_pages: int, pool_shape: tuple[int, ...], dtype, kv_int8: bool
+) -> SlotState:
+    """All slots empty (done), every page zero. pool_shape: (L, D, NP, K, P, H)."""
+    layers, domains, pages, kv_heads, size, head_dim = pool_shape
     zeros = jnp.zeros((batch,), jnp.int32)
     return SlotState(
-        cache=KVCache.zeros(config, batch, cache_len, dtype),
+        pool=PagedKV.zeros(layers, domains, pages, kv_heads, size, head_dim, dtype, kv_int8),
+        table=jnp.zeros((batch, max_pages), jnp.int32),
         lengths=zeros,
         rope_index=zeros,
         last_token=zeros,
         num_generated=zeros,
         max_new=jnp.ones((batch,), jnp.int32),
         done=jnp.ones((batch,), bool),
-        seen=jnp.zeros((batch, config.vocab_size), bool),
+        seen=jnp.zeros((batch, vocab), bool),
         keys=jnp.zeros((batch, 2), jnp.uint32),
         sampling=SamplingParams(
             temperature=jnp.zeros((batch,), jnp.float32),
@@ -84,10 +102,16 @@ def empty_state(config: DecoderConfig, batch: int, cache_len: int, dtype) -> Slo
     )
 
 
-def grow(state: SlotState, cache_len: int) -> SlotState:
-    """The same slots with a longer cache (new entries zero)."""
-    pad = ((0, 0), (0, 0), (0, 0), (0, cache_len - state.cache.k.shape[3]), (0, 0))
-    return state.replace(cache=KVCache(jnp.pad(state.cache.k, pad), jnp.pad(state.cache.v, pad)))
+def encode(module, params, features_ND, mel_CMA, mel_lengths_C, offsets_C) -> jax.Array:
+    """Encodes C clips (mel frames padded to one bucket A >= length + 2) and writes clip c's A/4 feature rows
+    at row offsets_C[c] of the buffer (donated). A clip's rows past its own token count are scratch: the host
+    places the next clip of the same prompt right after the valid ones, and leaves a clip's worth of rows free
+    after each domain's region."""
+    feats, _ = module.apply({"params": params}, mel_CMA, mel_lengths_C, method="encode_audio")
+    feats = feats.astype(features_ND.dtype)
+    for c in range(feats.shape[0]):
+        features_ND = jax.lax.dynamic_update_slice(features_ND, feats[c], (offsets_C[c], 0))
+    return features_ND
 
 
 def _logprob(logits_BV, tok_B):
@@ -99,92 +123,68 @@ def _is_stop(tok_B, stop: StopCriteria):
     return jnp.any(tok_B[:, None] == stop.stop_ids[None, :], axis=-1)
 
 
-def prefill(
-    module,
-    params,
-    tokens_PT: jax.Array,
-    lengths_P: jax.Array,
-    mel_CMA: jax.Array | None,
-    mel_lengths_C: jax.Array | None,
-    rope_index_P: jax.Array,
-    keys_P2: jax.Array,
-    sampling: SamplingParams,
-    max_new_P: jax.Array,
-    stop: StopCriteria,
-    with_logprobs: bool,
-) -> Prefilled:
-    """Right-padded prompts (and their clips) -> their keys/values and first tokens. `module` is built with
-    return_kv=True; `with_logprobs` is static."""
-    p, t = tokens_PT.shape
-    mask = jnp.arange(t)[None, :] < lengths_P[:, None]
-    hidden, (k, v) = module.apply(
-        {"params": params}, tokens_PT, mask, mel_CMA, mel_lengths_C, rope_index_P, method="forward"
+def prefill(module, params, state: SlotState, features_ND, rows: PrefillRows, stop: StopCriteria):
+    """One chunk of R prompts into their slots' pages (state donated). `module` is built with cache_mode
+    "prefill" (every row starts at 0: attention over the chunk itself) or "extend" (attention through the pages).
+    Returns (state, Prefilled)."""
+    r, t = rows.tokens.shape
+    live = jnp.arange(t)[None, :] < rows.n_real[:, None]
+    refs = PageRefs(domain=jnp.arange(r, dtype=jnp.int32), table=rows.table, start=rows.start, live=live)
+    hidden, pool = module.apply(
+        {"params": params},
+        rows.tokens,
+        features_ND,
+        rows.audio_offset,
+        rows.rope_index,
+        state.pool,
+        refs,
+        method="prefill_chunk",
     )
-    last = hidden[jnp.arange(p), jnp.maximum(lengths_P - 1, 0)]  # each row's last real token
+    last = hidden[jnp.arange(r), jnp.maximum(rows.n_real - 1, 0)]  # each row's last real token
     logits = module.apply({"params": params}, last, method="logits")
     vocab = logits.shape[-1]
-    # Padding is not "seen": the out-of-range index `vocab` is dropped by the scatter.
-    seen = (
-        jnp.zeros((p, vocab), bool).at[jnp.arange(p)[:, None], jnp.where(mask, tokens_PT, vocab)].set(True, mode="drop")
-    )
-    keys, draw = split_keys(keys_P2)
-    tok = select_next(logits, draw, sampling, seen, jnp.zeros((p,), jnp.int32), stop.stop_ids)
-    active = lengths_P > 0
-    tok = jnp.where(active, tok, stop.pad_id)
-    return Prefilled(
-        k=k.astype(module.dtype),
-        v=v.astype(module.dtype),
-        lengths=lengths_P,
-        rope_index=rope_index_P,
-        first_token=tok,
-        first_logprob=_logprob(logits, tok) if with_logprobs else jnp.zeros((p,), jnp.float32),
-        done=~active | _is_stop(tok, stop) | (max_new_P <= 1),
-        seen=seen.at[jnp.arange(p), tok].set(True),
-        keys=keys,
-        max_new=max_new_P,
-        sampling=sampling,
-    )
+    slot = rows.slot
+    # The prompt's tokens are "seen" (repetition penalty): a first chunk starts the slot's row afresh.
+    fresh = jnp.where((rows.start == 0)[:, None], False, state.seen[jnp.minimum(slot, state.seen.shape[0] - 1)])
+    seen = fresh.at[jnp.arange(r)[:, None], jnp.where(live, rows.tokens, vocab)].set(True, mode="drop")
+    keys, draw = split_keys(request_keys(rows.seed, rows.stream))
+    tok = select_next(logits, draw, rows.sampling, seen, jnp.zeros((r,), jnp.int32), stop.stop_ids)
+    final = rows.final & (rows.n_real > 0)
+    tok = jnp.where(final, tok, stop.pad_id)
+    done = ~final | _is_stop(tok, stop) | (rows.max_new <= 1)
+    # Slot updates: every real row writes its page table and seen row; a final row makes its slot live.
+    real_slot = jnp.where(rows.n_real > 0, slot, state.done.shape[0])
+    final_slot = jnp.where(final, slot, state.done.shape[0])
 
+    def put(dst, src, at=final_slot):
+        return dst.at[at].set(src, mode="drop")
 
-def insert(state: SlotState, pre: Prefilled, slots_P: jax.Array) -> SlotState:
-    """Writes the prefilled rows into slots `slots_P` (an index >= B drops the row). Donate `state`."""
-    t = pre.k.shape[3]
-
-    def put(dst, src):
-        return dst.at[slots_P].set(src, mode="drop")
-
-    cache = KVCache(
-        state.cache.k.at[:, slots_P, :, :t, :].set(pre.k, mode="drop"),
-        state.cache.v.at[:, slots_P, :, :t, :].set(pre.v, mode="drop"),
+    state = state.replace(
+        pool=pool,
+        table=put(state.table, rows.table, real_slot),
+        seen=put(state.seen, seen.at[jnp.arange(r), jnp.where(final, tok, vocab)].set(True, mode="drop"), real_slot),
+        lengths=put(state.lengths, rows.start + rows.n_real),
+        rope_index=put(state.rope_index, rows.rope_index),
+        last_token=put(state.last_token, tok),
+        num_generated=put(state.num_generated, jnp.ones((r,), jnp.int32)),
+        max_new=put(state.max_new, rows.max_new),
+        done=put(state.done, done),
+        keys=put(state.keys, keys),
+        sampling=jax.tree_util.tree_map(put, state.sampling, rows.sampling),
     )
-    return SlotState(
-        cache=cache,
-        lengths=put(state.lengths, pre.lengths),
-        rope_index=put(state.rope_index, pre.rope_index),
-        last_token=put(state.last_token, pre.first_token),
-        num_generated=put(state.num_generated, jnp.ones_like(pre.lengths)),
-        max_new=put(state.max_new, pre.max_new),
-        done=put(state.done, pre.done),
-        seen=put(state.seen, pre.seen),
-        keys=put(state.keys, pre.keys),
-        sampling=jax.tree_util.tree_map(put, state.sampling, pre.sampling),
-    )
+    return state, Prefilled(tok, _logprob(logits, tok), done)
 
 
 def decode(
-    module,
-    params,
-    state: SlotState,
-    stop: StopCriteria,
-    stop_on_free: jax.Array,
-    chunk: int,
-    with_logprobs: bool,
+    module, params, state: SlotState, stop: StopCriteria, stop_on_free: jax.Array, chunk: int
 ) -> tuple[SlotState, jax.Array, jax.Array, jax.Array]:
-    """Up to `chunk` (static) decode steps over every slot. Returns (state, tokens_BC, logprobs_BC, steps):
-    column i holds each slot's token of step i (NO_TOKEN if the slot was done). Stops early when every slot is
-    done, or, with stop_on_free, as soon as one more slot finishes. Donate `state`."""
+    """Up to `chunk` (static) decode steps over every slot; `module` is built with cache_mode "extend".
+    Returns (state, tokens_BC, logprobs_BC, steps): column i holds each slot's token of step i (NO_TOKEN if the
+    slot was done). Stops early when every slot is done, or, with stop_on_free, as soon as one more slot
+    finishes. Donate `state`."""
     b = state.done.shape[0]
-    s_len = state.cache.k.shape[3]
+    domains = state.pool.k.shape[1]
+    domain = jnp.arange(b, dtype=jnp.int32) // (b // domains)
     done_at_start = state.done
 
     def cond(carry):
@@ -194,28 +194,20 @@ def decode(
 
     def body(carry):
         i, s, out_tokens, out_logprobs = carry
-        key_mask = jnp.arange(s_len)[None, :] <= s.lengths[:, None]
-        hidden, cache = module.apply(
-            {"params": params},
-            s.last_token,
-            s.lengths,
-            key_mask,
-            s.cache,
-            s.lengths,
-            s.rope_index,
-            method="decode_step",
+        live = ~s.done
+        refs = PageRefs(domain=domain, table=s.table, start=s.lengths, live=live[:, None])
+        hidden, pool = module.apply(
+            {"params": params}, s.last_token, s.rope_index, s.pool, refs, method="decode_step"
         )
         logits = module.apply({"params": params}, hidden, method="logits")
         keys, draw = split_keys(s.keys)
         tok = select_next(logits, draw, s.sampling, s.seen, s.num_generated, stop.stop_ids)
-        live = ~s.done
         tok = jnp.where(live, tok, stop.pad_id)
         num_generated = s.num_generated + live
         out_tokens = out_tokens.at[:, i].set(jnp.where(live, tok, NO_TOKEN))
-        if with_logprobs:
-            out_logprobs = out_logprobs.at[:, i].set(jnp.where(live, _logprob(logits, tok), 0.0))
+        out_logprobs = out_logprobs.at[:, i].set(jnp.where(live, _logprob(logits, tok), 0.0))
         s = s.replace(
-            cache=cache,
+            pool=pool,
             lengths=s.lengths + live,
             last_token=tok,
             num_generated=num_generated,

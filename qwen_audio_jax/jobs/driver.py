@@ -40,10 +40,14 @@ class Job(Protocol):
     def stats(self) -> dict:
         """Job-specific figures for the summary (tokens, device time...)."""
 
+    def warm_up(self, progress: bool) -> None:
+        """Runs before the first request (the generate job's --precompile)."""
+
 
 def _drive(job: Job, records, write, progress_total: int, initial: int, progress: bool, workers: int | None):
     """Runs `job` over `records`, calling write(result) for every result (errors included). Returns the
     stream's input-wait seconds and the time of the first result."""
+    job.warm_up(progress)
     bar = tqdm(total=progress_total, initial=initial, desc=job.name, unit="req", disable=not progress)
     start = time.perf_counter()
     first: list[float] = []

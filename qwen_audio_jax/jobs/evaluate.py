@@ -29,6 +29,7 @@ from qwen_audio_jax.eval.report import format_table, read_predictions, write_out
 from qwen_audio_jax.eval.scoring import score_predictions
 from qwen_audio_jax.generation.options import GenerationOptions
 from qwen_audio_jax.jobs.driver import run_file
+from qwen_audio_jax.generation.engine import EngineOptions
 from qwen_audio_jax.jobs.generate import GenerateJob
 from qwen_audio_jax.jobs.tasks import AUDIO
 
@@ -133,7 +134,7 @@ def _generate(model, task, entries, out: Path, options, batch_size, chat, resume
         requests.write_text("".join(lines), encoding="utf-8")
     except OSError as e:
         raise OutputError(f"cannot write {requests} ({e.strerror}); choose a writable --output.") from None
-    job = GenerateJob(model, options, batch_size=batch_size, chat=chat)
+    job = GenerateJob(model, options, EngineOptions(batch_size=batch_size), chat=chat)
     return run_file(
         job, requests, out / PREDICTIONS, resume=resume, overwrite=overwrite or not resume, progress=progress
     )

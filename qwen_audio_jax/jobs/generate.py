@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from qwen_audio_jax.errors import PromptError
-from qwen_audio_jax.generation.engine import Engine, EngineRequest
+from qwen_audio_jax.generation.engine import Engine, EngineOptions, EngineRequest
 from qwen_audio_jax.generation.options import PER_REQUEST_KEYS, GenerationOptions
 from qwen_audio_jax.jobs.pipeline import PreparedStream
 from qwen_audio_jax.jobs.records import Record, check_keys
@@ -79,27 +79,33 @@ class GenerateJob:
         self,
         model,
         options: GenerationOptions,
+        engine_options: EngineOptions = EngineOptions(),
         *,
-        batch_size: int = 8,
         engine: Engine | None = None,
         chat: bool | None = None,
         base_dir: Path | None = None,
     ):
         self.model = model
         self.options = options
+        self.engine_options = engine_options
         self.engine = engine or Engine(
             model.config,
             model.params,
             dtype=model.dtype,
-            batch_size=batch_size,
             placement=model.placement,
             attention=model.attention,
             return_logprobs=options.return_logprobs,
             stop_ids=options.stop_ids,
+            quantized=model.quantized,
+            **engine_options.engine_kwargs(),
         )
         self.chat = model.processor.is_chat if chat is None else chat
         self.base_dir = base_dir
-        self.limit = model.config.decoder.max_position_embeddings
+
+    def warm_up(self, progress: bool) -> None:
+        """Before the first request: with `precompile`, the engine's whole program set (a progress bar)."""
+        if self.engine_options.precompile:
+            self.engine.precompile(progress)
 
     def prepare(self, record: Record) -> EngineRequest:
         request = normalise_request(
@@ -108,12 +114,9 @@ class GenerateJob:
         request = resolve_audio(request, self.base_dir)
         options = self.options.for_request(request, record.id)
         prepared = self.model.processor.prepare(request)
-        if prepared.num_tokens + options.max_new_tokens > self.limit:
-            raise PromptError(
-                f"the prompt has {prepared.num_tokens} tokens; with max_new_tokens={options.max_new_tokens} "
-                f"that exceeds the model's {self.limit}-token limit. Shorten the prompt or the audio."
-            )
-        self.engine.buckets.prompt_length(prepared.num_tokens)  # raises PromptError if no bucket fits
+        problem = self.engine.check_request(prepared, options)
+        if problem:
+            raise PromptError(problem)
         return EngineRequest(record.id, prepared, options)
 
     def run(self, stream: PreparedStream) -> Iterator[dict]:
@@ -142,10 +145,16 @@ class GenerateJob:
         return {"id": request_id, "text": None, "token_ids": [], "finish_reason": None, "error": message}
 
     def stats(self) -> dict:
-        s = self.engine.stats
+        e = self.engine
+        s = e.stats
         return {
             "tokens": s.tokens,
             "prefill_s": round(s.prefill_s, 3),
             "decode_s": round(s.decode_s, 3),
+            "decode_steps": s.decode_steps,
             "engine_first_result_s": None if s.first_result_s is None else round(s.first_result_s, 3),
+            "program_bound": e.program_bound(),
+            "weights_bytes": e.weights_bytes,
+            "kv_cache_bytes": e.kv_cache_bytes,
+            "attention": e.attention_paths(),
         }

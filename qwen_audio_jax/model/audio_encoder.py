@@ -24,7 +24,7 @@ import jax.numpy as jnp
 from qwen_audio_jax.audio.lengths import encoder_lengths
 from qwen_audio_jax.config import AudioEncoderConfig
 from qwen_audio_jax.model import axes
-from qwen_audio_jax.model.attention import attend
+from qwen_audio_jax.model.attention import MaskForm, attend
 from qwen_audio_jax.model.layers import Dtype, LayerNorm, dense, param_with_axes
 from qwen_audio_jax.model.remat import remat_layer
 
@@ -47,8 +47,9 @@ class AudioAttention(nn.Module):
         k = dense(cfg.d_model, (axes.AUDIO_EMBED, axes.AUDIO_HEADS), use_bias=False, name="k_proj", **kw)(x_CTD)
         v = dense(cfg.d_model, (axes.AUDIO_EMBED, axes.AUDIO_HEADS), use_bias=True, name="v_proj", **kw)(x_CTD)
         mask_CTS = jnp.broadcast_to(key_mask_CT[:, None, :], (c, t, t))  # keys only; queries are never masked
+        form = MaskForm(causal=False, kv_lengths=jnp.sum(key_mask_CT, axis=-1, dtype=jnp.int32))
         k_CNTH, v_CNTH = (x.reshape(c, t, n, h).swapaxes(1, 2) for x in (k, v))
-        out = attend(q.reshape(c, t, n, h), k_CNTH, v_CNTH, mask_CTS, 1.0, self.attention)
+        out = attend(q.reshape(c, t, n, h), k_CNTH, v_CNTH, mask_CTS, 1.0, self.attention, form)
         return dense(cfg.d_model, (axes.AUDIO_HEADS, axes.AUDIO_EMBED), use_bias=True, name="out_proj", **kw)(
             out.reshape(c, t, n * h)
         )

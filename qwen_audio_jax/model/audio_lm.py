@@ -21,8 +21,9 @@ import jax.numpy as jnp
 from qwen_audio_jax.audio.lengths import encoder_lengths
 from qwen_audio_jax.config import ModelConfig
 from qwen_audio_jax.model import axes
+from qwen_audio_jax.model.attention import MaskForm
 from qwen_audio_jax.model.audio_encoder import AudioEncoder, Projector
-from qwen_audio_jax.model.decoder import Decoder, KVCache, causal_mask, positions_from_mask
+from qwen_audio_jax.model.decoder import Decoder, causal_mask, positions_from_mask
 from qwen_audio_jax.model.layers import Dtype, dense, param_with_axes
 
 
@@ -53,9 +54,10 @@ class AudioLanguageModel(nn.Module):
     param_dtype: Dtype = jnp.float32
     remat_policy: str = "none"
     attention: str = "xla"  # a resolved model/attention.py implementation
-    return_kv: bool = False  # prefill mode: `forward` also returns every layer's new keys and values
     # v1's dynamic NTK and logn attention are inference-time features: the trainer builds the module without them.
     inference_scaling: bool = True
+    cache_mode: str = "none"  # the decoder's paged-cache mode (model/decoder.py): "none" | "prefill" | "extend"
+    quantized: bool = False  # int8 decoder kernels and lm_head (model/quant.py)
 
     def setup(self):
         cfg = self.config
@@ -66,11 +68,14 @@ class AudioLanguageModel(nn.Module):
             cfg.decoder,
             remat_policy=self.remat_policy,
             attention=self.attention,
-            return_kv=self.return_kv,
             inference_scaling=self.inference_scaling,
+            cache_mode=self.cache_mode,
+            quantized=self.quantized,
             **kw,
         )
-        self.lm_head = dense(cfg.decoder.vocab_size, (axes.EMBED, axes.VOCAB), use_bias=False, **kw, name=None)
+        self.lm_head = dense(
+            cfg.decoder.vocab_size, (axes.EMBED, axes.VOCAB), use_bias=False, **kw, name=None, quantized=self.quantized
+        )
         if cfg.is_v1:
             self.audio_bos_eos_token = param_with_axes(
                 self,
@@ -122,29 +127,68 @@ class AudioLanguageModel(nn.Module):
             n_tokens = jnp.concatenate([n_tokens] * clip_repeats, axis=0)
         return merge_audio_features(embeds, tokens_BT, feats, n_tokens, cfg.audio_token_id)
 
-    def forward(self, tokens_BT, mask_BT, mel_CMA=None, mel_lengths_C=None, rope_index_B=None, **embed_options):
+    def forward(
+        self,
+        tokens_BT,
+        mask_BT,
+        mel_CMA=None,
+        mel_lengths_C=None,
+        rope_index_B=None,
+        right_padded: bool = False,
+        **embed_options,
+    ):
         """The cache-free forward pass over a padded batch (positions from the mask, causal attention).
+        right_padded: rows are right-padded, so attention may run as cuDNN's causal + lengths form.
 
-        Returns (hidden_BTD after the final norm, per-layer (k, v) [L, B, K, T, H] when return_kv, else None).
-        """
+        Returns (hidden_BTD after the final norm, None)."""
         embeds = self.embed(tokens_BT, mel_CMA, mel_lengths_C, **embed_options)
-        positions = positions_from_mask(mask_BT)
-        hidden, _, kv = self.language_model(embeds, positions, causal_mask(mask_BT), rope_index_B=rope_index_B)
-        return hidden, kv
+        return self.forward_embeds(embeds, mask_BT, rope_index_B, right_padded), None
 
-    def decode_step(self, tokens_B, positions_B, key_mask_BS, cache: KVCache, write_B, rope_index_B=None):
-        """One new token per slot: writes its keys/values at write_B[b], attends over the slot's valid entries
-        (key_mask_BS). Returns (hidden_BD, cache)."""
-        embeds = self.language_model.embed(tokens_B[:, None])
-        hidden, cache, _ = self.language_model(
-            embeds,
-            positions_B[:, None],
-            key_mask_BS[:, None, :],
-            rope_index_B=rope_index_B,
-            cache=cache,
-            write_B=write_B,
+    def forward_embeds(self, embeds_BTD, mask_BT, rope_index_B=None, right_padded: bool = False):
+        """The decoder over given embeddings (audio already merged): hidden_BTD after the final norm."""
+        positions = positions_from_mask(mask_BT)
+        form = None
+        if right_padded:
+            lengths = jnp.sum(mask_BT, axis=-1, dtype=jnp.int32)
+            form = MaskForm(causal=True, q_lengths=lengths, kv_lengths=lengths)
+        hidden, _ = self.language_model(
+            embeds_BTD, positions, causal_mask(mask_BT), form=form, rope_index_B=rope_index_B
         )
-        return hidden[:, 0], cache
+        return hidden
+
+    def embed_buffered(self, tokens_BT, features_ND, audio_offset_B):
+        """Token embeddings with the audio slots filled from a buffer of projected audio features: row b's k-th
+        audio slot takes features_ND[audio_offset_B[b] + k] (the engine encodes each clip into the buffer in
+        order, generation/steps.py `encode`). v1's learned bos/eos vectors as in `embed`."""
+        embeds = self.embed(tokens_BT)
+        is_audio = tokens_BT == self.config.audio_token_id
+        index = audio_offset_B[:, None] + jnp.cumsum(is_audio, axis=-1, dtype=jnp.int32) - 1
+        index = jnp.clip(index, 0, features_ND.shape[0] - 1)
+        return jnp.where(is_audio[..., None], features_ND[index].astype(embeds.dtype), embeds)
+
+    def prefill_chunk(self, tokens_RT, features_ND, audio_offset_R, rope_index_R, pool, refs):
+        """One chunk of R prompts (row r: tokens start[r] .. start[r] + T - 1, right-padded; refs.live marks the
+        real ones) into the page pool. Module built with cache_mode "prefill" (every start 0) or "extend".
+        Returns (hidden_RTD, pool)."""
+        embeds = self.embed_buffered(tokens_RT, features_ND, audio_offset_R)
+        positions = refs.start[:, None] + jnp.arange(tokens_RT.shape[1])[None, :]
+        mask = form = None
+        if self.cache_mode == "prefill":
+            mask = causal_mask(refs.live)
+            lengths = jnp.sum(refs.live, axis=-1, dtype=jnp.int32)
+            form = MaskForm(causal=True, q_lengths=lengths, kv_lengths=lengths)
+        return self.language_model(
+            embeds, positions, mask, form=form, rope_index_B=rope_index_R, pool=pool, refs=refs
+        )
+
+    def decode_step(self, tokens_B, rope_index_B, pool, refs):
+        """One new token per slot at position refs.start[b] (cache_mode "extend"): written into the slot's pages,
+        then attending over them. Returns (hidden_BD, pool)."""
+        embeds = self.language_model.embed(tokens_B[:, None])
+        hidden, pool = self.language_model(
+            embeds, refs.start[:, None], rope_index_B=rope_index_B, pool=pool, refs=refs
+        )
+        return hidden[:, 0], pool
 
     def logits(self, hidden):
         """lm_head; logits in fp32 (log-probs and sampling need them there)."""

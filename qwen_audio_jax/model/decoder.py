@@ -1,44 +1,28 @@
-"""The decoder (Qwen2, and Qwen-7B in the same layout) with an explicit, functional, slot-based KV cache.
+"""The decoder (Qwen2, and Qwen-7B in the same layout) with a paged KV cache (model/paged.py).
 
-Three ways to run the same scanned layers:
-  * no cache (training, scoring, parity): causal self-attention over the T given tokens;
-  * prefill (`return_kv`): the same attention, and every layer's new keys/values are returned as [L, B, K, T, H]
-    so the engine can insert them into free cache slots (generation/steps.py `insert`);
-  * decode: one new token per row is written into the cache at that row's own position (rows are independent
-    slots at different depths), then attends over all S cache entries of its row.
-The cache lives in the scan *carry* and each layer writes only its new rows (a scatter), so a decode step costs
-one read of the cache, not a copy of it.
+The same scanned layers run in one of three cache modes (a static attribute of the module):
+  * "none" (training, scoring, parity): causal self-attention over the T given tokens, no cache;
+  * "prefill" (a prompt's first chunk): the same attention over the chunk's own tokens (cuDNN flash attention
+    on GPU), and every layer's keys/values are written into the row's pages;
+  * "extend" (a prompt's later chunks, and decode with T = 1): the new keys/values are written into the row's
+    pages first, then the queries attend over the row's pages up to their own positions.
+The page pool lives in the scan *carry* and each layer writes only its new entries (a scatter), so a step reads
+the pages it needs and never copies the cache.
 """
 
 from __future__ import annotations
-
-from typing import NamedTuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from qwen_audio_jax.config import DecoderConfig
-from qwen_audio_jax.model import axes, rope
-from qwen_audio_jax.model.attention import attend
+from qwen_audio_jax.model import axes, paged, rope
+from qwen_audio_jax.model.attention import MaskForm, attend
 from qwen_audio_jax.model.layers import Dtype, RMSNorm, dense
 from qwen_audio_jax.model.remat import remat_layer
 
-
-class KVCache(NamedTuple):
-    """k, v: [L, B, K, S, H]. Row b is a slot; entry s of it holds the s-th token of that slot's sequence.
-
-    K comes before S so that attention for each (b, k) reads one contiguous S x H block: measured 1.7x faster
-    decode attention on CPU than the S-major layout, which XLA transposes on every step.
-    """
-
-    k: jax.Array
-    v: jax.Array
-
-    @classmethod
-    def zeros(cls, config: DecoderConfig, batch: int, max_len: int, dtype: Dtype) -> KVCache:
-        shape = (config.num_layers, batch, config.num_kv_heads, max_len, config.head_dim)
-        return cls(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
+CACHE_MODES = ("none", "prefill", "extend")
 
 
 def positions_from_mask(mask_BT: jax.Array) -> jax.Array:
@@ -56,18 +40,20 @@ def causal_mask(mask_BT: jax.Array) -> jax.Array:
 
 
 class Attention(nn.Module):
-    """q/k/v with bias, o without; RoPE (+ v1's logn query scaling); grouped KV heads; optional cache write."""
+    """q/k/v with bias, o without; RoPE (+ v1's logn query scaling); grouped KV heads; the paged cache."""
 
     config: DecoderConfig
     dtype: Dtype
     param_dtype: Dtype
     attention: str = "xla"
     inference_scaling: bool = True  # v1's logn query scaling (the reference applies it at inference only)
+    cache_mode: str = "none"
+    quantized: bool = False
 
     @nn.compact
-    def __call__(self, x_BTD, positions_BT, cos_BTH, sin_BTH, mask_BTS, cache_k, cache_v, layer_index, write_B):
+    def __call__(self, x_BTD, positions_BT, cos_BTH, sin_BTH, mask_BTS, form, pool, layer_index, refs):
         cfg = self.config
-        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, quantized=self.quantized)
         b, t, _ = x_BTD.shape
         n, k, hd = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
         q = dense(n * hd, (axes.EMBED, axes.Q_HEADS), use_bias=True, name="q_proj", **kw)(x_BTD).reshape(b, t, n, hd)
@@ -79,18 +65,18 @@ class Attention(nn.Module):
         kk = rope.apply(kk.reshape(b, t, k, hd), cos_BTH, sin_BTH)
 
         keys, values = kk.swapaxes(1, 2), v.reshape(b, t, k, hd).swapaxes(1, 2)  # [B, K, T, H]
-        new_kv = (keys, values)
-        if cache_k is not None:  # decode: T == 1, row b writes at its own position write_B[b]
-            rows = jnp.arange(b)
-            cache_k = cache_k.at[layer_index, rows, :, write_B, :].set(keys[:, :, 0].astype(cache_k.dtype))
-            cache_v = cache_v.at[layer_index, rows, :, write_B, :].set(values[:, :, 0].astype(cache_v.dtype))
-            keys = jax.lax.dynamic_index_in_dim(cache_k, layer_index, keepdims=False).astype(self.dtype)
-            values = jax.lax.dynamic_index_in_dim(cache_v, layer_index, keepdims=False).astype(self.dtype)
-        a = attend(q, keys, values, mask_BTS, hd**-0.5, self.attention)
+        if self.cache_mode == "extend":
+            pool = paged.write(pool, layer_index, refs, keys, values)
+            num_keys = refs.start + jnp.sum(refs.live, axis=-1, dtype=jnp.int32)
+            a = paged.attend_pages(q, pool, layer_index, refs, num_keys, hd**-0.5)
+        else:
+            a = attend(q, keys, values, mask_BTS, hd**-0.5, self.attention, form)
+            if self.cache_mode == "prefill":
+                pool = paged.write(pool, layer_index, refs, keys, values)
         out = dense(cfg.hidden_size, (axes.Q_HEADS, axes.EMBED), use_bias=False, name="o_proj", **kw)(
             a.reshape(b, t, n * hd)
         )
-        return out, cache_k, cache_v, new_kv
+        return out, pool
 
 
 class MLP(nn.Module):
@@ -99,40 +85,47 @@ class MLP(nn.Module):
     config: DecoderConfig
     dtype: Dtype
     param_dtype: Dtype
+    quantized: bool = False
 
     @nn.compact
     def __call__(self, x):
         cfg = self.config
-        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, use_bias=False)
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, use_bias=False, quantized=self.quantized)
         gate = dense(cfg.intermediate_size, (axes.EMBED, axes.MLP), name="gate_proj", **kw)(x)
         up = dense(cfg.intermediate_size, (axes.EMBED, axes.MLP), name="up_proj", **kw)(x)
         return dense(cfg.hidden_size, (axes.MLP, axes.EMBED), name="down_proj", **kw)(jax.nn.silu(gate) * up)
 
 
 class DecoderLayer(nn.Module):
-    """Pre-RMSNorm layer. Scan signature: (carry=(h, cache_k, cache_v), layer_index, *broadcast) -> (carry, kv)."""
+    """Pre-RMSNorm layer. Scan signature: (carry=(h, pool), layer_index, *broadcast) -> (carry, None)."""
 
     config: DecoderConfig
     dtype: Dtype
     param_dtype: Dtype
     attention: str = "xla"
-    return_kv: bool = False
     inference_scaling: bool = True
+    cache_mode: str = "none"
+    quantized: bool = False
 
     @nn.compact
-    def __call__(self, carry, layer_index, positions_BT, cos_BTH, sin_BTH, mask_BTS, write_B):
-        h_BTD, cache_k, cache_v = carry
+    def __call__(self, carry, layer_index, positions_BT, cos_BTH, sin_BTH, mask_BTS, form, refs):
+        h_BTD, pool = carry
         cfg = self.config
-        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, quantized=self.quantized)
         x = RMSNorm(cfg.rms_norm_eps, self.param_dtype, name="input_layernorm")(h_BTD)
-        a, cache_k, cache_v, new_kv = Attention(
-            cfg, name="self_attn", attention=self.attention, inference_scaling=self.inference_scaling, **kw
-        )(x, positions_BT, cos_BTH, sin_BTH, mask_BTS, cache_k, cache_v, layer_index, write_B)
+        a, pool = Attention(
+            cfg,
+            name="self_attn",
+            attention=self.attention,
+            inference_scaling=self.inference_scaling,
+            cache_mode=self.cache_mode,
+            **kw,
+        )(x, positions_BT, cos_BTH, sin_BTH, mask_BTS, form, pool, layer_index, refs)
         h_BTD = h_BTD + a
         x = RMSNorm(cfg.rms_norm_eps, self.param_dtype, name="post_attention_layernorm")(h_BTD)
         h_BTD = h_BTD + MLP(cfg, name="mlp", **kw)(x)
         h_BTD = nn.with_logical_constraint(h_BTD, (axes.BATCH, axes.LENGTH, axes.ACT_EMBED))
-        return (h_BTD, cache_k, cache_v), (new_kv if self.return_kv else None)
+        return (h_BTD, pool), None
 
 
 class Decoder(nn.Module):
@@ -143,11 +136,14 @@ class Decoder(nn.Module):
     param_dtype: Dtype = jnp.float32
     remat_policy: str = "none"
     attention: str = "xla"
-    return_kv: bool = False  # prefill: also return every layer's new keys/values (a static mode of the module)
     inference_scaling: bool = True  # v1's logn attention (training runs without it, as the reference does)
+    cache_mode: str = "none"  # "none" | "prefill" | "extend" (module docstring)
+    quantized: bool = False  # int8 kernels in every linear layer (model/quant.py)
 
     def setup(self):
         cfg = self.config
+        if self.cache_mode not in CACHE_MODES:
+            raise ValueError(f"cache_mode {self.cache_mode!r} is not one of {CACHE_MODES}")
         self.embed_tokens = nn.Embed(
             cfg.vocab_size,
             cfg.hidden_size,
@@ -160,27 +156,35 @@ class Decoder(nn.Module):
             remat_layer(DecoderLayer, self.remat_policy),
             variable_axes={"params": 0},
             split_rngs={"params": True},
-            in_axes=(0,) + (nn.broadcast,) * 5,
+            in_axes=(0,) + (nn.broadcast,) * 6,
             length=cfg.num_layers,
             metadata_params={nn.PARTITION_NAME: axes.LAYERS},
-        )(cfg, self.dtype, self.param_dtype, self.attention, self.return_kv, self.inference_scaling)
+        )(
+            cfg,
+            self.dtype,
+            self.param_dtype,
+            self.attention,
+            self.inference_scaling,
+            self.cache_mode,
+            self.quantized,
+        )
 
     def embed(self, tokens_BT):
         return self.embed_tokens(tokens_BT)
 
     def __call__(
-        self, embeds_BTD, positions_BT, mask_BTS, *, rope_index_B=None, cache: KVCache | None = None, write_B=None
+        self, embeds_BTD, positions_BT, mask_BTS=None, *, form=None, rope_index_B=None, pool=None, refs=None
     ):
-        """Runs the layers over embeddings. mask_BTS: [B, T, T] without a cache, [B, 1, S] with one.
+        """Runs the layers over embeddings at `positions_BT`. mask_BTS: [B, T, T] (modes "none", "prefill");
+        form: its structure when rows are right-padded (model/attention.py `MaskForm`, for cuDNN).
 
-        rope_index_B: each row's RoPE table row (v1's NTK alpha; None: plain RoPE). cache + write_B: decode,
-        row b writes its token at cache entry write_B[b].
-        Returns (hidden_BTD after the final norm, cache or None, (k, v) [L, B, K, T, H] if return_kv else None).
+        rope_index_B: each row's RoPE table row (v1's NTK alpha; None: plain RoPE). pool + refs (modes "prefill"
+        and "extend"): the page pool and where each row's tokens go (model/paged.py).
+        Returns (hidden_BTD after the final norm, the updated pool or None).
         """
         cfg = self.config
         cos, sin = rope.cos_sin(positions_BT, rope.inv_freq_table(cfg), rope_index_B)
         h = nn.with_logical_constraint(embeds_BTD.astype(self.dtype), (axes.BATCH, axes.LENGTH, axes.ACT_EMBED))
-        ck, cv = (cache.k, cache.v) if cache is not None else (None, None)
         layer_ids = jnp.arange(cfg.num_layers)
-        (h, ck, cv), kv = self.layers((h, ck, cv), layer_ids, positions_BT, cos, sin, mask_BTS, write_B)
-        return self.norm(h), (KVCache(ck, cv) if cache is not None else None), kv
+        (h, pool), _ = self.layers((h, pool), layer_ids, positions_BT, cos, sin, mask_BTS, form, refs)
+        return self.norm(h), pool

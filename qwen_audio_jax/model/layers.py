@@ -13,6 +13,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from qwen_audio_jax.model.quant import int8_matmul
+
 Dtype = Any
 _INIT_STD = 0.02
 
@@ -24,18 +26,40 @@ def dense(
     use_bias: bool,
     dtype: Dtype,
     param_dtype: Dtype,
-    name: str,
-) -> nn.Dense:
-    """nn.Dense whose kernel (in, out) and bias (out,) carry logical axis names."""
-    return nn.Dense(
-        features,
-        use_bias=use_bias,
-        dtype=dtype,
-        param_dtype=param_dtype,
-        kernel_init=nn.with_logical_partitioning(nn.initializers.normal(_INIT_STD), axes),
-        bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), (axes[1],)),
-        name=name,
-    )
+    name: str | None,
+    quantized: bool = False,
+) -> Linear:
+    """A linear layer whose kernel (in, out) and bias (out,) carry logical axis names; `quantized`: an int8
+    kernel with per-output-channel fp32 scales (model/quant.py)."""
+    return Linear(features, axes, use_bias, dtype, param_dtype, quantized, name=name)
+
+
+class Linear(nn.Module):
+    """`nn.Dense` (same param names, init and arithmetic: both operands cast to the compute dtype), or with
+    `quantized` a weight-only int8 layer: y = (x @ kernel_int8) * scale, scale [out] fp32."""
+
+    features: int
+    axes: tuple[str | None, str | None]
+    use_bias: bool
+    dtype: Dtype
+    param_dtype: Dtype
+    quantized: bool = False
+
+    @nn.compact
+    def __call__(self, x):
+        d_in = x.shape[-1]
+        if self.quantized:
+            kernel = param_with_axes(self, "kernel", nn.initializers.zeros_init(), (d_in, self.features), self.axes, jnp.int8)
+            scale = param_with_axes(self, "scale", nn.initializers.ones_init(), (self.features,), (self.axes[1],), jnp.float32)
+            y = int8_matmul(x.astype(self.dtype), kernel, scale)
+        else:
+            init = nn.initializers.normal(_INIT_STD)
+            kernel = param_with_axes(self, "kernel", init, (d_in, self.features), self.axes, self.param_dtype)
+            y = jax.lax.dot_general(x.astype(self.dtype), kernel.astype(self.dtype), (((x.ndim - 1,), (0,)), ((), ())))
+        if self.use_bias:
+            bias = param_with_axes(self, "bias", nn.initializers.zeros_init(), (self.features,), (self.axes[1],), self.param_dtype)
+            y = y + bias.astype(self.dtype)
+        return y
 
 
 def param_with_axes(module: nn.Module, name: str, init, shape: Sequence[int], axes, dtype: Dtype):

@@ -22,10 +22,12 @@ def build_module(
     remat_policy: str = "none",
     attention: str = "auto",
     inference_scaling: bool = True,
+    quantized: bool = False,
 ) -> AudioLanguageModel:
     """The linen module. dtype: compute dtype; param_dtype: the dtype params are created in (loaded params keep
-    their own); attention: "auto" | "xla" | "dot_product" (model/attention.py); inference_scaling: v1's NTK and
-    logn attention (off for training, as in the reference)."""
+    their own); attention: "auto" | "xla" | "dot_product" | "cudnn" (model/attention.py); inference_scaling:
+    v1's NTK and logn attention (off for training, as in the reference); quantized: int8 decoder kernels and
+    lm_head (model/quant.py). The generation engine clones it with a paged-cache mode (model/decoder.py)."""
     return AudioLanguageModel(
         config,
         dtype=dtype,
@@ -33,11 +35,12 @@ def build_module(
         remat_policy=remat_policy,
         attention=resolve(attention),
         inference_scaling=inference_scaling,
+        quantized=quantized,
     )
 
 
-def _init_boxed(config: ModelConfig, rng: jax.Array, param_dtype: Dtype):
-    module = build_module(config, param_dtype=param_dtype, attention="xla")
+def _init_boxed(config: ModelConfig, rng: jax.Array, param_dtype: Dtype, quantized: bool = False):
+    module = build_module(config, param_dtype=param_dtype, attention="xla", quantized=quantized)
     tokens = jnp.zeros((1, 8), jnp.int32)
     mel = jnp.zeros((1, config.audio.num_mel_bins, 8), jnp.float32)  # touches every submodule
     return module.init(rng, tokens, jnp.ones_like(tokens), mel, jnp.array([8], jnp.int32))["params"]
@@ -50,16 +53,16 @@ def init_params(config: ModelConfig, rng: jax.Array | None = None, param_dtype: 
 
 
 @functools.lru_cache(maxsize=8)
-def abstract_params(config: ModelConfig, param_dtype: Dtype = jnp.float32) -> dict:
-    """Shapes and dtypes of every param (ShapeDtypeStructs), without allocating anything. Cached: treat the
-    returned tree as read-only."""
-    return nn.unbox(jax.eval_shape(lambda: _init_boxed(config, jax.random.PRNGKey(0), param_dtype)))
+def abstract_params(config: ModelConfig, param_dtype: Dtype = jnp.float32, quantized: bool = False) -> dict:
+    """Shapes and dtypes of every param (ShapeDtypeStructs), without allocating anything; `quantized`: the tree
+    `--quantize int8` gives (int8 kernels and their fp32 scales). Cached: treat the tree as read-only."""
+    return nn.unbox(jax.eval_shape(lambda: _init_boxed(config, jax.random.PRNGKey(0), param_dtype, quantized)))
 
 
 @functools.lru_cache(maxsize=8)
-def logical_axes(config: ModelConfig) -> dict:
+def logical_axes(config: ModelConfig, quantized: bool = False) -> dict:
     """PartitionSpec of logical axis names for every param (e.g. P('layers', 'embed', 'mlp')). Cached."""
-    boxed = jax.eval_shape(lambda: _init_boxed(config, jax.random.PRNGKey(0), jnp.float32))
+    boxed = jax.eval_shape(lambda: _init_boxed(config, jax.random.PRNGKey(0), jnp.float32, quantized))
     return nn.get_partition_spec(boxed)
 
 

@@ -37,8 +37,8 @@ class Placement:
         return cls(make_mesh(spec), rules)
 
     # ---- shardings ---------------------------------------------------------------------------------------
-    def param_shardings(self, config: ModelConfig) -> dict:
-        return param_shardings(self.mesh, config, self.rules)
+    def param_shardings(self, config: ModelConfig, quantized: bool = False) -> dict:
+        return param_shardings(self.mesh, config, self.rules, quantized)
 
     @property
     def batch_axes(self) -> tuple[str, ...]:
