@@ -143,9 +143,7 @@ def _generate(args) -> int:
     )
     _check_paths(args)
     model, load_s = load_model(args)
-    job = GenerateJob(
-        model, options, engine_options(args), chat=args.chat, base_dir=Path(args.input).absolute().parent
-    )
+    job = GenerateJob(model, options, engine_options(args), chat=args.chat, base_dir=Path(args.input).absolute().parent)
     summary = run_file(
         job,
         args.input,

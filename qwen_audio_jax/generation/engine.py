@@ -388,4 +388,3 @@ class Engine:
         return adm.request.tag, GenerationOutput(
             ids, reason, out.logprobs[: len(ids)] if self.return_logprobs else None
         )
-

@@ -90,7 +90,9 @@ class ProgramSet:
 
     def kv_cache_bytes(self) -> int:
         d = self.config.decoder
-        per_token = bytes_per_token(d.num_layers, d.num_kv_heads, d.head_dim, jnp.dtype(self.dtype).itemsize, self.kv_int8)
+        per_token = bytes_per_token(
+            d.num_layers, d.num_kv_heads, d.head_dim, jnp.dtype(self.dtype).itemsize, self.kv_int8
+        )
         g = self.geometry
         return per_token * g.domains * g.pages * g.page_size
 
@@ -126,4 +128,3 @@ class ProgramSet:
 def _init(vocab, batch, max_pages, pool_shape, dtype, kv_int8, feature_shape):
     state = steps.empty_state(vocab, batch, max_pages, pool_shape, dtype, kv_int8)
     return state, jnp.zeros(feature_shape, dtype)
-

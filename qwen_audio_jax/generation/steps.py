@@ -75,9 +75,7 @@ class Prefilled:
     done: jax.Array  # [R] bool: the request finished with its first token
 
 
-def empty_state(
-    vocab: int, batch: int, max_pages: int, pool_shape: tuple[int, ...], dtype, kv_int8: bool
-) -> SlotState:
+def empty_state(vocab: int, batch: int, max_pages: int, pool_shape: tuple[int, ...], dtype, kv_int8: bool) -> SlotState:
     """All slots empty (done), every page zero. pool_shape: (L, D, NP, K, P, H)."""
     layers, domains, pages, kv_heads, size, head_dim = pool_shape
     zeros = jnp.zeros((batch,), jnp.int32)
@@ -196,9 +194,7 @@ def decode(
         i, s, out_tokens, out_logprobs = carry
         live = ~s.done
         refs = PageRefs(domain=domain, table=s.table, start=s.lengths, live=live[:, None])
-        hidden, pool = module.apply(
-            {"params": params}, s.last_token, s.rope_index, s.pool, refs, method="decode_step"
-        )
+        hidden, pool = module.apply({"params": params}, s.last_token, s.rope_index, s.pool, refs, method="decode_step")
         logits = module.apply({"params": params}, hidden, method="logits")
         keys, draw = split_keys(s.keys)
         tok = select_next(logits, draw, s.sampling, s.seen, s.num_generated, stop.stop_ids)

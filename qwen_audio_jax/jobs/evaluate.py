@@ -27,9 +27,9 @@ from qwen_audio_jax.errors import ConfigError, OutputError
 from qwen_audio_jax.eval.manifest import ManifestEntry, read_manifest
 from qwen_audio_jax.eval.report import format_table, read_predictions, write_outputs
 from qwen_audio_jax.eval.scoring import score_predictions
+from qwen_audio_jax.generation.engine import EngineOptions
 from qwen_audio_jax.generation.options import GenerationOptions
 from qwen_audio_jax.jobs.driver import run_file
-from qwen_audio_jax.generation.engine import EngineOptions
 from qwen_audio_jax.jobs.generate import GenerateJob
 from qwen_audio_jax.jobs.tasks import AUDIO
 

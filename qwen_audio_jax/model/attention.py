@@ -45,8 +45,11 @@ class MaskForm:
 
 def cudnn_supported(q_BTNH: jax.Array) -> bool:
     """cuDNN flash attention's constraints that hold for every call with these queries (the per-call choice)."""
-    return jax.default_backend() == "gpu" and q_BTNH.dtype in _CUDNN_DTYPES and q_BTNH.shape[-1] % 8 == 0 and (
-        q_BTNH.shape[-1] <= 128
+    return (
+        jax.default_backend() == "gpu"
+        and q_BTNH.dtype in _CUDNN_DTYPES
+        and q_BTNH.shape[-1] % 8 == 0
+        and (q_BTNH.shape[-1] <= 128)
     )
 
 

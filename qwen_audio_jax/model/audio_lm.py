@@ -177,17 +177,13 @@ class AudioLanguageModel(nn.Module):
             mask = causal_mask(refs.live)
             lengths = jnp.sum(refs.live, axis=-1, dtype=jnp.int32)
             form = MaskForm(causal=True, q_lengths=lengths, kv_lengths=lengths)
-        return self.language_model(
-            embeds, positions, mask, form=form, rope_index_B=rope_index_R, pool=pool, refs=refs
-        )
+        return self.language_model(embeds, positions, mask, form=form, rope_index_B=rope_index_R, pool=pool, refs=refs)
 
     def decode_step(self, tokens_B, rope_index_B, pool, refs):
         """One new token per slot at position refs.start[b] (cache_mode "extend"): written into the slot's pages,
         then attending over them. Returns (hidden_BD, pool)."""
         embeds = self.language_model.embed(tokens_B[:, None])
-        hidden, pool = self.language_model(
-            embeds, refs.start[:, None], rope_index_B=rope_index_B, pool=pool, refs=refs
-        )
+        hidden, pool = self.language_model(embeds, refs.start[:, None], rope_index_B=rope_index_B, pool=pool, refs=refs)
         return hidden[:, 0], pool
 
     def logits(self, hidden):

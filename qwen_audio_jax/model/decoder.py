@@ -18,7 +18,7 @@ import jax.numpy as jnp
 
 from qwen_audio_jax.config import DecoderConfig
 from qwen_audio_jax.model import axes, paged, rope
-from qwen_audio_jax.model.attention import MaskForm, attend
+from qwen_audio_jax.model.attention import attend
 from qwen_audio_jax.model.layers import Dtype, RMSNorm, dense
 from qwen_audio_jax.model.remat import remat_layer
 
@@ -172,9 +172,7 @@ class Decoder(nn.Module):
     def embed(self, tokens_BT):
         return self.embed_tokens(tokens_BT)
 
-    def __call__(
-        self, embeds_BTD, positions_BT, mask_BTS=None, *, form=None, rope_index_B=None, pool=None, refs=None
-    ):
+    def __call__(self, embeds_BTD, positions_BT, mask_BTS=None, *, form=None, rope_index_B=None, pool=None, refs=None):
         """Runs the layers over embeddings at `positions_BT`. mask_BTS: [B, T, T] (modes "none", "prefill");
         form: its structure when rows are right-padded (model/attention.py `MaskForm`, for cuDNN).
 

@@ -49,15 +49,21 @@ class Linear(nn.Module):
     def __call__(self, x):
         d_in = x.shape[-1]
         if self.quantized:
-            kernel = param_with_axes(self, "kernel", nn.initializers.zeros_init(), (d_in, self.features), self.axes, jnp.int8)
-            scale = param_with_axes(self, "scale", nn.initializers.ones_init(), (self.features,), (self.axes[1],), jnp.float32)
+            kernel = param_with_axes(
+                self, "kernel", nn.initializers.zeros_init(), (d_in, self.features), self.axes, jnp.int8
+            )
+            scale = param_with_axes(
+                self, "scale", nn.initializers.ones_init(), (self.features,), (self.axes[1],), jnp.float32
+            )
             y = int8_matmul(x.astype(self.dtype), kernel, scale)
         else:
             init = nn.initializers.normal(_INIT_STD)
             kernel = param_with_axes(self, "kernel", init, (d_in, self.features), self.axes, self.param_dtype)
             y = jax.lax.dot_general(x.astype(self.dtype), kernel.astype(self.dtype), (((x.ndim - 1,), (0,)), ((), ())))
         if self.use_bias:
-            bias = param_with_axes(self, "bias", nn.initializers.zeros_init(), (self.features,), (self.axes[1],), self.param_dtype)
+            bias = param_with_axes(
+                self, "bias", nn.initializers.zeros_init(), (self.features,), (self.axes[1],), self.param_dtype
+            )
             y = y + bias.astype(self.dtype)
         return y
 

@@ -85,3 +85,52 @@ def completion_logprobs(
         mean_logits=(mean_logit * weights).sum(-1) / jnp.maximum(count, 1.0),
         token_logprobs=per_token,
     )
+
+
+@flax.struct.dataclass
+class SequenceScores:
+    sum_logprobs: jax.Array  # [B] fp32
+    num_tokens: jax.Array  # [B] completion tokens counted
+
+
+def score_from_buffer(
+    module,
+    params,
+    features_ND: jax.Array,
+    tokens_BT: jax.Array,
+    mask_BT: jax.Array,
+    completion_mask_BT: jax.Array,
+    audio_offset_B: jax.Array,
+    rope_index_B: jax.Array,
+    *,
+    chunk: int = 128,
+) -> SequenceScores:
+    """Summed log-probs of the completion tokens of right-padded rows whose audio slots read the feature buffer
+    (the `score` job: encoder calls fill the buffer first, generation/steps.py `encode`).
+
+    Forward only: the lm_head runs over the completion positions `chunk` at a time in a loop whose trip count
+    is the batch's longest completion, so one program serves every completion length at this T. rope_index_B:
+    each row's RoPE table row (v1's dynamic NTK from the row's own length; 0 otherwise)."""
+    variables = {"params": params}
+    embeds = module.apply(variables, tokens_BT, features_ND, audio_offset_B, method="embed_buffered")
+    hidden = module.apply(variables, embeds, mask_BT, rope_index_B, True, method="forward_embeds")
+    b, t = tokens_BT.shape
+    weights = (completion_mask_BT[:, 1:] * mask_BT[:, 1:]).astype(jnp.float32)  # position p predicts p + 1
+    order = jnp.argsort(weights <= 0, axis=-1, stable=True)  # completion positions first, in order
+    n = t - 1
+    pad = (-n) % chunk
+    h = jnp.pad(jnp.take_along_axis(hidden[:, :-1], order[..., None], axis=1), ((0, 0), (0, pad), (0, 0)))
+    targets = jnp.pad(jnp.take_along_axis(tokens_BT[:, 1:], order, axis=1), ((0, 0), (0, pad)))
+    w = jnp.pad(jnp.take_along_axis(weights, order, axis=1), ((0, 0), (0, pad)))
+    count = weights.sum(-1)
+
+    def one(i, total):
+        h_c = jax.lax.dynamic_slice_in_dim(h, i * chunk, chunk, axis=1)
+        tgt = jax.lax.dynamic_slice_in_dim(targets, i * chunk, chunk, axis=1)
+        w_c = jax.lax.dynamic_slice_in_dim(w, i * chunk, chunk, axis=1)
+        logits = module.apply(variables, h_c, method="logits")  # [B, chunk, V] fp32
+        picked = jnp.take_along_axis(logits, tgt[..., None], axis=-1)[..., 0]
+        return total + ((picked - jax.nn.logsumexp(logits, axis=-1)) * w_c).sum(-1)
+
+    chunks = (jnp.max(count).astype(jnp.int32) + chunk - 1) // chunk
+    return SequenceScores(jax.lax.fori_loop(0, chunks, one, jnp.zeros((b,), jnp.float32)), count)

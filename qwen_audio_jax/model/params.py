@@ -52,17 +52,28 @@ def init_params(config: ModelConfig, rng: jax.Array | None = None, param_dtype: 
     return nn.unbox(jax.jit(_init_boxed, static_argnums=(0, 2))(config, rng, param_dtype))
 
 
-@functools.lru_cache(maxsize=8)
 def abstract_params(config: ModelConfig, param_dtype: Dtype = jnp.float32, quantized: bool = False) -> dict:
     """Shapes and dtypes of every param (ShapeDtypeStructs), without allocating anything; `quantized`: the tree
     `--quantize int8` gives (int8 kernels and their fp32 scales). Cached: treat the tree as read-only."""
-    return nn.unbox(jax.eval_shape(lambda: _init_boxed(config, jax.random.PRNGKey(0), param_dtype, quantized)))
+    return _abstract(config, jnp.dtype(param_dtype), bool(quantized))  # one cache key however it is called
+
+
+def logical_axes(config: ModelConfig, quantized: bool = False) -> dict:
+    """PartitionSpec of logical axis names for every param (e.g. P('layers', 'embed', 'mlp')). Cached."""
+    return _axes(config, bool(quantized))
 
 
 @functools.lru_cache(maxsize=8)
-def logical_axes(config: ModelConfig, quantized: bool = False) -> dict:
-    """PartitionSpec of logical axis names for every param (e.g. P('layers', 'embed', 'mlp')). Cached."""
-    boxed = jax.eval_shape(lambda: _init_boxed(config, jax.random.PRNGKey(0), jnp.float32, quantized))
+def _abstract(config: ModelConfig, param_dtype, quantized: bool) -> dict:
+    # Traced outside any mesh: the model's activation constraints need no sharding to describe shapes.
+    with jax.set_mesh(None), nn.logical_axis_rules(()):
+        return nn.unbox(jax.eval_shape(lambda: _init_boxed(config, jax.random.PRNGKey(0), param_dtype, quantized)))
+
+
+@functools.lru_cache(maxsize=8)
+def _axes(config: ModelConfig, quantized: bool) -> dict:
+    with jax.set_mesh(None), nn.logical_axis_rules(()):
+        boxed = jax.eval_shape(lambda: _init_boxed(config, jax.random.PRNGKey(0), jnp.float32, quantized))
     return nn.get_partition_spec(boxed)
 
 
