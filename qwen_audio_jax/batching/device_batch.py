@@ -40,18 +40,20 @@ class DeviceBatch:
         """Element-wise maximum over processes (bucket sizes, counts, flags)."""
         return agree_max(local_sizes)
 
-    def place(self, tree, row_axis: int | None = 0, replicated: Sequence[str] = ()):
+    def place(self, tree, row_axis: int | dict = 0, replicated: dict | Sequence[str] = ()):
         """Host arrays (a pytree of numpy arrays, this process's rows) -> global device arrays: every process's
-        rows concatenated along `row_axis` in process order and split over the batch axes when they divide.
-        Leaves named in `replicated` (dict keys, for arrays not aligned with rows, e.g. clips) are gathered
-        along axis 0 and replicated. row_axis may be a dict {name: axis} for dict trees."""
+        rows concatenated along `row_axis` in process order and split over the batch axes when they divide
+        (row_axis may be {leaf name: axis} for dict and dataclass trees). Leaves named in `replicated` (arrays
+        not aligned with rows, such as clips: {name: axis}, or names gathered along axis 0) are concatenated
+        the same way and replicated on every device."""
+        gather_axis = dict(replicated) if isinstance(replicated, dict) else {name: 0 for name in replicated}
 
         def one(path, x):
             if x is None:
                 return None
             name = getattr(path[-1], "key", getattr(path[-1], "name", None)) if path else None
-            if name in replicated:
-                return self.placement.put_replicated(gather_processes(np.asarray(x), 0))
+            if name in gather_axis:
+                return self.placement.put_replicated(gather_processes(np.asarray(x), gather_axis[name]))
             axis = row_axis.get(name, 0) if isinstance(row_axis, dict) else row_axis
             return self.placement.put(gather_processes(np.asarray(x), axis), axis)
 

@@ -20,6 +20,11 @@ import numpy as np
 from qwen_audio_jax.batching.buckets import Buckets
 from qwen_audio_jax.text.processor import PreparedRequest, Processor
 
+# Batch arrays: [A, K, B, ...] (pair axis 2), pair_active [A, B]; clips [A, C, ...] gathered along C, replicated
+# (batching/device_batch.py `place`): the device-batch layout of training and the DPO reference pass.
+PAIR_AXIS = {"tokens": 2, "mask": 2, "completion_mask": 2, "ref_logps": 2, "pair_active": 1}
+CLIP_AXIS = {"mel": 1, "mel_lengths": 1}
+
 
 @dataclasses.dataclass
 class PipelineConfig:
@@ -129,4 +134,20 @@ def collate_step(
                 out["mel"][i, c] = mel[:, : shape.frames]
                 out["mel_lengths"][i, c] = length
                 c += 1
+    return out
+
+
+def pad_pairs(arrays: dict, pairs: int, pad_id: int) -> dict:
+    """Adds inactive empty pairs (all padding, mask 0, no audio slots) so the batch divides the mesh's batch
+    axes. Empty rows matter: a copied row's audio slots would shift every later row's clips."""
+    a, b = arrays["pair_active"].shape
+    if pairs == b:
+        return arrays
+    extra = pairs - b
+    out = dict(arrays)
+    out["pair_active"] = np.concatenate([arrays["pair_active"], np.zeros((a, extra), np.float32)], axis=1)
+    for key, fill in (("tokens", pad_id), ("mask", 0), ("completion_mask", 0), ("ref_logps", 0)):
+        if key in arrays:  # [A, K, B, ...]: pad the pair axis
+            x = arrays[key]
+            out[key] = np.concatenate([x, np.full((*x.shape[:2], extra, *x.shape[3:]), fill, x.dtype)], axis=2)
     return out

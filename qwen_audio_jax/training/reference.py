@@ -17,9 +17,10 @@ import jax
 from tqdm import tqdm
 
 from qwen_audio_jax.batching.buckets import Buckets
+from qwen_audio_jax.batching.device_batch import DeviceBatch
 from qwen_audio_jax.errors import ConfigError
 from qwen_audio_jax.model.logprobs import completion_logprobs
-from qwen_audio_jax.training.pipeline import ExamplePreparer, batch_shape, collate_step
+from qwen_audio_jax.training.pipeline import CLIP_AXIS, PAIR_AXIS, ExamplePreparer, batch_shape, collate_step, pad_pairs
 
 FILE = "reference_logps.json"
 
@@ -39,6 +40,23 @@ def reference_model_dir(cfg) -> str:
     return cfg.reference.model or cfg.model
 
 
+def _reference_logps(module, params, tokens, mask, completion_mask, mel, mel_lengths, *, completion: int):
+    """[K, B, T] pair rows (chosen, rejected) -> [K*B] summed completion log-probs, each clip encoded once."""
+    rows = lambda x: x[0].reshape(-1, x.shape[-1])  # noqa: E731  [1, K, B, T] -> [K*B, T]
+    out = completion_logprobs(
+        module,
+        params,
+        rows(tokens),
+        rows(mask),
+        rows(completion_mask),
+        None if mel is None else mel[0],
+        None if mel_lengths is None else mel_lengths[0],
+        clip_repeats=2,
+        max_completion=completion,
+    )
+    return out.sum_logprobs
+
+
 def compute_reference_table(
     module,
     params,
@@ -51,33 +69,45 @@ def compute_reference_table(
     progress: bool = True,
 ) -> dict[int, list[float]]:
     """{example index: [log p_ref(chosen), log p_ref(rejected)]} over all examples, in order (the same
-    sequences, suffix included, that training scores)."""
+    sequences, suffix included, that training scores), on every process.
+
+    Through the device-batch protocol: each global batch of `batch_size` pairs is split over the processes,
+    every process prepares its slice, the shapes are agreed, and the results come back to all."""
+    batch = DeviceBatch(placement)
+    me, procs = batch.process
+    local = -(-batch_size // procs)
+    padded = placement.round_batch(local * procs) // procs
     prepare = ExamplePreparer(examples, processor, preference=True, completion_suffix=completion_suffix)
     buckets = Buckets()
     fns: dict[int, object] = {}
     table: dict[int, list[float]] = {}
-    for start in tqdm(range(0, len(examples), batch_size), desc="reference", disable=not progress):
-        micro = [prepare(i) for i in range(start, min(start + batch_size, len(examples)))]
+    step = local * procs
+    for start in tqdm(range(0, len(examples), step), desc="reference", disable=not progress):
+        mine = range(start + me * local, min(start + (me + 1) * local, len(examples)))
+        micro = [prepare(i) for i in mine] or [prepare(0)]  # a process past the end scores a filler pair
         shape = batch_shape([micro], buckets)
-        arrays = collate_step([micro], shape, pad_id, processor.n_mels)
-        if shape.completion not in fns:
-            fns[shape.completion] = jax.jit(
-                functools.partial(completion_logprobs, module, clip_repeats=2, max_completion=shape.completion)
-            )
-        fn = fns[shape.completion]
-        rows = lambda x: placement.put(x[0].reshape(-1, x.shape[-1]))  # noqa: E731  [K, B, T] -> [K*B, T]
-        mel = arrays.get("mel")
-        out = fn(
-            params,
-            rows(arrays["tokens"]),
-            rows(arrays["mask"]),
-            rows(arrays["completion_mask"]),
-            None if mel is None else placement.put_replicated(mel[0]),
-            None if mel is None else placement.put_replicated(arrays["mel_lengths"][0]),
+        shape.length, shape.clips, shape.frames, shape.completion = batch.agree(
+            (shape.length, shape.clips, shape.frames, shape.completion)
         )
-        logps = placement.to_host(out.sum_logprobs).reshape(2, -1)
-        for j, (index, _) in enumerate(micro):
-            table[index] = [float(logps[0, j]), float(logps[1, j])]
+        arrays = pad_pairs(collate_step([micro], shape, pad_id, processor.n_mels), padded, pad_id)
+        placed = batch.place(arrays, PAIR_AXIS, CLIP_AXIS)
+        if shape.completion not in fns:
+            fns[shape.completion] = jax.jit(functools.partial(_reference_logps, module, completion=shape.completion))
+        with placement.activate():
+            out = fns[shape.completion](
+                params,
+                placed["tokens"],
+                placed["mask"],
+                placed["completion_mask"],
+                placed.get("mel"),
+                placed.get("mel_lengths"),
+            )
+        logps = batch.fetch(out).reshape(2, procs, padded)
+        for q in range(procs):
+            for j in range(padded):
+                index = start + q * local + j
+                if j < local and index < min(start + step, len(examples)):
+                    table[index] = [float(logps[0, q, j]), float(logps[1, q, j])]
     return table
 
 

@@ -18,23 +18,28 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from qwen_audio_jax.batching.buckets import Buckets
+from qwen_audio_jax.batching.device_batch import DeviceBatch
 from qwen_audio_jax.checkpoint.model_dir import load_params, read_model_dir_config
 from qwen_audio_jax.config import ModelConfig
 from qwen_audio_jax.errors import ConfigError, OutputError
 from qwen_audio_jax.model.params import abstract_params, build_module
-from qwen_audio_jax.sharding.placement import Placement, agree_max, gather_processes
+from qwen_audio_jax.sharding.placement import Placement
 from qwen_audio_jax.text.processor import Processor
 from qwen_audio_jax.training.data import pair_fingerprint, read_examples, validate_examples
 from qwen_audio_jax.training.optimizer import make_optimizer
-from qwen_audio_jax.training.pipeline import PipelineConfig, batch_shape, collate_step, make_iterator
+from qwen_audio_jax.training.pipeline import (
+    CLIP_AXIS,
+    PAIR_AXIS,
+    PipelineConfig,
+    batch_shape,
+    collate_step,
+    make_iterator,
+    pad_pairs,
+)
 from qwen_audio_jax.training.run_config import RunConfig
 from qwen_audio_jax.training.step import StepConfig, TrainBatch, TrainState, train_step
-
-# Batch arrays: [A, K, B, ...] (pair axis 2), pair_active [A, B], clips [A, C, ...] (not split).
-_PAIR_AXIS = {"tokens": 2, "mask": 2, "completion_mask": 2, "ref_logps": 2, "pair_active": 1}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,24 +167,21 @@ class TrainingRun:
         """The next step's micro-batches as a device batch (every process agrees on the bucketed shapes)."""
         micro = [next(it) for _ in range(self.cfg.train.grad_accum)]
         shape = batch_shape(micro, Buckets())
-        shape.length, shape.clips, shape.frames, shape.completion = agree_max(
+        shape.length, shape.clips, shape.frames, shape.completion = self.batch.agree(
             (shape.length, shape.clips, shape.frames, shape.completion)
         )
         self.shapes_seen.add((shape.length, shape.clips, shape.frames, shape.completion))
         arrays = collate_step(
             micro, shape, self.config.pad_token_id, self.processor.n_mels, ref_table, preference=self.preference
         )
-        arrays = _pad_pairs(arrays, self.padded_pairs, self.config.pad_token_id)
-        return TrainBatch(**{k: self._put(k, v) for k, v in arrays.items()}), shape.completion
+        arrays = pad_pairs(arrays, self.padded_pairs, self.config.pad_token_id)
+        # Every process contributes its slice of pairs (and their clips); concatenating both in process order
+        # keeps rows and clips aligned, as the audio merge needs, whatever the mesh's device order.
+        return TrainBatch(**self.batch.place(arrays, PAIR_AXIS, CLIP_AXIS)), shape.completion
 
-    def _put(self, name: str, x: np.ndarray):
-        # Every process contributes its slice of pairs (and their clips); concatenating in process order keeps
-        # rows and clips aligned, as the audio merge needs, whatever the mesh's device order.
-        axis = _PAIR_AXIS.get(name, 1)
-        x = gather_processes(x, axis)
-        if name not in _PAIR_AXIS:
-            return self.placement.put_replicated(x)
-        return jax.device_put(x, self.placement.batch_sharding(x.ndim, axis))
+    @property
+    def batch(self) -> DeviceBatch:
+        return DeviceBatch(self.placement)
 
     def step_fn(self, completion: int, state: TrainState):
         """The jitted step for one completion-length bucket (a static shape of the lm_head pass)."""
@@ -212,19 +214,3 @@ def _output_dir(cfg: RunConfig) -> Path:
             "model there; choose another output_dir."
         )
     return prepare_work_dir(out, what="output_dir", kind="training", sources=sources, lock=jax.process_index() == 0)
-
-
-def _pad_pairs(arrays: dict, pairs: int, pad_id: int) -> dict:
-    """Adds inactive empty pairs (all padding, mask 0, no audio slots) so the batch divides the mesh's batch
-    axes. Empty rows matter: a copied row's audio slots would shift every later row's clips."""
-    a, b = arrays["pair_active"].shape
-    if pairs == b:
-        return arrays
-    extra = pairs - b
-    out = dict(arrays)
-    out["pair_active"] = np.concatenate([arrays["pair_active"], np.zeros((a, extra), np.float32)], axis=1)
-    for key, fill in (("tokens", pad_id), ("mask", 0), ("completion_mask", 0), ("ref_logps", 0)):
-        if key in arrays:  # [A, K, B, ...]: pad the pair axis
-            x = arrays[key]
-            out[key] = np.concatenate([x, np.full((*x.shape[:2], extra, *x.shape[3:]), fill, x.dtype)], axis=2)
-    return out
