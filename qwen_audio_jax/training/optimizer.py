@@ -43,8 +43,14 @@ class OptimConfig:
     encoder_layer_decay: float = 1.0  # layer-wise learning-rate decay in the encoder (see the module docstring)
 
     def __post_init__(self):
-        if self.learning_rate <= 0 or self.min_learning_rate < 0 or self.min_learning_rate > self.learning_rate:
-            raise ConfigError("optim: need learning_rate > 0 and 0 <= min_learning_rate <= learning_rate.")
+        lr, end = self.learning_rate, self.min_learning_rate
+        if lr <= 0 or end < 0:
+            raise ConfigError(f"optim: learning_rate={lr:g} must be > 0 and min_learning_rate={end:g} >= 0.")
+        if end > lr:
+            raise ConfigError(
+                f"optim: min_learning_rate={end:g} (where the cosine decay ends) is above learning_rate={lr:g}; "
+                f"set both, e.g. optim.learning_rate={lr:g} optim.min_learning_rate={lr / 10:g}."
+            )
         if self.warmup_steps < 0:
             raise ConfigError("optim.warmup_steps must be >= 0.")
         if not 0.0 <= self.encoder_layer_decay <= 1.0:
