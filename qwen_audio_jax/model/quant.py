@@ -6,9 +6,10 @@ audio tower, the embeddings and the norms keep the compute dtype.
 
 Decode is memory-bound, so the point is to read one byte per weight: the int8 kernel must reach the matmul as
 int8. XLA on GPU (a Triton gemm fusion) and TPU fuse the conversion into the dot. XLA:CPU converts a dot's
-operand to a full-precision temporary first, so there the matmul runs over column blocks of `CPU_BLOCK`
-outputs: one block's temporary at a time, never a full-precision copy of the matrix (tests/test_quant.py reads
-the compiled HLO).
+operand to a full-precision temporary first, so there the matmul runs over column blocks of at most
+`CPU_BLOCK_BYTES` (converted): one block's temporary at a time, never a full-precision copy of a larger matrix
+(tests/test_quant.py reads the compiled HLO). Measured on the 142M benchmark model's lm_head (2-core CPU): as
+fast as the fp32 matmul alone, and 2.4x faster when other processes load the memory bus.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import jax.numpy as jnp
 from flax import traverse_util
 
 QUANTIZE_MODES = ("none", "int8")
-CPU_BLOCK = 4096  # output columns converted at once on XLA:CPU (a 4096 x 4096 fp32 block is 64 MB at most)
+CPU_BLOCK_BYTES = 1 << 20  # one converted column block on XLA:CPU: about an L2 cache
 
 # The kernels `--quantize int8` converts: every decoder linear layer and the lm_head.
 _DECODER_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -33,19 +34,25 @@ def is_quantized_kernel(path: tuple[str, ...]) -> bool:
 
 def int8_matmul(x: jax.Array, kernel: jax.Array, scale: jax.Array) -> jax.Array:
     """x [..., in] (compute dtype) @ int8 kernel [in, out], times scale [out]: [..., out] in x's dtype."""
-    out = kernel.shape[-1]
-    if jax.default_backend() != "cpu" or out <= CPU_BLOCK:
+    d_in, out = kernel.shape
+    cols = cpu_block_columns(d_in, jnp.dtype(x.dtype).itemsize)
+    if jax.default_backend() != "cpu" or out <= cols:
         y = jnp.dot(x, kernel.astype(x.dtype))
         return y * scale.astype(x.dtype)
-    blocks = -(-out // CPU_BLOCK)
+    blocks = -(-out // cols)
 
     def block(i, y):
-        start = jnp.minimum(i * CPU_BLOCK, out - CPU_BLOCK)  # the last block overlaps its neighbour: same values
-        w = jax.lax.dynamic_slice_in_dim(kernel, start, CPU_BLOCK, axis=1).astype(x.dtype)
-        s = jax.lax.dynamic_slice_in_dim(scale, start, CPU_BLOCK).astype(x.dtype)
+        start = jnp.minimum(i * cols, out - cols)  # the last block overlaps its neighbour: same values
+        w = jax.lax.dynamic_slice_in_dim(kernel, start, cols, axis=1).astype(x.dtype)
+        s = jax.lax.dynamic_slice_in_dim(scale, start, cols).astype(x.dtype)
         return jax.lax.dynamic_update_slice_in_dim(y, jnp.dot(x, w) * s, start, axis=y.ndim - 1)
 
     return jax.lax.fori_loop(0, blocks, block, jnp.zeros((*x.shape[:-1], out), x.dtype))
+
+
+def cpu_block_columns(d_in: int, itemsize: int) -> int:
+    """Output columns per converted block on XLA:CPU: a multiple of 128 within CPU_BLOCK_BYTES (128 at least)."""
+    return max(128, CPU_BLOCK_BYTES // (d_in * itemsize) // 128 * 128)
 
 
 def quantize_kernel(w: jax.Array) -> tuple[jax.Array, jax.Array]:
