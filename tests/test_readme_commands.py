@@ -1,0 +1,72 @@
+"""The README's training commands run verbatim from a fresh clone: the "train, sft, dpo" section's first bash block
+is run line by line as a shell would, in a directory laid out like the repository root (its `configs/` and
+`qwen_audio_jax/`), and the sample data those lines name is the one `qwen_audio_jax/demo/samples.py` builds."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from tests._paths import REPO
+
+
+def _section_commands(title: str) -> list[str]:
+    """The `qwen-audio-jax ...` lines of the first bash block after the README heading `title` (continuations
+    joined, comments dropped)."""
+    text = (REPO / "README.md").read_text()
+    section = text[text.index(f"### {title}\n") :]
+    block = re.search(r"```bash\n(.*?)```", section, re.DOTALL).group(1)
+    lines = block.replace("\\\n", " ").splitlines()
+    return [" ".join(line.split()) for line in lines if line.startswith("qwen-audio-jax ")]
+
+
+def test_training_commands_name_files_of_a_fresh_clone():
+    commands = _section_commands("train, sft, dpo")
+    assert [c.split()[1] for c in commands] == ["sft", "dpo"]
+    for command in commands:
+        words = command.split()
+        paths = [words[words.index("--config") + 1]]
+        paths += [w.partition("=")[2] for w in words if w.startswith(("data.train=", "model=qwen_audio_jax/"))]
+        assert len(paths) >= 2
+        for path in paths:
+            assert (REPO / path).exists(), f"{command}: {path} is not in the repository"
+    assert "model=runs/s/model" in commands[1] and "output_dir=runs/s" in commands[0]  # dpo starts from sft's model
+
+
+def test_sample_sets_are_the_built_ones_and_their_clips_exist():
+    from qwen_audio_jax.demo.samples import SAMPLE_PREFS, SAMPLE_SFT, sample_records
+
+    sft, prefs = sample_records()
+    for path, records in ((SAMPLE_SFT, sft), (SAMPLE_PREFS, prefs)):
+        assert [json.loads(line) for line in path.read_text().splitlines()] == records
+    assert len(sft) == len(prefs) == 20
+    assert all(p["chosen"] != p["rejected"] for p in prefs)
+    for record in sft + prefs:
+        clips = record.get("audio") or [c["audio"] for c in record["messages"][0]["content"] if "audio" in c]
+        assert clips and all((SAMPLE_SFT.parent / clip).is_file() for clip in clips)
+
+
+def test_training_commands_run_verbatim(tmp_path):
+    for name in ("configs", "qwen_audio_jax"):
+        os.symlink(REPO / name, tmp_path / name)
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    for command in _section_commands("train, sft, dpo"):
+        done = subprocess.run(["bash", "-c", command], cwd=tmp_path, env=env, capture_output=True, text=True)
+        assert done.returncode == 0, f"{command}\n{done.stderr[-3000:]}"
+    for run in ("s", "a"):
+        assert (tmp_path / "runs" / run / "model" / "config.json").is_file()
+        report = json.loads((tmp_path / "runs" / run / "data_report.json").read_text())
+        assert report["kept"] == 20, report
+        metrics = [json.loads(line) for line in (tmp_path / "runs" / run / "metrics.jsonl").read_text().splitlines()]
+        assert [m["step"] for m in metrics] == list(range(1, 11))
+    sft, dpo = (
+        [json.loads(line) for line in (tmp_path / "runs" / r / "metrics.jsonl").read_text().splitlines()]
+        for r in ("s", "a")
+    )
+    first, last = (sum(m["loss"] for m in ms) / 3 for ms in (sft[:3], sft[-3:]))
+    assert last < first / 2  # SFT learned the sample answers
+    assert dpo[-1]["loss"] < 0.6 and dpo[-1]["rewards/margins"] > 0.1  # DPO prefers the chosen answers now
