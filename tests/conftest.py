@@ -17,6 +17,18 @@ if _OWN_CACHE:
 setup_compilation_cache()
 
 
+def pytest_sessionstart(session):
+    """Under $QWEN_AUDIO_JAX_REQUIRE_ORACLES (CI), a missing oracle stops the run before any test can skip for it,
+    wherever that skip is written (tests/_oracles.py)."""
+    from tests._oracles import REQUIRE_ENV, missing_oracles, required
+
+    gone = missing_oracles() if required() else []
+    if gone:
+        import pytest
+
+        pytest.exit(f"oracles missing: {', '.join(gone)} (${REQUIRE_ENV} is set; see .ci/run)", returncode=3)
+
+
 def pytest_sessionfinish(session):
     if _OWN_CACHE:  # this process made it (xdist workers inherit the controller's)
         shutil.rmtree(os.environ[CACHE_ENV], ignore_errors=True)

@@ -8,7 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch", reason="torch is the parity oracle: pip install torch==2.13.0")
+from tests._oracles import require
+
+torch = require("torch", "the parity oracle")
 
 from flax import traverse_util  # noqa: E402
 

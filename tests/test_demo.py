@@ -101,7 +101,7 @@ def test_demo_argument_errors(tmp_path, capsys):
     assert "--audio" in capsys.readouterr().err
     assert main(["demo", "--audio", str(DEMO_CLIPS / load_demo_items()[0].clip), "--output", "x.jsonl"]) == 2
     missing = tmp_path / "nothing-here.wav"
-    assert main(["demo", "--audio", str(missing)]) != 0
+    assert main(["demo", "--audio", str(missing)]) == 2  # bad input: one line, exit status 2
     assert "nothing-here.wav" in capsys.readouterr().err
 
 

@@ -1,7 +1,9 @@
-"""DPO/SFT losses: hand-computed values, the ln 2 start, and loss + gradients equal to PyTorch (transformers
-forward for the log-probs, TRL's formulas)."""
+"""DPO/SFT losses against TRL's `DPOTrainer` loss functions (trl 0.24.0, pinned in the test extra: its
+`dpo_loss` is the last with cDPO label smoothing on `sigmoid`, the formula this project follows) and against numbers
+worked out by hand; loss + gradients of a real batch (policy and reference different models) against
+transformers' forward with TRL's loss on top."""
 
-import math
+from types import SimpleNamespace
 
 import jax
 import jax.numpy as jnp
@@ -12,55 +14,107 @@ from qwen_audio_jax.batching.buckets import Buckets
 from qwen_audio_jax.model.params import build_module
 from qwen_audio_jax.text.processor import Processor
 from qwen_audio_jax.training.data import PreferenceExample
-from qwen_audio_jax.training.loss import LossConfig, per_pair_losses, preference_loss
+from qwen_audio_jax.training.loss import LossConfig, preference_loss
 from qwen_audio_jax.training.pipeline import ExamplePreparer, batch_shape, collate_step
-from qwen_audio_jax.training.step import StepConfig, TrainBatch, batch_loss
+from qwen_audio_jax.training.step import StepConfig, TrainBatch, batch_loss, reference_logps
+from tests._oracles import require
 from tests._requests import synth_clip
 from tests._tokenizer_fixtures import qwen2_tok_dir, qwen2_tokenizer  # noqa: F401
 
-PI_C, PI_R, REF_C, REF_R, N_C, N_R = -12.0, -15.5, -13.0, -14.0, 6.0, 9.0
+# Four pairs: summed log-probs of policy / reference, chosen / rejected, and completion token counts. The fourth
+# row is a padding pair in the tests that pass `active`.
+PI_C = [-12.0, -20.0, -7.5, -30.0]
+PI_R = [-15.5, -18.0, -9.0, -31.0]
+REF_C = [-13.0, -19.0, -8.0, -29.0]
+REF_R = [-14.0, -19.5, -8.5, -33.0]
+N_C = [6.0, 11.0, 3.0, 14.0]
+N_R = [9.0, 8.0, 5.0, 12.0]
 
 
-def _sigmoid_np(x):
-    return 1 / (1 + math.exp(-x))
+def _trl_losses(kind: str, beta: float, eps: float, pi_c, pi_r, ref_c, ref_r, nll=None):
+    """(per-pair losses, chosen rewards, rejected rewards) from trl 0.24.0's `DPOTrainer.dpo_loss`, called on a
+    stand-in trainer holding exactly the attributes it reads. `nll`: TRL's `nll_loss` for `sft`."""
+    torch = require("torch", "the DPO parity oracle")
+    trl_dpo = require("trl.trainer.dpo_trainer", "the DPO loss oracle (trl==0.24.0 in the test extra)")
+    from trl.trainer.dpo_config import FDivergenceType
+
+    trainer = SimpleNamespace(
+        beta=beta,
+        label_smoothing=eps,
+        reference_free=False,
+        f_divergence_type=FDivergenceType.REVERSE_KL,
+        f_divergence_params=None,
+        accelerator=SimpleNamespace(device=torch.device("cpu")),
+        args=SimpleNamespace(discopop_tau=0.05),
+    )
+    t = lambda x: x if isinstance(x, torch.Tensor) else torch.tensor(x, dtype=torch.float64)  # noqa: E731
+    out = {"nll_loss": t(nll)} if nll is not None else None
+    return trl_dpo.DPOTrainer.dpo_loss(trainer, t(pi_c), t(pi_r), t(ref_c), t(ref_r), kind, out)
+
+
+def _ours(types, weights, beta, eps, active=(1.0, 1.0, 1.0, 1.0)):
+    cfg = LossConfig(types=tuple(types), weights=tuple(weights), beta=beta, label_smoothing=eps)
+    args = [jnp.asarray(v, jnp.float32) for v in (PI_C, PI_R, REF_C, REF_R, N_C, N_R)]
+    return preference_loss(cfg, *args, jnp.asarray(active, jnp.float32))
 
 
 @pytest.mark.parametrize(
     "kind,beta,eps",
-    [
-        ("sigmoid", 0.1, 0.0),
-        ("sigmoid", 0.5, 0.2),
-        ("robust", 0.1, 0.1),
-        ("hinge", 0.1, 0.0),
-        ("hinge", 1.0, 0.0),
-        ("ipo", 0.1, 0.0),
-        ("sft", 0.1, 0.0),
-    ],
+    [("sigmoid", 0.1, 0.0), ("sigmoid", 0.5, 0.2), ("robust", 0.1, 0.1), ("hinge", 0.1, 0.0), ("hinge", 1.0, 0.0)],
 )
-def test_each_loss_matches_hand_computation(kind, beta, eps):
-    h = (PI_C - PI_R) - (REF_C - REF_R)  # = 2.5
-    want = {
-        "sigmoid": -math.log(_sigmoid_np(beta * h)) * (1 - eps) - math.log(_sigmoid_np(-beta * h)) * eps,
-        "robust": (-math.log(_sigmoid_np(beta * h)) * (1 - eps) + math.log(_sigmoid_np(-beta * h)) * eps)
-        / (1 - 2 * eps),
-        "hinge": max(0.0, 1 - beta * h),
-        "ipo": ((PI_C / N_C - PI_R / N_R) - (REF_C / N_C - REF_R / N_R) - 1 / (2 * beta)) ** 2,
-        "sft": -PI_C / N_C,
-    }[kind]
-    got = per_pair_losses(kind, *(jnp.asarray([v]) for v in (PI_C, PI_R, REF_C, REF_R, N_C, N_R)), beta, eps)
-    assert float(got[0]) == pytest.approx(want, rel=1e-6)
+def test_each_loss_equals_trl(kind, beta, eps):
+    losses, chosen, rejected = _trl_losses(kind, beta, eps, PI_C, PI_R, REF_C, REF_R)
+    loss, m = _ours([kind], [1.0], beta, eps)
+    assert float(loss) == pytest.approx(float(losses.mean()), rel=1e-6, abs=1e-7)
+    assert float(m["rewards/chosen"]) == pytest.approx(float(chosen.mean()), rel=1e-6)
+    assert float(m["rewards/rejected"]) == pytest.approx(float(rejected.mean()), rel=1e-6)
+    assert float(m["rewards/margins"]) == pytest.approx(float((chosen - rejected).mean()), rel=1e-6)
+    assert float(m["rewards/accuracies"]) == float((chosen > rejected).double().mean())
 
 
-def test_weighted_combination_and_rewards():
-    cfg = LossConfig(types=("sigmoid", "sft"), weights=(1.0, 0.5), beta=0.1)
-    args = [jnp.asarray([v, v + 1.0]) for v in (PI_C, PI_R, REF_C, REF_R, N_C, N_R)]
-    loss, m = preference_loss(cfg, *args, jnp.asarray([1.0, 0.0]))  # the second pair is padding
-    want = -math.log(_sigmoid_np(0.1 * 2.5)) + 0.5 * (-PI_C / N_C)
-    assert float(loss) == pytest.approx(want, rel=1e-6)
-    assert float(m["rewards/chosen"]) == pytest.approx(0.1 * (PI_C - REF_C))
-    assert float(m["rewards/rejected"]) == pytest.approx(0.1 * (PI_R - REF_R))
-    assert float(m["rewards/margins"]) == pytest.approx(0.1 * (PI_C - REF_C - PI_R + REF_R))
-    assert float(m["rewards/accuracies"]) == 1.0
+def test_ipo_equals_trl_on_length_normalised_logps():
+    """TRL divides each sequence's summed log-prob by its completion length before `dpo_loss` when the loss is
+    IPO (`concatenated_forward`: `all_logps / loss_mask.sum(-1)`, the reference pass too)."""
+    per = lambda s, n: [a / b for a, b in zip(s, n)]  # noqa: E731
+    losses, _, _ = _trl_losses("ipo", 0.1, 0.0, per(PI_C, N_C), per(PI_R, N_R), per(REF_C, N_C), per(REF_R, N_R))
+    loss, _ = _ours(["ipo"], [1.0], 0.1, 0.0)
+    assert float(loss) == pytest.approx(float(losses.mean()), rel=1e-6)
+
+
+def test_weighted_sum_with_sft_equals_trl_and_skips_padding_pairs():
+    """`loss_type=["sigmoid", "sft"]`, `loss_weights=[1, 0.5]` (TRL's MPO form): TRL's nll_loss is the
+    cross-entropy averaged over every chosen completion token of the batch (token-weighted); the fourth pair is
+    padding and must change nothing."""
+    k = 3
+    nll = -sum(PI_C[:k]) / sum(N_C[:k])
+    sig, _, _ = _trl_losses("sigmoid", 0.1, 0.0, PI_C[:k], PI_R[:k], REF_C[:k], REF_R[:k])
+    sft, _, _ = _trl_losses("sft", 0.1, 0.0, PI_C[:k], PI_R[:k], REF_C[:k], REF_R[:k], nll=nll)
+    loss, m = _ours(["sigmoid", "sft"], [1.0, 0.5], 0.1, 0.0, active=(1.0, 1.0, 1.0, 0.0))
+    assert float(loss) == pytest.approx(float((sig + 0.5 * sft).mean()), rel=1e-6)
+    assert float(m["logps/chosen"]) == pytest.approx(np.mean(PI_C[:k]), rel=1e-6)
+
+
+def test_losses_worked_out_by_hand():
+    """Single pairs whose values are exact by hand. h = (pi_c - pi_r) - (ref_c - ref_r)."""
+
+    def one(kind, beta, eps, pi_c, pi_r, ref_c, ref_r, n_c=1.0, n_r=1.0):
+        cfg = LossConfig(types=(kind,), weights=(1.0,), beta=beta, label_smoothing=eps)
+        args = [jnp.asarray([v], jnp.float32) for v in (pi_c, pi_r, ref_c, ref_r, n_c, n_r)]
+        return float(preference_loss(cfg, *args, jnp.ones(1))[0])
+
+    ln2 = 0.6931471805599453
+    assert one("sigmoid", 0.1, 0.0, -5.0, -5.0, -9.0, -9.0) == pytest.approx(ln2, rel=1e-7)  # h = 0
+    assert one("sigmoid", 0.1, 0.3, -5.0, -5.0, -9.0, -9.0) == pytest.approx(ln2, rel=1e-7)  # any eps at h = 0
+    # h = 10, beta = 0.1: -log(sigmoid(1)) = log(1 + e^-1) = 0.31326168751822286
+    assert one("sigmoid", 0.1, 0.0, -2.0, -12.0, -5.0, -5.0) == pytest.approx(0.31326168751822286, rel=1e-6)
+    # eps = 0.25: 0.75 * log(1 + e^-1) + 0.25 * log(1 + e) = 0.75 * 0.3132617 + 0.25 * 1.3132617 = 0.5632617
+    assert one("sigmoid", 0.1, 0.25, -2.0, -12.0, -5.0, -5.0) == pytest.approx(0.5632616875182229, rel=1e-6)
+    assert one("hinge", 0.1, 0.0, -2.0, -12.0, -5.0, -5.0) == 0.0  # relu(1 - 1)
+    assert one("hinge", 0.1, 0.0, -2.0, -7.0, -5.0, -5.0) == pytest.approx(0.5)  # relu(1 - 0.5)
+    # IPO, per token: chosen -6/3 = -2, rejected -8/4 = -2, reference 0: h = 0, loss = (0 - 1/(2*0.5))^2 = 1
+    assert one("ipo", 0.5, 0.0, -6.0, -8.0, 0.0, 0.0, 3.0, 4.0) == pytest.approx(1.0)
+    # robust at h = 10, beta 0.1, eps 0.25: (0.75 * 0.3132617 - 0.25 * 1.3132617) / 0.5 = -0.1867383
+    assert one("robust", 0.1, 0.25, -2.0, -12.0, -5.0, -5.0) == pytest.approx(-0.1867383124817772, rel=1e-6)
 
 
 @pytest.fixture(scope="module")
@@ -101,28 +155,26 @@ def _jax_batch(arrays):
     return TrainBatch(**{k: jnp.asarray(v[0]) for k, v in arrays.items()})
 
 
-def test_policy_equal_reference_gives_ln2(pairs_batch):
-    from qwen_audio_jax.config import tiny
-    from qwen_audio_jax.model.params import init_params
-
-    config = tiny()
-    params = init_params(config, jax.random.PRNGKey(0))
-    model = build_module(config)
-    micro = _jax_batch(pairs_batch)
-    cfg = StepConfig(LossConfig())
-    from qwen_audio_jax.training.step import reference_logps
-
-    ref = reference_logps(model, params, micro, cfg)
-    loss, metrics = batch_loss(model, params, micro, ref, cfg)
-    assert float(loss) == np.float32(math.log(2.0))
-    assert float(metrics["rewards/margins"]) == 0.0
+def _jax_batch(arrays):
+    return TrainBatch(**{k: jnp.asarray(v[0]) for k, v in arrays.items()})
 
 
 @pytest.mark.parity
-@pytest.mark.parametrize("kind,max_completion", [("sigmoid", None), ("ipo", None), ("sigmoid", 16)])
-def test_dpo_loss_and_gradients_match_pytorch(pairs_batch, kind, max_completion):
-    """max_completion: the lm_head on the gathered completion positions only (what training runs)."""
-    torch = pytest.importorskip("torch")
+@pytest.mark.parametrize(
+    "types,weights,eps,max_completion",
+    [
+        (("sigmoid",), (1.0,), 0.2, None),  # loss.label_smoothing: cDPO
+        (("ipo",), (1.0,), 0.0, None),
+        (("robust",), (1.0,), 0.1, 16),
+        (("sigmoid", "sft"), (1.0, 0.5), 0.0, 16),  # max_completion: the lm_head on completion positions only
+    ],
+)
+def test_dpo_loss_and_gradients_match_pytorch(pairs_batch, types, weights, eps, max_completion):
+    """Policy and reference are different models (seeds 21 and 22): transformers' forward gives the log-probs,
+    TRL's `dpo_loss` the loss (TRL's length normalisation for IPO, its token-averaged cross-entropy for SFT);
+    loss and gradients equal ours."""
+    torch = require("torch", "the DPO parity oracle")
+    F = torch.nn.functional
     from tests._hf_models import MHA, build_hf_model, jax_twin
 
     policy_hf, ref_hf = build_hf_model(MHA, seed=21), build_hf_model(MHA, seed=22)
@@ -135,41 +187,45 @@ def test_dpo_loss_and_gradients_match_pytorch(pairs_batch, kind, max_completion)
     comp = arrays["completion_mask"][0].reshape(tokens.shape)
     mel, lengths = arrays["mel"][0], arrays["mel_lengths"][0]
     real = lengths > 0
+    b = tokens.shape[0] // 2
+    labels = torch.from_numpy(tokens[:, 1:]).long()
+    w = torch.from_numpy((comp[:, 1:] * mask[:, 1:]).astype(np.float32))
 
-    def torch_logps(model):
+    def torch_logits(model):
         fm = (torch.arange(3000)[None] < torch.from_numpy(np.concatenate([lengths[real]] * 2))[:, None]).long()
         full_mel = np.zeros((2 * real.sum(), 128, 3000), np.float32)
         full_mel[:, :, : mel.shape[-1]] = np.concatenate([mel[real]] * 2)
-        logits = model(
+        return model(
             input_ids=torch.from_numpy(tokens).long(),
             attention_mask=torch.from_numpy(mask).long(),
             input_features=torch.from_numpy(full_mel),
             feature_attention_mask=fm,
-        ).logits
-        logp = torch.log_softmax(logits.float(), -1)[:, :-1].gather(
-            -1, torch.from_numpy(tokens[:, 1:]).long()[..., None]
-        )[..., 0]
-        w = torch.from_numpy((comp[:, 1:] * mask[:, 1:]).astype(np.float32))
-        return (logp * w).sum(-1), w.sum(-1)
+        ).logits.float()[:, :-1]
+
+    def sums(logits):
+        return (torch.log_softmax(logits, -1).gather(-1, labels[..., None])[..., 0] * w).sum(-1)
 
     with torch.no_grad():
-        ref_sum, _ = torch_logps(ref_hf)
-    pol_sum, n = torch_logps(policy_hf)
-    b = tokens.shape[0] // 2
-    if kind == "sigmoid":
-        h = (pol_sum[:b] - pol_sum[b:]) - (ref_sum[:b] - ref_sum[b:])
-        loss_t = -torch.nn.functional.logsigmoid(beta * h).mean()
-    else:
-        h = (pol_sum[:b] / n[:b] - pol_sum[b:] / n[b:]) - (ref_sum[:b] / n[:b] - ref_sum[b:] / n[b:])
-        loss_t = ((h - 1 / (2 * beta)) ** 2).mean()
+        ref_sum = sums(torch_logits(ref_hf))
+    logits = torch_logits(policy_hf)
+    pol_sum, n = sums(logits), w.sum(-1)
+    loss_t = 0.0
+    for kind, weight in zip(types, weights):
+        pol, ref = (pol_sum / n, ref_sum / n) if kind == "ipo" else (pol_sum, ref_sum)
+        nll = None
+        if kind == "sft":  # TRL: cross-entropy over the chosen rows' completion tokens, flattened
+            chosen = w[:b].bool()
+            nll = F.cross_entropy(logits[:b][chosen], labels[:b][chosen])
+        losses, _, _ = _trl_losses(kind, beta, eps, pol[:b], pol[b:], ref[:b], ref[b:], nll=nll)
+        loss_t = loss_t + weight * losses.mean()
     loss_t.backward()
 
     model = build_module(config)
     micro = _jax_batch(arrays)
-    cfg = StepConfig(LossConfig(types=(kind,), beta=beta), frozen_encoder=False, max_completion=max_completion)
-    from qwen_audio_jax.training.step import reference_logps
-
+    loss_cfg = LossConfig(types=types, weights=weights, beta=beta, label_smoothing=eps)
+    cfg = StepConfig(loss_cfg, frozen_encoder=False, max_completion=max_completion)
     ref = reference_logps(model, ref_params, micro, cfg)
+    assert float(jnp.abs(ref - jnp.asarray(ref_sum.numpy())).max()) <= 1e-4  # the reference pass, separately
     (loss_j, _), grads = jax.value_and_grad(lambda p: batch_loss(model, p, micro, ref, cfg), has_aux=True)(policy)
     assert float(loss_j) == pytest.approx(float(loss_t), rel=1e-5)
 

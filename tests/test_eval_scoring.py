@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 
 import pytest
 import sacrebleu
@@ -32,6 +31,7 @@ from qwen_audio_jax.eval.caption import (
 )
 from qwen_audio_jax.eval.metrics import bleu_tokenizer, corpus_bleu, edit_counts
 from qwen_audio_jax.eval.zh_normalizer import TextNorm, num2chn
+from tests._oracles import require_binary
 
 
 def E(id, reference, source="src", language="en", **kw):
@@ -306,8 +306,8 @@ def test_python_ptb_tokenizer_follows_the_java_conventions():
     )
 
 
-@pytest.mark.skipif(shutil.which("java") is None, reason="needs java for the Stanford PTBTokenizer jar")
 def test_java_ptb_tokenizer_agrees_on_plain_captions():
+    require_binary("java", "the runtime of the Stanford PTBTokenizer jar")
     caps = ["A dog's barking (loudly) and can't stop.", "", "Water is flowing: rain falls on a tin roof."]
     tokenized, backend = ptb_tokenize(caps, "java")
     assert backend == "java" and tokenized == [python_ptb_tokenize(c) for c in caps]

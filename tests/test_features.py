@@ -27,6 +27,7 @@ from qwen_audio_jax.audio.features import (
 )
 from qwen_audio_jax.audio.load import load_audio
 from qwen_audio_jax.errors import ConfigError
+from tests._oracles import require
 from tests._paths import FIXTURE_AUDIO, MEL_FILTERS_NPZ, fixture_clips, require_shared
 
 FEATURE_TOL = 1e-4
@@ -35,8 +36,8 @@ FILTER_TOL = 1e-6
 
 @functools.cache
 def _extractor(n_mels: int):
-    transformers = pytest.importorskip("transformers")
-    pytest.importorskip("torch")  # the extractor's default path when torch is installed
+    transformers = require("transformers", "the parity oracle")
+    require("torch", "the parity oracle")  # the extractor's default path when torch is installed
     return transformers.WhisperFeatureExtractor(feature_size=n_mels)
 
 
@@ -248,7 +249,7 @@ def test_batched_accelerator_path_matches_cpu_loop():
 
 @pytest.mark.parity
 def test_window_rounds_like_torch_hann_window():
-    torch = pytest.importorskip("torch")
+    torch = require("torch", "the parity oracle")
     from qwen_audio_jax.audio.features import _hann_window
 
     ref = torch.hann_window(400).numpy()

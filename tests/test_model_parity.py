@@ -3,7 +3,9 @@
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch", reason="torch is the parity oracle: pip install torch==2.13.0")
+from tests._oracles import require
+
+torch = require("torch", "the parity oracle")
 
 import jax.numpy as jnp  # noqa: E402
 

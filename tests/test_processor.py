@@ -14,6 +14,7 @@ from qwen_audio_jax.audio.load import load_audio
 from qwen_audio_jax.errors import AudioError, PromptError
 from qwen_audio_jax.text.chat_template import audio_parts, make_context_v1, render_chat, v1_from_list_format
 from qwen_audio_jax.text.processor import PreparedRequest, Processor, collate, num_audio_tokens
+from tests._oracles import require
 from tests._paths import fixture_clips
 from tests._tokenizer_dirs import make_qwen2_audio_tokenizer_dir
 from tests._tokenizer_fixtures import *  # noqa: F403 (session fixtures)
@@ -85,7 +86,7 @@ def processor(qwen2_tokenizer):
 
 @pytest.fixture(scope="module")
 def hf_processor(qwen2_tok_dir):
-    transformers = pytest.importorskip("transformers")
+    transformers = require("transformers", "the parity oracle")
     tok = transformers.Qwen2TokenizerFast.from_pretrained(str(qwen2_tok_dir))  # own copy: padding_side mutates
     fe = transformers.WhisperFeatureExtractor(feature_size=128)
     return transformers.Qwen2AudioProcessor(feature_extractor=fe, tokenizer=tok)
@@ -287,7 +288,7 @@ def test_prepare_many_isolates_errors(processor, tmp_path):
 @pytest.mark.parity
 def test_model_dir_chat_template(tmp_path, qwen2_tokenizer):
     """A processor-level chat_template.json is used (as transformers does); tokenizer_config's is not."""
-    transformers = pytest.importorskip("transformers")
+    transformers = require("transformers", "the parity oracle")
     template = (
         "{% for m in messages %}[{{ m['role'] }}]{% if m['content'] is string %}{{ m['content'] }}"
         "{% else %}{% for c in m['content'] %}{% if c['type'] == 'audio' %}<|audio_bos|><|AUDIO|>"
@@ -349,7 +350,7 @@ def test_v1_asr_prompt_ids(v1_processor, v1_clip):
 
 @pytest.mark.parity
 def test_v1_features_match_whisper_80(v1_processor, v1_clip):
-    transformers = pytest.importorskip("transformers")
+    transformers = require("transformers", "the parity oracle")
     wav = load_audio(v1_clip)
     ref = transformers.WhisperFeatureExtractor(feature_size=80)(wav, sampling_rate=16000, return_tensors="np")
     mel = v1_processor.prepare_prompt(f"<audio>{v1_clip}</audio>").mels[0]

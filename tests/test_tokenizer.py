@@ -17,6 +17,7 @@ from qwen_audio_jax.text.tokenizer import (
     load_tokenizer,
     v1_special_tokens,
 )
+from tests._oracles import require
 from tests._tokenizer_fixtures import *  # noqa: F403 (session fixtures)
 
 CORPUS = [
@@ -172,7 +173,7 @@ def test_plain_qwen2_tokenizer_has_no_audio_token(tmp_path):
     shutil.copyfile(merges, tmp_path / "merges.txt")
     tok = Qwen2AudioTokenizer.from_dir(tmp_path)  # no config: transformers' defaults (eos = pad = <|endoftext|>)
     assert tok.eos_id == tok.pad_id == 151643
-    transformers = pytest.importorskip("transformers")
+    transformers = require("transformers", "the parity oracle")
     for hf in (
         transformers.Qwen2TokenizerFast.from_pretrained(str(tmp_path)),
         transformers.Qwen2Tokenizer.from_pretrained(str(tmp_path)),

@@ -13,7 +13,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-torch = pytest.importorskip("torch", reason="torch is the v1 oracle: pip install torch==2.13.0")
+from tests._oracles import require
+
+torch = require("torch", "the v1 oracle")
 
 from qwen_audio_jax import api  # noqa: E402
 from qwen_audio_jax.cli.main import main  # noqa: E402

@@ -7,7 +7,7 @@ and completion token counts. With h = (pi_c - pi_r) - (ref_c - ref_r):
     robust   (-logsigmoid(beta h) (1 - eps) + logsigmoid(-beta h) eps) / (1 - 2 eps)   (rDPO)
     hinge    relu(1 - beta h)                                            (SLiC)
     ipo      (h_avg - 1 / (2 beta))^2, h_avg from per-token (length-normalised) log-probs  (IPO)
-    sft      -pi_c / n_c                                                 (NLL of the chosen completion)
+    sft      -sum(pi_c) / sum(n_c) over the batch's real pairs            (TRL's nll_loss: token-averaged)
 
 A run may weight several (`types`, `weights`), as TRL's `loss_type=[...]` with `loss_weights`.
 """
@@ -52,7 +52,8 @@ class LossConfig:
 
 
 def per_pair_losses(kind: str, pi_c, pi_r, ref_c, ref_r, n_c, n_r, beta: float, eps: float):
-    """Loss per pair [B] for one loss type (all inputs [B], fp32)."""
+    """Loss per pair [B] for one preference loss type (all inputs [B], fp32); `sft` is a batch term
+    (`preference_loss`)."""
     h = (pi_c - pi_r) - (ref_c - ref_r)
     if kind == "sigmoid":
         return -jax.nn.log_sigmoid(beta * h) * (1 - eps) - jax.nn.log_sigmoid(-beta * h) * eps
@@ -64,8 +65,6 @@ def per_pair_losses(kind: str, pi_c, pi_r, ref_c, ref_r, n_c, n_r, beta: float, 
         n_c, n_r = jnp.maximum(n_c, 1.0), jnp.maximum(n_r, 1.0)
         h_avg = (pi_c / n_c - pi_r / n_r) - (ref_c / n_c - ref_r / n_r)
         return (h_avg - 1 / (2 * beta)) ** 2
-    if kind == "sft":
-        return -pi_c / jnp.maximum(n_c, 1.0)
     raise ConfigError(f"unknown loss type {kind!r}")
 
 
@@ -73,11 +72,13 @@ def preference_loss(cfg: LossConfig, pi_c, pi_r, ref_c, ref_r, n_c, n_r, active)
     """(mean loss over active pairs, metrics dict of TRL names). active: [B] 1.0 for real pairs."""
     active = active.astype(jnp.float32)
     count = jnp.maximum(active.sum(), 1.0)
-    losses = sum(
-        w * per_pair_losses(t, pi_c, pi_r, ref_c, ref_r, n_c, n_r, cfg.beta, cfg.label_smoothing)
-        for t, w in zip(cfg.types, cfg.weights)
-    )
-    loss = (losses * active).sum() / count
+    loss = jnp.float32(0.0)
+    for kind, weight in zip(cfg.types, cfg.weights):
+        if kind == "sft":  # TRL's nll_loss: cross-entropy averaged over every chosen completion token of the batch
+            loss += weight * -(pi_c * active).sum() / jnp.maximum((n_c * active).sum(), 1.0)
+        else:
+            losses = per_pair_losses(kind, pi_c, pi_r, ref_c, ref_r, n_c, n_r, cfg.beta, cfg.label_smoothing)
+            loss += weight * (losses * active).sum() / count
     chosen_rewards = cfg.beta * (pi_c - ref_c)
     rejected_rewards = cfg.beta * (pi_r - ref_r)
 
