@@ -8,12 +8,14 @@ from __future__ import annotations
 import gzip
 import importlib.util
 import json
+import re
 import shutil
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+import soundfile as sf
 
 from qwen_audio_jax.bundled import ASSETS
 from qwen_audio_jax.cli.main import main
@@ -103,6 +105,40 @@ def test_demo_argument_errors(tmp_path, capsys):
     missing = tmp_path / "nothing-here.wav"
     assert main(["demo", "--audio", str(missing)]) == 2  # bad input: one line, exit status 2
     assert "nothing-here.wav" in capsys.readouterr().err
+
+
+def _demo_cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "qwen_audio_jax.cli.main", "demo", *args]
+    return subprocess.run(command, capture_output=True, text=True, cwd=cwd, timeout=600)
+
+
+def test_demo_compiles_once_then_reads_the_compilation_cache(tmp_path):
+    """Like `generate`, `demo` keeps its programs in the persistent compilation cache (--compilation-cache here, a
+    fresh dir): the first run says it compiles and how many programs it compiled, the second reads them all back."""
+    cache, clip = tmp_path / "xla", str(DEMO_CLIPS / load_demo_items()[0].clip)
+    first = _demo_cli("--audio", clip, "--compilation-cache", str(cache))
+    assert first.returncode == 0, first.stderr
+    assert f"compiling the model's programs, or reading them from the compilation cache {cache}" in first.stdout
+    compiled = re.search(r"answered in [\d.]+ s \([\d.]+ s compiling (\d+) programs\)", first.stdout)
+    assert compiled and int(compiled.group(1)) > 0 and any(cache.iterdir()), first.stdout
+    second = _demo_cli("--audio", clip, "--compilation-cache", str(cache))
+    assert second.returncode == 0, second.stderr
+    assert f"its {compiled.group(1)} programs read from the compilation cache" in second.stdout, second.stdout
+    assert second.stdout.splitlines()[-1] == first.stdout.splitlines()[-1]  # the same answer
+
+
+def test_demo_long_audio_warning_is_one_line_naming_the_flag(tmp_path):
+    t = np.arange(31 * 16000) / 16000
+    sf.write(tmp_path / "long.wav", (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32), 16000)
+    truncated = _demo_cli("--audio", "long.wav", cwd=tmp_path)
+    assert truncated.returncode == 0, truncated.stderr
+    assert truncated.stderr.splitlines() == [
+        "warning: long.wav is 31.0 s long and was truncated to its first 30 s (as the reference does); pass "
+        '--long-audio chunk (Python: long_audio="chunk") to use all of it as several 30 s clips.'
+    ]
+    chunked = _demo_cli("--audio", "long.wav", "--long-audio", "chunk", cwd=tmp_path)
+    assert chunked.returncode == 0 and chunked.stderr == "", chunked.stderr
+    assert chunked.stdout.splitlines()[-1]  # an answer, over both 30 s clips
 
 
 @pytest.mark.parity

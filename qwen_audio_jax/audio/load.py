@@ -32,10 +32,15 @@ __all__ = [
     "SAMPLE_RATE",
     "MAX_SAMPLES",
     "LONG_AUDIO_POLICIES",
+    "LongAudioWarning",
     "load_audio",
     "as_waveform",
     "split_long_audio",
 ]
+
+
+class LongAudioWarning(UserWarning):
+    """A clip over 30 s was truncated (the command line prints it as one `warning:` line naming the flag)."""
 
 
 def _check_samples(wav: np.ndarray, source: str) -> np.ndarray:
@@ -203,10 +208,10 @@ def split_long_audio(wav: np.ndarray, policy: str = "truncate", source: str = "<
         return [wav]
     if policy == "truncate":
         warnings.warn(
-            f"{source}: audio is {n / SAMPLE_RATE:.1f} s long; only the first {MAX_SAMPLES // SAMPLE_RATE} s are "
-            "used (truncated, as the reference does); use the 'chunk' long-audio policy to keep all of it as "
-            "several clips.",
-            UserWarning,
+            f"{source} is {n / SAMPLE_RATE:.1f} s long and was truncated to its first {MAX_SAMPLES // SAMPLE_RATE} s "
+            '(as the reference does); pass --long-audio chunk (Python: long_audio="chunk") to use all of it as '
+            "several 30 s clips.",
+            LongAudioWarning,
             stacklevel=2,
         )
         return [wav[:MAX_SAMPLES]]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from qwen_audio_jax.cli.args import positive_int
+from qwen_audio_jax.runtime import CACHE_FLAG_HELP
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -23,27 +24,43 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-new-tokens", type=positive_int, default=None, help="default 24 (48 with --audio)")
     p.add_argument("--output", default=None, help="also write the results as JSON lines here")
     p.add_argument("--overwrite", action="store_true", help="replace --output if it holds earlier results")
+    p.add_argument(
+        "--long-audio",
+        choices=["truncate", "chunk"],
+        default="truncate",
+        help="--audio over 30 s: keep the first 30 s (reference) or split it into 30 s clips",
+    )
+    p.add_argument("--compilation-cache", default=None, metavar="DIR", help=CACHE_FLAG_HELP)
     p.set_defaults(func=_demo)
 
 
 def _demo(args) -> int:
+    from qwen_audio_jax.cli.args import start_runtime
     from qwen_audio_jax.demo.bundle import DEMO_MODEL
     from qwen_audio_jax.demo.run import answer_audio, run_demo
     from qwen_audio_jax.errors import ConfigError
 
     model_dir = args.model or DEMO_MODEL
+    if args.audio is None and args.ask is not None:
+        raise ConfigError("--ask is a question about --audio FILE; pass the file too.")
+    if args.audio is not None and args.output is not None:
+        raise ConfigError("--output writes the bundled clips' results; with --audio the answer is printed.")
+    start_runtime(args)  # the persistent compilation cache, as every other command: a second run compiles nothing
     if args.audio is None:
-        if args.ask is not None:
-            raise ConfigError("--ask is a question about --audio FILE; pass the file too.")
         run_demo(
             model_dir=model_dir,
             batch_size=args.batch_size,
             max_new_tokens=args.max_new_tokens or 24,
             output=args.output,
             overwrite=args.overwrite,
+            long_audio=args.long_audio,
         )
     else:
-        if args.output is not None:
-            raise ConfigError("--output writes the bundled clips' results; with --audio the answer is printed.")
-        answer_audio(args.audio, args.ask, model_dir=model_dir, max_new_tokens=args.max_new_tokens or 48)
+        answer_audio(
+            args.audio,
+            args.ask,
+            model_dir=model_dir,
+            max_new_tokens=args.max_new_tokens or 48,
+            long_audio=args.long_audio,
+        )
     return 0

@@ -14,8 +14,12 @@ import sys
 import tempfile
 import time
 import traceback
+import warnings
 
 from qwen_audio_jax.errors import QwenAudioError
+
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.realpath(__file__))) + os.sep
+_python_formatwarning = warnings.formatwarning
 
 # module defining `add_parsers(subparsers)` for each group of subcommands
 COMMAND_MODULES = (
@@ -39,10 +43,36 @@ def build_parser() -> argparse.ArgumentParser:
         description="Qwen2-Audio and Qwen-Audio in JAX: convert checkpoints, batch inference, scoring, "
         "evaluation, SFT/DPO training.",
     )
+    parser.add_argument("--version", action=_Version, help="print the version and exit")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
     for module in COMMAND_MODULES:
         importlib.import_module(module).add_parsers(sub)
     return parser
+
+
+class _Version(argparse.Action):
+    """--version, read from the installed package's metadata only when asked."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            text = version("qwen-audio-jax")
+        except PackageNotFoundError:  # a source tree that was never installed
+            text = "(not installed)"
+        print(f"{parser.prog} {text}")
+        parser.exit(0)
+
+
+def _format_warning(message, category, filename, lineno, line=None) -> str:
+    """This package's warnings (a truncated long clip...) as one line, like its errors; others as Python shows
+    them."""
+    if os.path.realpath(filename).startswith(_PACKAGE_DIR):
+        return f"warning: {message}\n"
+    return _python_formatwarning(message, category, filename, lineno, line)
 
 
 def _report_bug(exc: BaseException) -> int:
@@ -59,6 +89,7 @@ def _report_bug(exc: BaseException) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    warnings.formatwarning = _format_warning
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as e:  # --help (0) or a usage error (2): returned, so main() can be called in-process

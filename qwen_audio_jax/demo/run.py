@@ -39,18 +39,46 @@ def _job(model, batch_size: int, max_new_tokens: int, base_dir: Path | None = No
     )
 
 
-def _load(model_dir: Path, log: Callable[[str], None]):
+def _load(model_dir: Path, log: Callable[[str], None], long_audio: str = "truncate"):
     from qwen_audio_jax import api
     from qwen_audio_jax.model.params import count_params
 
     start = time.perf_counter()
-    model = api.load(model_dir)
+    model = api.load(model_dir, long_audio=long_audio)
     d, a = model.config.decoder, model.config.audio
     log(
         f"model: {model_dir} ({count_params(model.params) / 1e6:.1f}M params: {a.num_layers}-layer audio encoder, "
         f"{d.num_layers}-layer decoder of width {d.hidden_size}; loaded in {time.perf_counter() - start:.1f} s)"
     )
     return model
+
+
+def _compiling(log: Callable[[str], None]) -> tuple[int, int, float]:
+    """Says, before the first device call, that the first run compiles and where the programs are kept; returns
+    the compile counters to report against (`_compiled`)."""
+    import jax
+
+    from qwen_audio_jax.runtime import track_compilations
+
+    cache = jax.config.jax_compilation_cache_dir
+    if cache:
+        log(f"compiling the model's programs, or reading them from the compilation cache {cache} (after a first run)")
+    else:
+        log("compiling the model's programs (no compilation cache: every run compiles them)")
+    stats = track_compilations()
+    return stats.compiled, stats.cache_hits, stats.seconds
+
+
+def _compiled(before: tuple[int, int, float]) -> str:
+    """What compiling cost since `before`: "5.2 s compiling 8 programs" or "8 programs from the cache"."""
+    from qwen_audio_jax.runtime import track_compilations
+
+    stats = track_compilations()
+    compiled, hits = stats.compiled - before[0], stats.cache_hits - before[1]
+    if compiled:
+        cached = f", {hits} from the compilation cache" if hits else ""
+        return f"{stats.seconds - before[2]:.1f} s compiling {compiled} programs{cached}"
+    return f"its {hits} programs read from the compilation cache" if hits else "nothing compiled"
 
 
 def _percent(x: float | None) -> str:
@@ -91,6 +119,7 @@ def run_demo(
     max_new_tokens: int = 24,
     output: str | Path | None = None,
     overwrite: bool = False,
+    long_audio: str = "truncate",
     log: Callable[[str], None] = print,
 ) -> dict:
     """Greedy answers to every bundled held-out request, printed with the expected answer, then the figures.
@@ -105,8 +134,9 @@ def run_demo(
     if output is not None:
         output = check_result_file(output, input_path=None, resume=False, overwrite=overwrite)
     items = load_demo_items(Path(clips_dir))
-    model = _load(Path(model_dir), log)
+    model = _load(Path(model_dir), log, long_audio)
     log(f"asking it about {len(items)} held-out clips it never heard in training (greedy, batches of {batch_size})")
+    before = _compiling(log)
     t = time.perf_counter()
     results = run_list(
         _job(model, batch_size, max_new_tokens, Path(clips_dir).absolute()), [it.request for it in items]
@@ -116,7 +146,7 @@ def run_demo(
         _show(i, len(items), item, result, log)
     figures = score_answers((it.kind, it.expected, r["text"]) for it, r in zip(items, results, strict=True))
     same = sum(r["text"] == it.trained_model_output for it, r in zip(items, results, strict=True))
-    log(f"these {len(items)} clips: {describe_figures(figures)}  ({generate_s:.1f} s incl. compilation)")
+    log(f"these {len(items)} clips: {describe_figures(figures)}  ({generate_s:.1f} s: {_compiled(before)})")
     recorded = recorded_figures(Path(model_dir))
     if recorded is not None:
         log(
@@ -137,6 +167,7 @@ def answer_audio(
     *,
     model_dir: str | Path = DEMO_MODEL,
     max_new_tokens: int = 48,
+    long_audio: str = "truncate",
     log: Callable[[str], None] = print,
 ) -> str:
     """The model's answer about one audio file (default question: DEFAULT_QUESTION); logged last, returned."""
@@ -146,18 +177,21 @@ def answer_audio(
 
     wav = load_audio(str(audio))  # AudioError naming the file for a missing / unreadable one
     seconds = len(wav) / SAMPLE_RATE
-    model = _load(Path(model_dir), log)
+    model = _load(Path(model_dir), log, long_audio)
     if seconds > TRAINED_MAX_SECONDS:
         log(
             f"note: {audio} is {seconds:.1f} s long; the demo model only heard clips of up to "
             f"{TRAINED_MAX_SECONDS} s, so expect a poor answer (a converted Qwen2-Audio checkpoint handles 30 s)."
         )
     question = question or DEFAULT_QUESTION
-    content = [{"type": "audio", "audio": wav}, {"type": "text", "text": question}]
+    content = [{"type": "audio", "audio": str(audio)}, {"type": "text", "text": question}]  # named in warnings
     request = {"id": "audio", "messages": [{"role": "user", "content": content}]}
+    before = _compiling(log)
+    t = time.perf_counter()
     [result] = run_list(_job(model, 1, max_new_tokens), [request])
     if result["error"] is not None:
         raise AudioError(f"{audio}: {result['error']}")
+    log(f"answered in {time.perf_counter() - t:.1f} s ({_compiled(before)})")
     log(f"asked about {audio} ({seconds:.1f} s): {question}")
     log(result["text"])
     return result["text"]
