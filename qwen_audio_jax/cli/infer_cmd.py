@@ -44,6 +44,12 @@ def _common(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing results file")
     p.add_argument(
+        "--ordered",
+        action="store_true",
+        help="lines come in completion order; with --ordered the file is rewritten in input order once every "
+        "request is answered (an interrupted run keeps completion order and resumes as usual)",
+    )
+    p.add_argument(
         "--long-audio",
         choices=["truncate", "chunk"],
         default="truncate",
@@ -98,7 +104,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     add_engine_flags(p)
     p.set_defaults(func=_generate)
 
-    p = sub.add_parser("score", help="summed log-prob of given completions (DPO reference, multiple choice)")
+    p = sub.add_parser(
+        "score",
+        help="summed log-prob of given completions (DPO reference, multiple choice)",
+        description='Scores every request line: the summed log-prob (fp32) of its "completion" (or of each of '
+        'its "completions") given its prompt or chat turns, with the number of completion tokens; a bad request '
+        "gets an error line and every other request is scored.",
+    )
     _common(p)
     p.set_defaults(func=_score)
 
@@ -153,6 +165,7 @@ def _generate(args) -> int:
         retry_errors=args.retry_errors,
         progress=not args.no_progress,
         workers=args.workers,
+        ordered=args.ordered,
     )
     return _finish(args, summary, load_s)
 
@@ -173,6 +186,7 @@ def _score(args) -> int:
         retry_errors=args.retry_errors,
         progress=not args.no_progress,
         workers=args.workers,
+        ordered=args.ordered,
     )
     return _finish(args, summary, load_s)
 

@@ -18,6 +18,7 @@ from qwen_audio_jax.errors import ConfigError
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
+    from qwen_audio_jax.config import PRESETS
     from qwen_audio_jax.sharding.planner import DEFAULT_MARGIN, DEVICE_MEMORY_GIB, REMAT_POLICIES
 
     p = sub.add_parser(
@@ -30,7 +31,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--model",
         required=True,
-        help="preset name (qwen2_audio_7b, tiny) or a model dir written by `qwen-audio-jax convert`",
+        help=f"preset name ({', '.join(PRESETS)}) or a model dir written by `qwen-audio-jax convert`",
     )
     p.add_argument(
         "--mesh",

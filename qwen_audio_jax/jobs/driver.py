@@ -21,7 +21,7 @@ from tqdm import tqdm
 from qwen_audio_jax.checkpoint.safe_write import check_result_file
 from qwen_audio_jax.jobs.pipeline import PreparedStream
 from qwen_audio_jax.jobs.records import Record, read_records, records_from_list
-from qwen_audio_jax.jobs.results import ResultWriter, error_ids, merge_parts
+from qwen_audio_jax.jobs.results import ResultWriter, error_ids, merge_parts, order_results
 from qwen_audio_jax.runtime import track_compilations
 
 
@@ -89,8 +89,10 @@ def run_file(
     retry_errors: bool = False,
     progress: bool = True,
     workers: int | None = None,
+    ordered: bool = False,
 ) -> dict:
     """Streams results to `output_path`. Returns the summary (requests, errors, skipped, seconds, ...).
+    Lines come in completion order; with `ordered`, a completed run's file is then rewritten in input order.
 
     The output is checked before anything runs: it may not be the input, a directory, or an existing file that
     is not one of our results (checkpoint/safe_write.py); --resume and --overwrite together are refused."""
@@ -137,6 +139,8 @@ def run_file(
             workers=workers,
             total=len(records),
         )
+    if ordered and me == 0:  # every request is answered by now: the rewrite never meets a half-done file
+        summary["ordered"] = order_results(output_path, [r.id for r in records])
     seconds = time.perf_counter() - start
     summary.update(
         seconds=round(seconds, 3),

@@ -4,6 +4,9 @@ Results are appended and flushed as they come (fsync), so a killed run loses at 
 `--resume` drops a torn last line, keeps every complete result and skips the ids already answered; with
 `--retry-errors` a request whose line is an error is removed from the file and tried again. A writer holds
 the file's lock (checkpoint/locks.py) from opening to closing, so two runs never write one file.
+
+Lines are in completion order (a short request finishes before a long one that came earlier); `order_results`
+rewrites a complete file in input order (`--ordered`), only once every request is answered.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from qwen_audio_jax.checkpoint.locks import acquire, release, sidecar_lock
+from qwen_audio_jax.checkpoint.locks import acquire, locked, release, sidecar_lock
 from qwen_audio_jax.errors import OutputError
 
 
@@ -140,6 +143,43 @@ def merge_parts(output: str | Path, parts: list[Path], keep_existing: bool, retr
     os.replace(tmp, output)
     for p in parts:
         p.unlink(missing_ok=True)
+
+
+def order_results(path: str | Path, ids: list[str]) -> bool:
+    """Rewrites the results file `path` in the order of `ids` (the input order), atomically, once every id has
+    its line; lines of other ids (an earlier run's) follow in their order. Returns whether it did: a file that
+    still lacks an answer keeps its completion order, so an interrupted run resumes exactly as without it.
+
+    Holds the file's lock; the file is indexed by byte offsets, so memory stays small for any size."""
+    path = Path(path).absolute()
+    with locked(sidecar_lock(path), path):
+        offsets: dict[str, tuple[int, int]] = {}
+        with open(path, "rb") as f:
+            start = 0
+            for raw in f:
+                if raw.endswith(b"\n"):  # complete lines only
+                    for _, rid, _ in _result_lines(raw.decode("utf-8", errors="replace")):
+                        offsets.setdefault(rid, (start, len(raw)))
+                start += len(raw)
+            if any(rid not in offsets for rid in ids):
+                return False
+            wanted = set(ids)
+            order = list(ids) + [rid for rid in offsets if rid not in wanted]
+            tmp = path.with_name(f".{path.name}.ordered.tmp")
+            try:
+                with open(tmp, "wb") as out:
+                    for rid in order:
+                        f.seek(offsets[rid][0])
+                        out.write(f.read(offsets[rid][1]))
+                    out.flush()
+                    os.fsync(out.fileno())
+                os.replace(tmp, path)
+            except OSError as e:
+                tmp.unlink(missing_ok=True)
+                raise OutputError(
+                    f"cannot write {path} in input order ({e.strerror}); it is complete, in completion order."
+                ) from None
+    return True
 
 
 def _result_lines(text: str) -> Iterator[tuple[str, str, bool]]:

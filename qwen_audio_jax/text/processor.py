@@ -36,6 +36,7 @@ from qwen_audio_jax.text.chat_template import (
     v1_extract_audio_paths,
     v1_messages_to_context_args,
 )
+from qwen_audio_jax.text.prompt_generation import check_prompt_generation, message_texts
 from qwen_audio_jax.text.tokenizer import AUDIO_BOS, AUDIO_EOS, AUDIO_TOKEN, Tokenizer, load_tokenizer
 
 VARIANTS = MODEL_TYPES
@@ -221,6 +222,7 @@ class Processor:
         `audio`) or `<audio>path</audio>` (v1; `audio`, if given, replaces the span paths in order)."""
         if not isinstance(prompt, str):
             raise PromptError(f"a prompt must be a string, got {type(prompt)}")
+        check_prompt_generation(prompt, self.tokenizer, self.variant == QWEN_AUDIO_V1)
         if self.variant == QWEN_AUDIO_V1:
             return self._prepare_v1_prompt(prompt, audio, completion)
         return self._prepare_v2_text(prompt, list(audio or []), completion)
@@ -229,6 +231,7 @@ class Processor:
         self, messages: Sequence[dict], completion: str | None = None, add_generation_prompt: bool = True
     ) -> PreparedRequest:
         """Chat turns; audio parts `{"type": "audio", "audio": path_or_array}` (or `audio_url`/`url`/`path`)."""
+        check_prompt_generation(message_texts(messages), self.tokenizer, self.variant == QWEN_AUDIO_V1)
         if self.variant == QWEN_AUDIO_V1:
             return self._prepare_v1_messages(messages, completion)
         text = render_chat(
