@@ -1,12 +1,14 @@
-"""The README's training commands run verbatim from a fresh clone: the "train, sft, dpo" section's first bash block
-is run line by line as a shell would, in a directory laid out like the repository root (its `configs/` and
-`qwen_audio_jax/`), and the sample data those lines name is the one `qwen_audio_jax/demo/samples.py` builds."""
+"""The README's demo and training commands run verbatim from a fresh clone: the first bash block of the "demo" and
+of the "train, sft, dpo" sections is run line by line as a shell would, in a directory laid out like the repository
+root (its `configs/` and `qwen_audio_jax/`), and the sample data the training lines name is the one
+`qwen_audio_jax/demo/samples.py` builds."""
 
 from __future__ import annotations
 
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -50,13 +52,37 @@ def test_sample_sets_are_the_built_ones_and_their_clips_exist():
         assert clips and all((SAMPLE_SFT.parent / clip).is_file() for clip in clips)
 
 
-def test_training_commands_run_verbatim(tmp_path):
+def _run_verbatim(commands: list[str], workspace: Path) -> list[subprocess.CompletedProcess]:
     for name in ("configs", "qwen_audio_jax"):
-        os.symlink(REPO / name, tmp_path / name)
+        os.symlink(REPO / name, workspace / name)
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    for command in _section_commands("train, sft, dpo"):
-        done = subprocess.run(["bash", "-c", command], cwd=tmp_path, env=env, capture_output=True, text=True)
+    runs = []
+    for command in commands:
+        done = subprocess.run(["bash", "-c", command], cwd=workspace, env=env, capture_output=True, text=True)
         assert done.returncode == 0, f"{command}\n{done.stderr[-3000:]}"
+        runs.append(done)
+    return runs
+
+
+def test_demo_commands_run_verbatim(tmp_path):
+    """The --audio lines ask the bundled clips what their held-out requests asked, so the answers are the ones the
+    model gave when it was trained."""
+    from qwen_audio_jax.demo.bundle import load_demo_items
+
+    commands = _section_commands("demo")
+    words = [shlex.split(c, comments=True) for c in commands]
+    assert [w[:3] for w in words] == [["qwen-audio-jax", "demo"]] + [["qwen-audio-jax", "demo", "--audio"]] * 2
+    demo, *asked = _run_verbatim(commands, tmp_path)
+    assert "[20/20]" in demo.stdout and "full held-out split" in demo.stdout
+    items = {(Path(it.clip).name, it.question): it for it in load_demo_items() if "messages" in it.request}
+    for argv, done in zip(words[1:], asked, strict=True):
+        question = argv[argv.index("--ask") + 1] if "--ask" in argv else "What sound is this?"
+        item = items[Path(argv[3]).name, question]
+        assert done.stdout.splitlines()[-1] == item.trained_model_output, done.stdout
+
+
+def test_training_commands_run_verbatim(tmp_path):
+    _run_verbatim(_section_commands("train, sft, dpo"), tmp_path)
     for run in ("s", "a"):
         assert (tmp_path / "runs" / run / "model" / "config.json").is_file()
         report = json.loads((tmp_path / "runs" / run / "data_report.json").read_text())

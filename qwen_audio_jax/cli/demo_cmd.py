@@ -20,7 +20,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--audio", default=None, help="an audio file to ask about instead of the bundled clips")
     p.add_argument("--ask", default=None, help='the question about --audio (default: "What sound is this?")')
     p.add_argument("--model", default=None, help="another model dir to run the demo with (default: the bundled one)")
-    p.add_argument("--batch-size", type=positive_int, default=8)
+    p.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=8,
+        help="decode slots (default 8; the same for --audio, so one run's compiled programs serve the other)",
+    )
     p.add_argument("--max-new-tokens", type=positive_int, default=None, help="default 24 (48 with --audio)")
     p.add_argument("--output", default=None, help="also write the results as JSON lines here")
     p.add_argument("--overwrite", action="store_true", help="replace --output if it holds earlier results")
@@ -62,5 +67,6 @@ def _demo(args) -> int:
             model_dir=model_dir,
             max_new_tokens=args.max_new_tokens or 48,
             long_audio=args.long_audio,
+            batch_size=args.batch_size,
         )
     return 0

@@ -168,9 +168,11 @@ def answer_audio(
     model_dir: str | Path = DEMO_MODEL,
     max_new_tokens: int = 48,
     long_audio: str = "truncate",
+    batch_size: int = 8,
     log: Callable[[str], None] = print,
 ) -> str:
-    """The model's answer about one audio file (default question: DEFAULT_QUESTION); logged last, returned."""
+    """The model's answer about one audio file (default question: DEFAULT_QUESTION); logged last, returned.
+    `batch_size` sizes the engine as `run_demo` does, so either one's compiled programs serve the other."""
     from qwen_audio_jax.audio.constants import SAMPLE_RATE
     from qwen_audio_jax.audio.load import load_audio
     from qwen_audio_jax.jobs.driver import run_list
@@ -188,7 +190,7 @@ def answer_audio(
     request = {"id": "audio", "messages": [{"role": "user", "content": content}]}
     before = _compiling(log)
     t = time.perf_counter()
-    [result] = run_list(_job(model, 1, max_new_tokens), [request])
+    [result] = run_list(_job(model, batch_size, max_new_tokens), [request])
     if result["error"] is not None:
         raise AudioError(f"{audio}: {result['error']}")
     log(f"answered in {time.perf_counter() - t:.1f} s ({_compiled(before)})")
