@@ -19,7 +19,7 @@ import warnings
 from qwen_audio_jax.errors import QwenAudioError
 
 _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.realpath(__file__))) + os.sep
-_python_formatwarning = warnings.formatwarning
+_python_showwarning = warnings.showwarning
 
 # module defining `add_parsers(subparsers)` for each group of subcommands
 COMMAND_MODULES = (
@@ -67,12 +67,14 @@ class _Version(argparse.Action):
         parser.exit(0)
 
 
-def _format_warning(message, category, filename, lineno, line=None) -> str:
-    """This package's warnings (a truncated long clip...) as one line, like its errors; others as Python shows
-    them."""
-    if os.path.realpath(filename).startswith(_PACKAGE_DIR):
-        return f"warning: {message}\n"
-    return _python_formatwarning(message, category, filename, lineno, line)
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """This package's warnings (a truncated long clip...) as one line, like its errors, written around any
+    progress bar; others as Python shows them."""
+    if not os.path.realpath(filename).startswith(_PACKAGE_DIR):
+        return _python_showwarning(message, category, filename, lineno, file, line)
+    from tqdm import tqdm
+
+    tqdm.write(f"warning: {message}", file=file or sys.stderr)
 
 
 def _report_bug(exc: BaseException) -> int:
@@ -89,7 +91,7 @@ def _report_bug(exc: BaseException) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    warnings.formatwarning = _format_warning
+    warnings.showwarning = _show_warning
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as e:  # --help (0) or a usage error (2): returned, so main() can be called in-process
