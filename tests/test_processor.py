@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from qwen_audio_jax.audio.load import load_audio
+from qwen_audio_jax.audio.load_v1 import load_audio_v1
 from qwen_audio_jax.errors import AudioError, PromptError
 from qwen_audio_jax.text.chat_template import audio_parts, make_context_v1, render_chat, v1_from_list_format
 from qwen_audio_jax.text.processor import PreparedRequest, Processor, collate, num_audio_tokens
@@ -343,7 +344,8 @@ def test_v1_asr_prompt_ids(v1_processor, v1_clip):
     assert req.token_ids == [155163, *[151851] * 100, 155164, 151852, 151859, 151855, 151859, 151868, 154877]
     assert len(req.mels) == 1 and req.mels[0].shape == (80, 3000)
     # An explicit waveform replaces the span's path, in order.
-    again = v1_processor.prepare_prompt(f"<audio>any label</audio>{V1_ASR_TAGS}", audio=[load_audio(v1_clip)])
+    # A v1 file loads as Qwen-Audio loads it (FFmpeg, 16-bit: tests/test_audio_load_v1.py), an array as given.
+    again = v1_processor.prepare_prompt(f"<audio>any label</audio>{V1_ASR_TAGS}", audio=[load_audio_v1(v1_clip)])
     assert again.token_ids == req.token_ids
     np.testing.assert_array_equal(again.mels[0], req.mels[0])
 
@@ -351,7 +353,7 @@ def test_v1_asr_prompt_ids(v1_processor, v1_clip):
 @pytest.mark.parity
 def test_v1_features_match_whisper_80(v1_processor, v1_clip):
     transformers = require("transformers", "the parity oracle")
-    wav = load_audio(v1_clip)
+    wav = load_audio_v1(v1_clip)  # Qwen-Audio's loading (tests/test_audio_load_v1.py checks it against ffmpeg)
     ref = transformers.WhisperFeatureExtractor(feature_size=80)(wav, sampling_rate=16000, return_tensors="np")
     mel = v1_processor.prepare_prompt(f"<audio>{v1_clip}</audio>").mels[0]
     np.testing.assert_allclose(mel, ref["input_features"][0], atol=FEATURE_ATOL, rtol=0)

@@ -1,4 +1,5 @@
-"""The audio front end: loading any format at any rate, Whisper log-mel features, the clip length formulas.
+"""The audio front end: loading any format at any rate (Qwen-Audio v1 files through FFmpeg, as its reference
+does), Whisper log-mel features, the clip length formulas.
 
 from qwen_audio_jax.audio import load_audio, log_mel_numpy
 """
@@ -9,6 +10,7 @@ __getattr__, __dir__, __all__ = lazy_exports(
     __name__,
     {
         "load_audio": "qwen_audio_jax.audio.load",
+        "load_audio_v1": "qwen_audio_jax.audio.load_v1",
         "split_long_audio": "qwen_audio_jax.audio.load",
         "log_mel_numpy": "qwen_audio_jax.audio.features",
         "log_mel_jax": "qwen_audio_jax.audio.features",

@@ -34,6 +34,8 @@ __all__ = [
     "LONG_AUDIO_POLICIES",
     "LongAudioWarning",
     "load_audio",
+    "checked_path",
+    "check_samples",
     "as_waveform",
     "split_long_audio",
 ]
@@ -43,7 +45,7 @@ class LongAudioWarning(UserWarning):
     """A clip over 30 s was truncated (the command line prints it as one `warning:` line naming the flag)."""
 
 
-def _check_samples(wav: np.ndarray, source: str) -> np.ndarray:
+def check_samples(wav: np.ndarray, source: str) -> np.ndarray:
     """Reject empty and non-finite waveforms; `wav` is (N,) float32 (or (C, N) before the downmix)."""
     if wav.size == 0 or wav.shape[-1] == 0:
         raise AudioError(f"{source}: the audio has zero samples; pass a clip that contains at least one sample.")
@@ -69,6 +71,16 @@ def load_audio(path: str | os.PathLike) -> np.ndarray:
       AudioError: the file is missing, is a directory or not a regular file (a FIFO would block forever), cannot
         be decoded, has zero samples, or holds NaN/Inf.
     """
+    p = checked_path(path)
+    # Decode at the native rate first so a NaN/Inf or empty file gets its own message (librosa's own check says
+    # only "not finite", and soxr would smear a single NaN over the whole clip).
+    native, native_sr = _decode(p)
+    return as_waveform(native, native_sr, source=str(p))
+
+
+def checked_path(path: str | os.PathLike) -> Path:
+    """`path` as a Path after the checks every loader makes first: it exists, is not a directory, and is a regular
+    file (a FIFO or a device would block a decoder forever). Anything else raises AudioError naming the fix."""
     p = Path(path)
     if not p.exists():
         where = "" if p.is_absolute() else f" (relative paths are resolved from {Path.cwd()})"
@@ -83,10 +95,7 @@ def load_audio(path: str | os.PathLike) -> np.ndarray:
         raise AudioError(
             f"{p}: is not a regular file (a pipe, a device or a socket); save the audio to a file and pass that."
         )
-    # Decode at the native rate first so a NaN/Inf or empty file gets its own message (librosa's own check says
-    # only "not finite", and soxr would smear a single NaN over the whole clip).
-    native, native_sr = _decode(p)
-    return as_waveform(native, native_sr, source=str(p))
+    return p
 
 
 # Containers libsndfile decodes itself: when it rejects one of these the file is corrupt, and librosa's audioread
@@ -171,7 +180,7 @@ def as_waveform(x: np.ndarray, sample_rate: int, source: str = "<array>") -> np.
         )
     if x.ndim == 2 and x.shape[0] > x.shape[1]:
         x = x.T  # (N, C) -> (C, N)
-    x = _check_samples(x.astype(np.float32, copy=False), source)
+    x = check_samples(x.astype(np.float32, copy=False), source)
     if x.ndim == 2:
         x = x.mean(axis=0, dtype=np.float32)  # librosa.to_mono: plain channel average
     if int(sample_rate) != SAMPLE_RATE:

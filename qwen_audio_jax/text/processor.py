@@ -26,6 +26,7 @@ import numpy as np
 from qwen_audio_jax.audio.features import log_mel_numpy, mel_length
 from qwen_audio_jax.audio.lengths import num_audio_tokens
 from qwen_audio_jax.audio.load import LONG_AUDIO_POLICIES, SAMPLE_RATE, as_waveform, load_audio, split_long_audio
+from qwen_audio_jax.audio.load_v1 import load_audio_v1
 from qwen_audio_jax.config import MODEL_TYPES, QWEN_AUDIO_V1
 from qwen_audio_jax.errors import ConfigError, PromptError, QwenAudioError
 from qwen_audio_jax.text.chat_template import (
@@ -197,8 +198,8 @@ class Processor:
 
     def _clips(self, src, what: str) -> list[tuple[np.ndarray, int]]:
         """One audio input (path, 16 kHz array, (array, rate) or {"array", "sampling_rate"}) -> [(mel, L)] per clip."""
-        if isinstance(src, (str, os.PathLike)):
-            wav, name = load_audio(src), str(src)
+        if isinstance(src, (str, os.PathLike)):  # files load as the variant's reference loads them
+            wav, name = (load_audio_v1 if self.variant == QWEN_AUDIO_V1 else load_audio)(src), str(src)
         elif isinstance(src, np.ndarray):
             wav, name = as_waveform(src, SAMPLE_RATE, source=what), what
         elif isinstance(src, tuple) and len(src) == 2:
