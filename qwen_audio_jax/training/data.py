@@ -16,19 +16,28 @@ Every form becomes a `PreferenceExample` whose request is in the processor's for
 file's folder (so a dataset folder can move whole). A record that cannot be used is reported as (id, sentence),
 never raised: one bad line must not stop a run, but the report says how many were dropped and why.
 
-`validate_examples` prepares every example up front (audio loaded once per example, shared by chosen and rejected)
-and drops, never truncates, what cannot be trained on: cutting a sequence could cut inside an `<|AUDIO|>` span, and
-a silently shortened completion would bias the preference.
+`validate_examples` prepares every example up front on a thread pool (audio loaded once per example, shared by
+chosen and rejected; for training start-up, `keep_mels=False`, a wav / flac clip is not even decoded: its length
+comes from the file header) and drops, never truncates, what cannot be trained on: cutting a sequence could cut
+inside an `<|AUDIO|>` span, and a silently shortened completion would bias the preference.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import os
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
+from qwen_audio_jax.audio.constants import SAMPLE_RATE
+from qwen_audio_jax.audio.load import load_audio
+from qwen_audio_jax.audio.load_v1 import load_audio_v1
 from qwen_audio_jax.config import QWEN_AUDIO_V1
 from qwen_audio_jax.errors import AudioError, ConfigError, DataError, QwenAudioError
 from qwen_audio_jax.jsonl import iter_jsonl, open_jsonl
@@ -43,6 +52,7 @@ __all__ = [
     "ValidationReport",
     "read_examples",
     "validate_examples",
+    "clip_samples_16k",
     "pair_fingerprint",
 ]
 
@@ -187,6 +197,7 @@ def validate_examples(
     source: str = "<examples>",
     completion_suffix: str = "",
     keep_mels: bool = True,
+    workers: int = 8,
 ) -> tuple[list[PreparedPair], ValidationReport]:
     """Prepare every example; drop (never truncate) the ones that cannot be trained on.
 
@@ -199,9 +210,11 @@ def validate_examples(
       source: the data file, named in the report and in the error.
       completion_suffix: text appended to every completion before tokenizing (e.g. "<|im_end|>", so the policy
         learns to end its turn); counted in max_length. Whoever prepares the batches later must append it too.
-      keep_mels: False empties each pair's `mels` once it is validated (token ids and mel lengths stay): a clip's
-        log-mel is 1.5 MB at 128 bins, so holding every clip of a large dataset is not an option when the
-        batches are prepared again later anyway.
+      keep_mels: False returns pairs without `mels` (token ids and mel lengths only): a clip's log-mel is 1.5 MB at
+        128 bins, so holding every clip of a large dataset is not an option when the batches are prepared again
+        later anyway. Then a wav / flac clip is not decoded at all: its 16 kHz length comes from the file header
+        (`clip_samples_16k`), which is all the token count needs; other formats are decoded (no log-mel kept).
+      workers: threads validating examples at once (decoding, tokenizing release the GIL).
 
     Returns:
       (pairs in input order, report).
@@ -214,38 +227,102 @@ def validate_examples(
     report = ValidationReport(source=str(source), max_length=max_length, total=len(examples) + len(bad_records))
     for rid, message in bad_records:
         report.add("bad_records", rid, message)
+    v1 = processor.variant == QWEN_AUDIO_V1
+    one = functools.partial(
+        _validate_one, processor=processor, max_length=max_length, suffix=completion_suffix, v1=v1, cheap=not keep_mels
+    )
     pairs = []
-    for ex in examples:
-        mismatch = _placeholder_mismatch(ex.request, processor.variant)
-        if mismatch:
-            report.add("audio_mismatch", ex.id, mismatch)
-            continue
-        completions = [ex.chosen] + ([] if ex.rejected is None else [ex.rejected])
-        try:
-            prepared = processor.prepare_completions(ex.request, [c + completion_suffix for c in completions])
-        except AudioError as e:
-            report.add("unreadable_audio", ex.id, str(e))
-            continue
-        except QwenAudioError as e:
-            report.add("prompt_errors", ex.id, str(e))
-            continue
-        too_long = [
-            f"{side} has {p.num_tokens} tokens > max_length {max_length}"
-            for side, p in zip(("chosen", "rejected"), prepared)
-            if p.num_tokens > max_length
-        ]
-        if too_long:
-            report.add("too_long", ex.id, "; ".join(too_long))
-            continue
-        if not keep_mels:
-            for p in prepared:
-                p.mels = []
-        pairs.append(PreparedPair(ex.id, prepared[0], prepared[1] if len(prepared) > 1 else None))
+    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(examples)))) as pool:  # in input order
+        for ex, outcome in zip(examples, pool.map(one, examples)):
+            if isinstance(outcome, PreparedPair):
+                pairs.append(outcome)
+            else:
+                report.add(outcome[0], ex.id, outcome[1])
     report.kept = len(pairs)
     if not pairs:
         first = next((f"{s[0][0]}: {s[0][1]}" for s in report.samples.values() if s), "the file holds no records")
         raise DataError(f"every example was invalid: {report.headline()}; first problem: {first}")
     return pairs, report
+
+
+def _validate_one(ex: PreferenceExample, *, processor, max_length, suffix, v1, cheap):
+    """One example -> its PreparedPair, or (report category, message) saying why it is dropped."""
+    mismatch = _placeholder_mismatch(ex.request, processor.variant)
+    if mismatch:
+        return "audio_mismatch", mismatch
+    completions = [ex.chosen] + ([] if ex.rejected is None else [ex.rejected])
+    try:
+        request = _with_stand_in_audio(ex.request, v1) if cheap else ex.request
+        prepared = processor.prepare_completions(request, [c + suffix for c in completions])
+    except AudioError as e:
+        return "unreadable_audio", str(e)
+    except QwenAudioError as e:
+        return "prompt_errors", str(e)
+    too_long = [
+        f"{side} has {p.num_tokens} tokens > max_length {max_length}"
+        for side, p in zip(("chosen", "rejected"), prepared)
+        if p.num_tokens > max_length
+    ]
+    if too_long:
+        return "too_long", "; ".join(too_long)
+    if cheap:
+        for p in prepared:
+            p.mels = []  # stand-in features (or real ones nobody keeps)
+    return PreparedPair(ex.id, prepared[0], prepared[1] if len(prepared) > 1 else None)
+
+
+_HEADER_EXACT = (".wav", ".wave", ".flac")  # libsndfile's frame count is the decoded length
+
+
+def clip_samples_16k(path: str | Path, v1: bool) -> int:
+    """How many 16 kHz samples the variant's loader gives for the file at `path`, read from its header where that
+    is exact: a wav / flac clip's frame count at 16 kHz; resampled by librosa (Qwen2-Audio), the length
+    `librosa.resample` keeps, ceil(n * (16000 / sr)) in floats as it computes it. Otherwise (mp3, ogg..., or v1's
+    FFmpeg resampler) the clip is decoded. Raises AudioError for an unreadable file."""
+    import soundfile
+
+    p = Path(path)
+    if p.suffix.lower() in _HEADER_EXACT and p.is_file():
+        try:
+            info = soundfile.info(str(p))
+        except Exception:  # noqa: BLE001 -- the loader below names the problem
+            info = None
+        if info is not None and info.frames > 0:
+            if info.samplerate == SAMPLE_RATE:
+                return int(info.frames)
+            if not v1:
+                return int(np.ceil(info.frames * (float(SAMPLE_RATE) / info.samplerate)))
+    return len((load_audio_v1 if v1 else load_audio)(p))
+
+
+def _with_stand_in_audio(request: dict, v1: bool) -> dict:
+    """`request` with every audio file replaced by silence of the same 16 kHz length: the processor then gives the
+    real token ids and mel lengths without decoding anything it can read from a header."""
+
+    def stand_in(src):
+        return np.zeros(clip_samples_16k(src, v1), np.float32) if isinstance(src, (str, os.PathLike)) else src
+
+    if "messages" in request:
+        messages = []
+        for m in request["messages"]:
+            content = m.get("content") if isinstance(m, dict) else None
+            if isinstance(content, list):
+                content = [
+                    {**part, "audio": stand_in(part["audio"])}
+                    if isinstance(part, dict) and part.get("type") == "audio" and "audio" in part
+                    else part
+                    for part in content
+                ]
+                m = {**m, "content": content}
+            messages.append(m)
+        return {**request, "messages": messages}
+    if "prompt" in request:
+        audio = request.get("audio")
+        if audio is None and v1 and isinstance(request["prompt"], str):  # v1: the paths inside <audio>...</audio>
+            audio = v1_extract_audio_paths(request["prompt"])
+        if isinstance(audio, list):
+            return {**request, "audio": [stand_in(a) for a in audio]}
+    return request
 
 
 def _placeholder_mismatch(request: dict, variant: str) -> str | None:
