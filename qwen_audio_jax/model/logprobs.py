@@ -31,6 +31,7 @@ def completion_logprobs(
     *,
     chunk: int = 128,
     max_completion: int | None = None,
+    right_padded: bool = False,
     **embed_options,
 ) -> CompletionLogprobs:
     """Log-probs of the tokens where completion_mask is 1, each predicted from all tokens before it.
@@ -39,11 +40,21 @@ def completion_logprobs(
     max_completion: a static bound K on completion tokens per row. The lm_head then runs on the K completion
     positions only (gathered, in order) instead of all T: with a 156k vocab it dominates the step, and
     prompts (audio included) are usually most of T. token_logprobs is then [B, K] in completion order.
+    right_padded: the rows are right-padded (attention may then run as cuDNN's causal + lengths form on GPU).
     embed_options: clip_repeats / frozen_encoder / frozen_projector (see the model's `embed`).
     """
     variables = {"params": params}
     b, t = tokens_BT.shape
-    hidden, _ = module.apply(variables, tokens_BT, mask_BT, mel_CMA, mel_lengths_C, method="forward", **embed_options)
+    hidden, _ = module.apply(
+        variables,
+        tokens_BT,
+        mask_BT,
+        mel_CMA,
+        mel_lengths_C,
+        right_padded=right_padded,
+        method="forward",
+        **embed_options,
+    )
 
     # Position p predicts token p + 1.
     targets = tokens_BT[:, 1:]

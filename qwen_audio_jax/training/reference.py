@@ -53,6 +53,7 @@ def _reference_logps(module, params, tokens, mask, completion_mask, mel, mel_len
         None if mel_lengths is None else mel_lengths[0],
         clip_repeats=2,
         max_completion=completion,
+        right_padded=True,
     )
     return out.sum_logprobs
 

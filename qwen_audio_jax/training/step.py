@@ -73,6 +73,7 @@ def _logprobs(module, params, micro: TrainBatch, cfg: StepConfig):
         micro.mel_lengths,
         chunk=cfg.logprob_chunk,
         max_completion=cfg.max_completion,
+        right_padded=True,  # TrainBatch rows are right-padded: cuDNN flash attention on GPU
         clip_repeats=k,
         frozen_encoder=cfg.frozen_encoder,
         frozen_projector=cfg.frozen_projector,
