@@ -22,6 +22,7 @@ def main(pid: int, port: int, work: Path) -> None:
     from jax.experimental import multihost_utils
 
     from qwen_audio_jax import api
+    from qwen_audio_jax.generation.engine import EngineOptions
     from qwen_audio_jax.generation.options import GenerationOptions
     from qwen_audio_jax.jobs.driver import run_file
     from qwen_audio_jax.jobs.generate import GenerateJob
@@ -32,7 +33,7 @@ def main(pid: int, port: int, work: Path) -> None:
 
     spec = json.loads((work / "spec.json").read_text())
     model = api.load(work / "model", mesh="data=2,fsdp=2,tensor=2")
-    job = GenerateJob(model, GenerationOptions(max_new_tokens=spec["max_new_tokens"]), batch_size=4)
+    job = GenerateJob(model, GenerationOptions(max_new_tokens=spec["max_new_tokens"]), EngineOptions(batch_size=4))
     run_file(job, work / "requests.jsonl", work / "multi_results.jsonl", overwrite=True, progress=False)
     run_file(
         ScoreJob(model, batch_size=4),

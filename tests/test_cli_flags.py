@@ -131,11 +131,6 @@ def test_generate_chat_and_no_chat_choose_the_preset_form(tiny_model_dir, clip, 
         assert _read(tmp_path / f"{flag}.jsonl")[0]["token_ids"] == want[flag], flag
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="jobs/score.py ScoreJob expands task presets with chat=model.processor.is_chat: the --chat / --no-chat "
-    "flags that `score` accepts are ignored (GenerateJob takes chat=args.chat)",
-)
 def test_score_chat_and_no_chat_choose_the_preset_form(tiny_model_dir, clip, tmp_path):  # noqa: F811
     completion = " neutral"
     inp = _write(tmp_path / "in.jsonl", [{"id": "t", "task": "ser", "audio": clip, "completion": completion}])
@@ -150,12 +145,6 @@ def test_score_chat_and_no_chat_choose_the_preset_form(tiny_model_dir, clip, tmp
         assert _read(out)[0]["logprob"] == pytest.approx(want[flag], abs=1e-5), flag
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="cli/args.py start_runtime calls jax.distributed.initialize() unguarded: without a coordinator it ends "
-    "as 'internal error: ValueError: coordinator_address should be defined' with status 1 (the contract for a bad "
-    "environment or flag is one 'error:' line and status 2)",
-)
 def test_distributed_without_a_coordinator_is_a_one_line_error(tiny_model_dir, tmp_path, capsys):  # noqa: F811
     inp = _write(tmp_path / "in.jsonl", [{"id": "a", "prompt": "Hi"}])
     assert _generate(tiny_model_dir, inp, tmp_path / "out.jsonl", "--distributed") == 2

@@ -11,6 +11,7 @@ import time
 import pytest
 
 from qwen_audio_jax import api
+from qwen_audio_jax.generation.engine import EngineOptions
 from qwen_audio_jax.generation.options import GenerationOptions
 from qwen_audio_jax.jobs.driver import run_file
 from qwen_audio_jax.jobs.generate import GenerateJob
@@ -104,7 +105,7 @@ def test_generate_split_across_processes_equals_single_process(multihost_run):
     assert not list(work.glob("multi_results.jsonl.part-*")), "part files must be merged and removed"
     model = api.load(work / "model")
     run_file(
-        GenerateJob(model, GenerationOptions(max_new_tokens=12), batch_size=4),
+        GenerateJob(model, GenerationOptions(max_new_tokens=12), EngineOptions(batch_size=4)),
         work / "requests.jsonl",
         work / "single_results.jsonl",
         overwrite=True,

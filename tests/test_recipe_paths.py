@@ -120,12 +120,6 @@ def test_dpo_grad_accum_2x4_equals_1x8(setup):
     assert _rel(p2.params, p1.params) <= FP32_REL
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="training/step.py divides the summed micro-batch gradients by their count: SFT's token-weighted loss "
-    "then weights a token of a short micro-batch more than one of a long one (loss 11.985 vs 11.982 here). Fix: "
-    "weight each micro-batch's loss by its share of the step's completion tokens.",
-)
 def test_sft_grad_accum_2x4_equals_1x8(setup):
     """SFT's loss is token-weighted: with micro-batches of unequal token counts, accumulation must weight each
     micro-batch by its tokens to equal one big micro-batch."""

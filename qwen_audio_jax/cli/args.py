@@ -79,7 +79,17 @@ def start_runtime(args) -> None:
     from qwen_audio_jax.runtime import setup_compilation_cache
 
     if getattr(args, "distributed", False):
-        jax.distributed.initialize()
+        from qwen_audio_jax.errors import ConfigError
+
+        try:
+            jax.distributed.initialize()
+        except (ValueError, RuntimeError) as e:  # no coordinator found in the environment, or it cannot be reached
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise ConfigError(
+                f"--distributed could not start the multi-host runtime ({first}); it needs a coordinator: run it "
+                "on a cluster JAX detects (TPU pod, SLURM, Open MPI) or set JAX_COORDINATOR_ADDRESS, "
+                "JAX_NUM_PROCESSES and JAX_PROCESS_ID."
+            ) from None
     setup_compilation_cache(args.compilation_cache)
 
 

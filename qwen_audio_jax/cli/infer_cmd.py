@@ -176,7 +176,7 @@ def _score(args) -> int:
 
     _check_paths(args)
     model, load_s = load_model(args)
-    job = ScoreJob(model, batch_size=args.batch_size, base_dir=Path(args.input).absolute().parent)
+    job = ScoreJob(model, batch_size=args.batch_size, base_dir=Path(args.input).absolute().parent, chat=args.chat)
     summary = run_file(
         job,
         args.input,

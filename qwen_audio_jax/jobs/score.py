@@ -51,8 +51,11 @@ class _Scoring:
 class ScoreJob:
     name = "score"
 
-    def __init__(self, model, *, batch_size: int = 8, buckets: Buckets = Buckets(), base_dir=None):
+    def __init__(
+        self, model, *, batch_size: int = 8, buckets: Buckets = Buckets(), base_dir=None, chat: bool | None = None
+    ):
         self.model, self.buckets, self.base_dir = model, buckets, base_dir
+        self.chat = model.processor.is_chat if chat is None else chat  # task presets: chat turns or raw prompts
         self.placement = model.placement
         self.batch = DeviceBatch(self.placement)
         self.batch_size = self.placement.round_batch(batch_size)
@@ -90,9 +93,7 @@ class ScoreJob:
         if not all(isinstance(c, str) and c for c in completions):
             raise PromptError("every completion must be a non-empty string.")
         base = {k: v for k, v in r.items() if k not in ("completion", "completions")}
-        base = normalise_request(
-            base, chat=self.model.processor.is_chat, v1=self.model.config.is_v1, job=self.name, allowed=SCORE_KEYS
-        )
+        base = normalise_request(base, chat=self.chat, v1=self.model.config.is_v1, job=self.name, allowed=SCORE_KEYS)
         items = self.model.processor.prepare_completions(resolve_audio(base, self.base_dir), completions)
         limit = min(self.model.config.decoder.max_position_embeddings, self.buckets.score_lengths[-1])
         for item in items:

@@ -68,14 +68,19 @@ def per_pair_losses(kind: str, pi_c, pi_r, ref_c, ref_r, n_c, n_r, beta: float, 
     raise ConfigError(f"unknown loss type {kind!r}")
 
 
-def preference_loss(cfg: LossConfig, pi_c, pi_r, ref_c, ref_r, n_c, n_r, active):
-    """(mean loss over active pairs, metrics dict of TRL names). active: [B] 1.0 for real pairs."""
+def preference_loss(cfg: LossConfig, pi_c, pi_r, ref_c, ref_r, n_c, n_r, active, totals=None):
+    """(mean loss over active pairs, metrics dict of TRL names). active: [B] 1.0 for real pairs.
+
+    totals: (active pairs, chosen completion tokens) of the whole step when this is one of several micro-batches:
+    the means then divide by the step's counts, so summing the micro-batches' losses (and gradients) gives the
+    loss of the step as one batch (default: this batch's own counts)."""
     active = active.astype(jnp.float32)
-    count = jnp.maximum(active.sum(), 1.0)
+    pairs, tokens = totals if totals is not None else (active.sum(), (n_c * active).sum())
+    count = jnp.maximum(pairs, 1.0)
     loss = jnp.float32(0.0)
     for kind, weight in zip(cfg.types, cfg.weights):
         if kind == "sft":  # TRL's nll_loss: cross-entropy averaged over every chosen completion token of the batch
-            loss += weight * -(pi_c * active).sum() / jnp.maximum((n_c * active).sum(), 1.0)
+            loss += weight * -(pi_c * active).sum() / jnp.maximum(tokens, 1.0)
         else:
             losses = per_pair_losses(kind, pi_c, pi_r, ref_c, ref_r, n_c, n_r, cfg.beta, cfg.label_smoothing)
             loss += weight * (losses * active).sum() / count
@@ -97,9 +102,10 @@ def preference_loss(cfg: LossConfig, pi_c, pi_r, ref_c, ref_r, n_c, n_r, active)
     return loss, metrics
 
 
-def sft_loss(logp_sum, n_tokens, active):
-    """Token-weighted mean NLL over the batch (what a per-token cross-entropy averages to)."""
+def sft_loss(logp_sum, n_tokens, active, totals=None):
+    """Token-weighted mean NLL over the batch (what a per-token cross-entropy averages to). totals: the step's
+    (active pairs, tokens) when this is one micro-batch of several (as in `preference_loss`)."""
     active = active.astype(jnp.float32)
-    tokens = jnp.maximum((n_tokens * active).sum(), 1.0)
-    loss = -(logp_sum * active).sum() / tokens
-    return loss, {"loss": loss, "logps/chosen": (logp_sum * active).sum() / jnp.maximum(active.sum(), 1.0)}
+    pairs, tokens = totals if totals is not None else (active.sum(), (n_tokens * active).sum())
+    loss = -(logp_sum * active).sum() / jnp.maximum(tokens, 1.0)
+    return loss, {"loss": loss, "logps/chosen": (logp_sum * active).sum() / jnp.maximum(pairs, 1.0)}

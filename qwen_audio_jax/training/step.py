@@ -80,19 +80,28 @@ def _logprobs(module, params, micro: TrainBatch, cfg: StepConfig):
     )
 
 
-def batch_loss(module, params, micro: TrainBatch, ref_logps, cfg: StepConfig):
-    """(loss, metrics) of one micro-batch. ref_logps: [2B] reference log-probs (DPO) or None (SFT)."""
+def step_totals(batch: TrainBatch) -> tuple[jax.Array, jax.Array]:
+    """(active pairs, chosen completion tokens) of a whole step: the denominators every micro-batch's means use,
+    so the micro-batches' losses and gradients sum to those of the step as one batch (token-weighted SFT, pair-
+    weighted DPO), however the pairs and tokens fall into micro-batches."""
+    counted = batch.completion_mask[:, 0, :, 1:] * batch.mask[:, 0, :, 1:]  # position p predicts token p + 1
+    return batch.pair_active.sum(), (counted.sum(-1) * batch.pair_active).sum()
+
+
+def batch_loss(module, params, micro: TrainBatch, ref_logps, cfg: StepConfig, totals=None):
+    """(loss, metrics) of one micro-batch. ref_logps: [2B] reference log-probs (DPO) or None (SFT). totals: the
+    step's `step_totals` (default: this micro-batch's own)."""
     preference = cfg.loss.is_preference
     pol = _logprobs(module, params, micro, cfg)
     if not preference:
-        loss, metrics = sft_loss(pol.sum_logprobs, pol.num_tokens, micro.pair_active)
+        loss, metrics = sft_loss(pol.sum_logprobs, pol.num_tokens, micro.pair_active, totals)
         return loss, {**metrics, "tokens": pol.num_tokens.sum()}
     b = micro.pair_active.shape[0]
     split = lambda x: (x[:b], x[b:])  # noqa: E731
     (pi_c, pi_r), (ref_c, ref_r), (n_c, n_r) = split(pol.sum_logprobs), split(ref_logps), split(pol.num_tokens)
-    loss, metrics = preference_loss(cfg.loss, pi_c, pi_r, ref_c, ref_r, n_c, n_r, micro.pair_active)
+    loss, metrics = preference_loss(cfg.loss, pi_c, pi_r, ref_c, ref_r, n_c, n_r, micro.pair_active, totals)
     active = micro.pair_active
-    count = jnp.maximum(active.sum(), 1.0)
+    count = jnp.maximum(active.sum() if totals is None else totals[0], 1.0)
     lg_c, lg_r = split(pol.mean_logits)
     metrics["logits/chosen"] = (lg_c * active).sum() / count
     metrics["logits/rejected"] = (lg_r * active).sum() / count
@@ -117,7 +126,8 @@ def train_step(
     ref_params=None,
 ) -> tuple[TrainState, dict]:
     """One optimizer step over the A micro-batches of `batch`. Donate `state`."""
-    grad_fn = jax.value_and_grad(lambda p, micro, ref: batch_loss(module, p, micro, ref, cfg), has_aux=True)
+    totals = step_totals(batch)
+    grad_fn = jax.value_and_grad(lambda p, micro, ref: batch_loss(module, p, micro, ref, cfg, totals), has_aux=True)
     preference = cfg.loss.is_preference
 
     rng, augment_key = jax.random.split(state.rng)
@@ -141,8 +151,8 @@ def train_step(
         metrics = jax.tree_util.tree_map(lambda v: v[None], metrics)
     else:
         grads, metrics = jax.lax.scan(micro_step, zeros, (jnp.arange(n_micro), batch))
-    grads = jax.tree_util.tree_map(lambda g: g / n_micro, grads)
-    metrics = {k: (v.sum() if k == "tokens" else v.mean()) for k, v in metrics.items()}
+    # Each micro-batch's loss and metrics are already divided by the step's counts: their sums are the step's.
+    metrics = {k: v.sum() for k, v in metrics.items()}
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics["grad_norm"] = optax.global_norm(grads)
