@@ -143,7 +143,10 @@ def test_activation_estimate_orderings(cfg7b):
     assert plan(cfg7b, {"fsdp": 8}, 16, 2048, **kw).activations > none  # 2 rows per device
     assert plan(cfg7b, {"fsdp": 4, "tensor": 2}, 8, 2048, **kw).activations > none  # 2 rows, heads halved
     inf = plan(cfg7b, {}, 8, 4096).activations
-    assert plan(cfg7b, {}, 8, 4096, prompt_len=1024).activations < inf
+    # Prompts prefill in chunks of at most 1024 tokens: a longer prompt needs no more (here the encoder's one
+    # 30 s clip, 20 heads of 1500 x 1500 fp32 scores, is the peak either way).
+    assert plan(cfg7b, {}, 8, 4096, prompt_len=512).activations <= inf
+    assert plan(cfg7b, {}, 8, 4096, prompt_len=1024).activations == inf
     assert plan(cfg7b, {"tensor": 4}, 8, 4096).activations < inf
     assert plan(cfg7b, {"data": 8}, 8, 4096).activations < inf
 
@@ -274,3 +277,29 @@ def test_cli_errors_are_one_line(capsys, args, message):
     assert main(["plan", "--batch", "1", "--max-len", "8", *args]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err and err.count("\n") == 1
+
+
+def test_planner_knows_the_engines_shapes():
+    """The activation estimate's chunk and page sizes are the engine's."""
+    from qwen_audio_jax.batching.buckets import Buckets
+    from qwen_audio_jax.generation.engine import PAGE_SIZE
+    from qwen_audio_jax.sharding import activations
+
+    assert activations.PREFILL_CHUNK == Buckets().chunks[-1] and activations.KV_PAGE == PAGE_SIZE
+
+
+def test_quantized_plan_counts_int8_weights_and_cache(cfg7b):
+    """--quantize int8: the 7B's 32 x 7 decoder kernels and the lm_head at one byte (+ fp32 scales per output
+    channel), the rest (embeddings, audio tower, norms, biases) in bf16; --kv-cache-dtype int8: head_dim + 4 bytes
+    per token, head and layer for k and for v. Worked out from the 7B shapes."""
+    d, v = 4096, 156032
+    layer_kernels = 4 * d * d + 3 * d * 11008  # q, k, v, o (MHA) and gate, up, down
+    layer_scales = 4 * d + 2 * 11008 + d
+    quantized = 32 * layer_kernels + d * v
+    scales = 4 * (32 * layer_scales + v)
+    base = plan(cfg7b, {}, 8, 4096)
+    q = planner.plan(cfg7b, planner.PlanRequest(mesh={}, batch=8, max_len=4096, quantize="int8"))
+    assert q.weights == base.weights - 2 * quantized + quantized + scales
+    kv = planner.plan(cfg7b, planner.PlanRequest(mesh={}, batch=8, max_len=4096, kv_cache_dtype="int8"))
+    assert base.kv_cache == 2 * 32 * 8 * 32 * 4096 * 128 * 2  # 0.5 MiB per token in bf16
+    assert kv.kv_cache == 2 * 32 * 8 * 32 * 4096 * (128 + 4)

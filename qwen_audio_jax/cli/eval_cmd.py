@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from qwen_audio_jax.cli.args import add_runtime_flags, positive_int
+from qwen_audio_jax.cli.args import add_engine_flags, add_quantize_flag, add_runtime_flags, engine_options, positive_int
 
 TASKS = ("asr", "s2tt", "ser", "vsc", "aqa", "caption")  # = qwen_audio_jax.eval.manifest.TASKS (checked there)
 
@@ -44,6 +44,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-chat", dest="chat", action="store_false")
     p.add_argument("--long-audio", choices=["truncate", "chunk"], default="truncate")
     add_runtime_flags(p)
+    add_quantize_flag(p)
+    add_engine_flags(p)
     p.set_defaults(func=_eval)
 
 
@@ -63,7 +65,7 @@ def _eval(args) -> int:
         args.output,
         model=model,
         predictions=args.predictions,
-        batch_size=args.batch_size,
+        engine_options=engine_options(args),
         chat=args.chat,
         resume=args.resume,
         variant=args.variant,

@@ -108,6 +108,18 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         default=DEFAULT_MARGIN,
         help=f"usable fraction of device memory (default {DEFAULT_MARGIN}: XLA scratch, fragmentation)",
     )
+    p.add_argument(
+        "--quantize",
+        choices=["none", "int8"],
+        default="none",
+        help="inference: int8 weight-only decoder kernels and lm_head (as generate --quantize int8)",
+    )
+    p.add_argument(
+        "--kv-cache-dtype",
+        choices=["auto", "int8"],
+        default="auto",
+        help="inference: int8 KV cache with per-token, per-head scales (as generate --kv-cache-dtype int8)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     p.set_defaults(func=_plan)
 
@@ -178,6 +190,8 @@ def _plan(args) -> int:
         reference=args.reference,
         remat=args.remat,
         model_name=name,
+        quantize=args.quantize,
+        kv_cache_dtype=args.kv_cache_dtype,
     )
     result = planner.plan(config, request)
     if args.json:

@@ -88,7 +88,7 @@ def evaluate(
     *,
     model=None,
     predictions=None,
-    batch_size: int = 8,
+    engine_options: EngineOptions = EngineOptions(),
     chat: bool | None = None,
     resume: bool = False,
     overwrite: bool = False,
@@ -110,7 +110,7 @@ def evaluate(
         if variant is None:
             variant = "qwen_audio_v1" if model is not None and model.config.is_v1 else "qwen2_audio"
         if model is not None:
-            summary = _generate(model, task, entries, out, options, batch_size, chat, resume, overwrite, progress)
+            summary = _generate(model, task, entries, out, options, engine_options, chat, resume, overwrite, progress)
             log(f"generated {summary['requests']} predictions ({summary['errors']} errors) -> {out / PREDICTIONS}")
             predictions = out / PREDICTIONS
         preds = read_predictions(predictions)
@@ -126,7 +126,7 @@ def evaluate(
         release_work_dir(out)
 
 
-def _generate(model, task, entries, out: Path, options, batch_size, chat, resume, overwrite, progress) -> dict:
+def _generate(model, task, entries, out: Path, options, engine_options, chat, resume, overwrite, progress) -> dict:
     """OUT/requests.jsonl from the manifest, then the generate driver into OUT/predictions.jsonl; its summary."""
     requests = out / REQUESTS
     lines = (json.dumps(request_for(e, task, v1=model.config.is_v1), ensure_ascii=False) + "\n" for e in entries)
@@ -134,7 +134,7 @@ def _generate(model, task, entries, out: Path, options, batch_size, chat, resume
         requests.write_text("".join(lines), encoding="utf-8")
     except OSError as e:
         raise OutputError(f"cannot write {requests} ({e.strerror}); choose a writable --output.") from None
-    job = GenerateJob(model, options, EngineOptions(batch_size=batch_size), chat=chat)
+    job = GenerateJob(model, options, engine_options, chat=chat)
     return run_file(
         job, requests, out / PREDICTIONS, resume=resume, overwrite=overwrite or not resume, progress=progress
     )

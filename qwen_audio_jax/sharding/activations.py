@@ -9,6 +9,11 @@ from collections.abc import Mapping
 from qwen_audio_jax.config import ModelConfig
 
 LOGPROB_CHUNK = 128  # positions per lm_head chunk in model/logprobs.py (its default)
+# The generation engine's shapes (tests/test_plan.py checks they equal batching/buckets.py's largest chunk and
+# generation/engine.py's PAGE_SIZE): a prompt is prefilled one request per device at most this many tokens at a
+# time, and decode attention reads one page of keys per step of its loop.
+PREFILL_CHUNK = 1024
+KV_PAGE = 128
 
 
 # ---- activations -----------------------------------------------------------------------------------------
@@ -77,12 +82,15 @@ def activations(
     enc_fwd = max(stem, _layer_forward_peak(rows, a, a, *enc_dims, c, ta, tfa))
 
     if not train:
-        tp = prompt_len
-        prefill = _layer_forward_peak(rows, tp, tp, *dec_dims, c, tn, tf) + rows * tp * tp
-        decode = _layer_forward_peak(rows, 1, max_len, *dec_dims, c, tn, tf)
-        decode += 2 * c * rows * dec.num_kv_heads * max_len * dec.head_dim // tn  # this layer's k, v read
+        # The engine (generation/): clips encoded one per call, prompts prefilled one per device in chunks of
+        # at most PREFILL_CHUNK tokens, decode attention over one KV page at a time (keys never copied whole).
+        enc_one = max(stem // max(rows, 1), _layer_forward_peak(1, a, a, *enc_dims, c, ta, tfa))
+        tp = min(prompt_len, PREFILL_CHUNK)
+        prefill = _layer_forward_peak(1, tp, tp, *dec_dims, c, tn, tf) + tp * tp
+        decode = _layer_forward_peak(rows, 1, KV_PAGE, *dec_dims, c, tn, tf)
+        decode += 2 * c * rows * dec.num_kv_heads * KV_PAGE * dec.head_dim // tn  # one page of k, v per slot
         logits = rows * dec.vocab_size * (4 + 1)  # last-position fp32 logits + the `seen` bool mask
-        return max(prefill, decode, enc_fwd) + logits
+        return max(prefill, decode, enc_one) + logits
 
     # Backward: the saved set of every layer, plus the larger of two working sets: one layer's backward
     # (its full activations recomputed, fp32 d-probs and d-scores [rows, N, T, T], its weight gradient) and

@@ -47,6 +47,8 @@ def format_plan(
         + f", {plan.rows_per_device} per device; max-len {plan.max_len}"
         + ("" if plan.train or plan.prompt_len == plan.max_len else f" (prompt {plan.prompt_len})"),
         f"params {plan.param_dtype}, compute {plan.compute_dtype}"
+        + (f", weights {plan.quantize}" if plan.quantize != "none" else "")
+        + (f", KV cache {plan.kv_cache_dtype}" if plan.kv_cache_dtype != "auto" else "")
         + (f", remat {plan.remat}, audio encoder {encoder}" if plan.train else "")
         + (", projector frozen" if plan.freeze_projector else "")
         + (f", grad accum {plan.grad_accum}" if plan.grad_accum > 1 else ""),

@@ -19,8 +19,12 @@ that divide):
                ones included (training/step.py).
   reference    DPO with reference.mode "model": a frozen fp32 copy of the policy, sharded like it (the
                trainer loads it with the policy's shardings). "precomputed" (the 7B config) holds none.
-  kv_cache     inference only: k and v [L, B, K, S, H] in the compute dtype, sharded as the engine does:
+  kv_cache     inference only: the paged pool holding B sequences of S = max_len tokens at once (the engine's
+               --kv-cache-tokens B * S): k and v of every layer in the compute dtype, or with kv_cache_dtype
+               "int8" one byte per element plus an fp32 scale per token and head; sharded as the engine does:
                B padded up to and split over the batch axes (data, fsdp), K over tensor when it divides.
+  (quantize "int8", inference: the decoder's linear kernels and the lm_head count one byte per weight plus an
+               fp32 scale per output channel, model/quant.py; everything else stays in the compute dtype.)
   activations  an ESTIMATE of the peak working set (formulas in sharding/activations.py;
                rows = sequences per device, T = tokens per sequence):
                inference: max(prefill of one decoder layer at T = prompt_len (residual 2*rows*T*D*c, then
@@ -121,6 +125,8 @@ class MemoryPlan:
     grad_accum: int
     total_params: int
     trainable_params: int
+    quantize: str  # inference weights: "none" | "int8"
+    kv_cache_dtype: str  # "auto" | "int8"
     weights: int
     optimizer: int
     gradients: int
@@ -215,6 +221,21 @@ def _per_device(shards: list[ParamShard], bytes_per_elem: int) -> int:
     return sum(s.size * bytes_per_elem // s.shards for s in shards)
 
 
+def _weights(shards: list[ParamShard], p: int, int8: bool) -> int:
+    """Weights per device; `int8`: quantized kernels at one byte plus an fp32 scale per output channel."""
+    if not int8:
+        return _per_device(shards, p)
+    from qwen_audio_jax.model.quant import is_quantized_kernel
+
+    total = 0
+    for s in shards:
+        if is_quantized_kernel(tuple(s.path.split("/"))):
+            total += (s.size + s.size // s.shape[-2] * 4) // s.shards  # int8 values + scales [..., out]
+        else:
+            total += s.size * p // s.shards
+    return total
+
+
 def _gathered(shards: list[ParamShard], p: int, train: bool, cfg: ModelConfig) -> int:
     """Largest transient all-gather over fsdp (see module docstring): the gathered size is what the device
     holds once the fsdp split is undone (the tensor split stays)."""
@@ -254,8 +275,15 @@ class PlanRequest:
     reference: str = "none"
     remat: str = "none"
     model_name: str = "model"
+    quantize: str = "none"  # inference: "int8" weight-only decoder kernels and lm_head
+    kv_cache_dtype: str = "auto"  # inference: "int8" KV pages with per-token, per-head scales
 
     def __post_init__(self):
+        if self.quantize not in ("none", "int8") or self.kv_cache_dtype not in ("auto", "int8"):
+            raise ConfigError(
+                f"quantize ({self.quantize!r}) must be none or int8 and kv_cache_dtype ({self.kv_cache_dtype!r}) "
+                "auto or int8."
+            )
         if set(self.mesh) - set(MESH_AXES) or min(self.mesh.values(), default=1) < 1:
             raise ConfigError(f"bad mesh {dict(self.mesh)}: axes are {', '.join(MESH_AXES)}, sizes >= 1.")
         if self.batch < 1 or self.max_len < 1:
@@ -304,7 +332,8 @@ def plan(config: ModelConfig, request: PlanRequest, rules: Rules = LOGICAL_RULES
         d = config.decoder
         shape = (d.num_layers, padded, d.num_kv_heads, r.max_len, d.head_dim)  # [L, B, K, S, H]
         spec = spec_for(axes.CACHE_AXES, shape, ShapeMesh(mesh), rules)
-        kv = 2 * math.prod(shape) * c // math.prod(mesh[a] for a in _spec_axes(spec))
+        per_head = d.head_dim + 4 if r.kv_cache_dtype == "int8" else d.head_dim * c  # int8: + its fp32 scale
+        kv = 2 * math.prod(shape[:-1]) * per_head // math.prod(mesh[a] for a in _spec_axes(spec))
 
     layer_grad = _per_device([s for s in trainable if s.path.startswith("language_model/layers/")], p)
     return MemoryPlan(
@@ -323,8 +352,10 @@ def plan(config: ModelConfig, request: PlanRequest, rules: Rules = LOGICAL_RULES
         freeze_projector=train and r.freeze_projector,
         grad_accum=r.grad_accum if train else 1,
         total_params=sum(s.size for s in shards),
+        quantize=r.quantize if not train else "none",
+        kv_cache_dtype=r.kv_cache_dtype if not train else "auto",
         trainable_params=sum(s.size for s in trainable),
-        weights=_per_device(shards, p),
+        weights=_weights(shards, p, r.quantize == "int8" and not train),
         optimizer=_per_device(trainable, 8 + (4 if p < 4 else 0)),  # mu + nu fp32 (+ fp32 master if bf16)
         gradients=_per_device(trainable, p) + (_per_device(shards, p) if train and r.grad_accum > 1 else 0),
         reference_weights=_per_device(shards, p) if train and r.reference == "model" else 0,
