@@ -106,7 +106,7 @@ def main() -> None:
     jax_total = median_time(ours, args.repeats)
     module = build_module(model.config)
     batch = collate(prepared, pad_id=151643)
-    a = engine.buckets.mel_frames(int(batch.mel_lengths.max()))
+    a = engine.buckets.inference_mel_frames(int(batch.mel_lengths.max()))
     encode = jax.jit(lambda p, m, n: module.apply({"params": p}, m, n, method="encode_audio")[0])
     mel_j, len_j = jnp.asarray(batch.mel[:, :, :a]), jnp.asarray(batch.mel_lengths)
     jax_encode = median_time(lambda: encode(model.params, mel_j, len_j).block_until_ready(), args.repeats)
