@@ -18,11 +18,18 @@ import jax
 import jax.numpy as jnp
 
 from qwen_audio_jax.checkpoint.model_dir import load_params, read_model_dir_config
+from qwen_audio_jax.choices import (
+    DEFAULT_ATTENTION,
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_LONG_AUDIO,
+    DEFAULT_QUANTIZE,
+    QUANTIZE_MODES,
+)
 from qwen_audio_jax.config import ModelConfig
 from qwen_audio_jax.generation.engine import Engine, EngineOptions
 from qwen_audio_jax.generation.options import GenerationOptions
 from qwen_audio_jax.model.params import abstract_params
-from qwen_audio_jax.model.quant import QUANTIZE_MODES, quantize_params
+from qwen_audio_jax.model.quant import quantize_params
 from qwen_audio_jax.sharding.placement import Placement
 from qwen_audio_jax.text.processor import Processor
 
@@ -37,7 +44,7 @@ class LoadedModel:
     dtype: Any  # compute dtype
     model_dir: Path
     placement: Placement
-    attention: str = "auto"  # model/attention.py implementation
+    attention: str = DEFAULT_ATTENTION  # choices.ATTENTION_IMPLEMENTATIONS (model/attention.py)
     quantized: bool = False  # int8 decoder kernels and lm_head (model/quant.py)
 
     @property
@@ -56,9 +63,9 @@ def load(
     dtype=None,
     placement: Placement | None = None,
     mesh: str | None = None,
-    long_audio: str = "truncate",
-    attention: str = "auto",
-    quantize: str = "none",
+    long_audio: str = DEFAULT_LONG_AUDIO,
+    attention: str = DEFAULT_ATTENTION,
+    quantize: str = DEFAULT_QUANTIZE,
 ) -> LoadedModel:
     """Loads config, params (cast to the compute dtype while restoring) and the processor of a model dir.
 
@@ -94,7 +101,7 @@ def generate(
     requests: Sequence[dict],
     options: GenerationOptions = GenerationOptions(),
     *,
-    batch_size: int = 8,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     engine: Engine | None = None,
     engine_options: EngineOptions | None = None,
 ) -> list[dict]:
@@ -107,7 +114,7 @@ def generate(
     return run_list(GenerateJob(model, options, engine_options, engine=engine), list(requests))
 
 
-def score(model: LoadedModel, requests: Sequence[dict], *, batch_size: int = 8) -> list[dict]:
+def score(model: LoadedModel, requests: Sequence[dict], *, batch_size: int = DEFAULT_BATCH_SIZE) -> list[dict]:
     """Summed log-prob of each request's "completion" given its prompt: {"id", "logprob", "num_tokens", "error"}."""
     from qwen_audio_jax.jobs.driver import run_list
     from qwen_audio_jax.jobs.score import ScoreJob

@@ -20,11 +20,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+from qwen_audio_jax.choices import QWEN2_AUDIO, QWEN_AUDIO_V1, VARIANTS
 from qwen_audio_jax.errors import ConfigError
 
-QWEN2_AUDIO = "qwen2_audio"
-QWEN_AUDIO_V1 = "qwen_audio_v1"
-MODEL_TYPES = (QWEN2_AUDIO, QWEN_AUDIO_V1)
+MODEL_TYPES = VARIANTS
 
 
 @dataclasses.dataclass(frozen=True)

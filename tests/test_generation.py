@@ -12,7 +12,7 @@ from qwen_audio_jax.audio.lengths import encoder_lengths
 from qwen_audio_jax.batching.buckets import Buckets
 from qwen_audio_jax.config import tiny
 from qwen_audio_jax.generation.engine import Engine, EngineRequest, ListSource
-from qwen_audio_jax.generation.options import GenerationOptions
+from qwen_audio_jax.generation.options import GenerationOptions, SamplingSettings
 from qwen_audio_jax.generation.sampling import SamplingParams, argmax_first, select_next
 from qwen_audio_jax.model.params import build_module, init_params
 from qwen_audio_jax.text.processor import Processor
@@ -41,7 +41,7 @@ def _expected_distribution(logits, temperature, top_k, top_p):
 
 def _rows(n, temperature=0.0, top_k=0, top_p=1.0, repetition_penalty=1.0, min_new_tokens=0):
     """The same sampling settings on n rows (traced per-row values)."""
-    return SamplingParams.rows([(temperature, top_k, top_p, repetition_penalty, min_new_tokens)] * n)
+    return SamplingParams.rows([SamplingSettings(temperature, top_k, top_p, repetition_penalty, min_new_tokens)] * n)
 
 
 def _keys(n, seed):
@@ -79,7 +79,7 @@ def test_rows_follow_their_own_settings():
     with their keys, and a top-k row never leaves its k best tokens."""
     logits = jnp.asarray(np.random.default_rng(2).normal(size=(4, 40)), jnp.float32)
     params = SamplingParams.rows(
-        [(0.0, 0, 1.0, 1.0, 0), (0.8, 1, 1.0, 1.0, 0), (1.0, 0, 1.0, 1.0, 0), (1.0, 3, 1.0, 1.0, 0)]
+        [SamplingSettings(), SamplingSettings(0.8, top_k=1), SamplingSettings(1.0), SamplingSettings(1.0, top_k=3)]
     )
     greedy = np.asarray(jnp.argmax(logits, -1))
     top3 = np.argsort(np.asarray(logits), -1)[:, -3:]

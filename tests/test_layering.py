@@ -14,6 +14,7 @@ PACKAGE = REPO / "qwen_audio_jax"
 # Lower number = lower layer. A module may import from a strictly lower layer, or from its own subpackage.
 LAYERS = {
     "errors": 0,
+    "choices": 0,
     "_exports": 0,
     "config": 1,
     "runtime": 1,

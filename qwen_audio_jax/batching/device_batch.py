@@ -1,7 +1,7 @@
 """The one device-batch protocol: every job that runs rows through a jitted program (the engine's encode and
 prefill, `score`, the DPO reference pass, the training step) goes through these steps, in this order:
 
-    sizes = batch.agree(local_sizes)                 # every process: the same bucketed shapes
+    sizes = batch.agree(local_sizes)                 # every process: the same bucketed shapes (a NamedTuple)
     arrays = <build this process's rows at `sizes`>  # job-specific host arrays
     placed = batch.place(arrays)                     # all processes' rows, in process order, onto the mesh
     out = jitted(params, placed)                     # the same program on every process
@@ -23,6 +23,7 @@ from qwen_audio_jax.sharding.placement import Placement, agree_max, gather_proce
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
+Sizes = TypeVar("Sizes", bound=tuple)
 
 
 class DeviceBatch:
@@ -36,9 +37,13 @@ class DeviceBatch:
         """(this process's index, process count)."""
         return jax.process_index(), jax.process_count()
 
-    def agree(self, local_sizes: Sequence[int]) -> tuple[int, ...]:
-        """Element-wise maximum over processes (bucket sizes, counts, flags)."""
-        return agree_max(local_sizes)
+    def agree(self, local_sizes: Sizes) -> Sizes:
+        """Element-wise maximum over processes (bucket sizes, counts, flags; a flag comes back as 0 or 1).
+
+        A NamedTuple of sizes comes back as the same NamedTuple, so callers name what they agree on instead of
+        unpacking positions; a plain tuple or list of one kind of size (frames per clip) comes back as a tuple."""
+        agreed = agree_max(local_sizes)
+        return type(local_sizes)(*agreed) if hasattr(local_sizes, "_fields") else agreed
 
     def place(self, tree, row_axis: int | dict = 0, replicated: dict | Sequence[str] = ()):
         """Host arrays (a pytree of numpy arrays, this process's rows) -> global device arrays: every process's

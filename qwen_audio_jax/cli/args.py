@@ -6,39 +6,71 @@ from __future__ import annotations
 import argparse
 import math
 
+from qwen_audio_jax.choices import (
+    ATTENTION_IMPLEMENTATIONS,
+    DEFAULT_ATTENTION,
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_KV_CACHE_DTYPE,
+    DEFAULT_LONG_AUDIO,
+    DEFAULT_QUANTIZE,
+    DTYPES,
+    KV_CACHE_DTYPES,
+    LONG_AUDIO_POLICIES,
+    NONNEG_FLOAT,
+    NONNEG_INT,
+    POSITIVE_FLOAT,
+    POSITIVE_INT,
+    PROBABILITY,
+    QUANTIZE_MODES,
+    SEED,
+    Range,
+)
 from qwen_audio_jax.runtime import CACHE_FLAG_HELP
 
 
-def _number(kind, ok, allowed: str):
+def _number(r: Range):
+    """An argparse type for numbers in the range `r` (its `range` attribute says which, for tests and --help)."""
+
     def parse(text: str):
         try:
-            value = kind(text)
+            value = r.kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
-        if kind is float and not math.isfinite(value):
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not {'an integer' if r.kind is int else 'a number'}"
+            ) from None
+        if r.kind is float and not math.isfinite(value):
             raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
-        if not ok(value):
-            raise argparse.ArgumentTypeError(f"{text} is out of range: it must be {allowed}")
+        if value not in r:
+            raise argparse.ArgumentTypeError(f"{text} is out of range: it must be {r.text}")
         return value
 
-    parse.__name__ = allowed  # argparse shows the type's name in some messages
+    parse.__name__ = r.text  # argparse shows the type's name in some messages
+    parse.range = r
     return parse
 
 
 # Integer flags end up as int32 device values (budgets, top-k, stop ids) or bounded host sizes, and float flags
-# as float32: a value past those ranges is refused here instead of overflowing after the model has loaded.
-INT32_MAX = 2**31 - 1
-FLOAT32_MAX = 3.4028234663852886e38
+# as float32: a value past those ranges (choices.py) is refused here instead of overflowing after the model has
+# loaded.
+positive_int = _number(POSITIVE_INT)
+nonneg_int = _number(NONNEG_INT)
+nonneg_float = _number(NONNEG_FLOAT)
+positive_float = _number(POSITIVE_FLOAT)
+probability = _number(PROBABILITY)
+seed_int = _number(SEED)
 
-positive_int = _number(int, lambda v: 1 <= v <= INT32_MAX, f"in [1, {INT32_MAX}]")
-nonneg_int = _number(int, lambda v: 0 <= v <= INT32_MAX, f"in [0, {INT32_MAX}]")
-nonneg_float = _number(float, lambda v: 0 <= v <= FLOAT32_MAX, "in [0, 3.4e38]")
-positive_float = _number(float, lambda v: 1.2e-38 <= v <= FLOAT32_MAX, "in [1.2e-38, 3.4e38]")
-probability = _number(float, lambda v: 0 < v <= 1, "in (0, 1]")
-seed_int = _number(int, lambda v: 0 <= v < 2**32, "in [0, 2**32)")
 
-DTYPES = ("float32", "bfloat16")
-ATTENTION = ("auto", "xla", "dot_product", "cudnn")
+def add_batch_size_flag(p: argparse.ArgumentParser, help: str) -> None:
+    p.add_argument("--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE, help=f"{help} (default: %(default)s)")
+
+
+def add_long_audio_flag(p: argparse.ArgumentParser, what: str = "clips") -> None:
+    p.add_argument(
+        "--long-audio",
+        choices=LONG_AUDIO_POLICIES,
+        default=DEFAULT_LONG_AUDIO,
+        help=f"{what} over 30 s: keep the first 30 s (reference) or split into 30 s clips (default: %(default)s)",
+    )
 
 
 def add_runtime_flags(p: argparse.ArgumentParser, *, mesh_help: str | None = None) -> None:
@@ -58,9 +90,9 @@ def add_runtime_flags(p: argparse.ArgumentParser, *, mesh_help: str | None = Non
     )
     p.add_argument(
         "--attention",
-        choices=ATTENTION,
-        default="auto",
-        help="attention implementation (default auto: cuDNN flash attention on GPU where it applies, the XLA "
+        choices=ATTENTION_IMPLEMENTATIONS,
+        default=DEFAULT_ATTENTION,
+        help="attention implementation (default %(default)s: cuDNN flash attention on GPU where it applies, the XLA "
         "einsum path elsewhere; the summary says which each kind of call ran)",
     )
     p.add_argument("--compilation-cache", default=None, metavar="DIR", help=CACHE_FLAG_HELP)
@@ -99,18 +131,14 @@ def compute_dtype(args):
     return {"float32": jnp.float32, "bfloat16": jnp.bfloat16, None: None}[args.dtype]
 
 
-QUANTIZE = ("none", "int8")
-KV_CACHE_DTYPES = ("auto", "int8")
-
-
 def add_quantize_flag(p: argparse.ArgumentParser) -> None:
     """--quantize (generate, score, eval, serve)."""
     p.add_argument(
         "--quantize",
-        choices=QUANTIZE,
-        default="none",
+        choices=QUANTIZE_MODES,
+        default=DEFAULT_QUANTIZE,
         help="int8: weight-only int8 for the decoder's linear layers and the lm_head (per-output-channel scales, "
-        "quantized at load; the audio tower keeps the compute dtype)",
+        "quantized at load; the audio tower keeps the compute dtype; default: %(default)s)",
     )
 
 
@@ -131,8 +159,9 @@ def add_engine_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--kv-cache-dtype",
         choices=KV_CACHE_DTYPES,
-        default="auto",
-        help="auto: the compute dtype; int8: keys and values in int8 with per-token, per-head scales",
+        default=DEFAULT_KV_CACHE_DTYPE,
+        help="auto: the compute dtype; int8: keys and values in int8 with per-token, per-head scales "
+        "(default: %(default)s)",
     )
     p.add_argument(
         "--precompile",

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from qwen_audio_jax.choices import CONVERT_DTYPES, DEFAULT_CONVERT_DTYPE
+
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -17,9 +19,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("dst", help="output model directory (must not exist unless --overwrite)")
     p.add_argument(
         "--dtype",
-        default="auto",
-        choices=["auto", "bfloat16", "float32"],
-        help="stored param dtype (default auto: each tensor's source dtype)",
+        default=DEFAULT_CONVERT_DTYPE,
+        choices=CONVERT_DTYPES,
+        help="stored param dtype (default %(default)s: each tensor's source dtype)",
     )
     p.add_argument(
         "--overwrite", action="store_true", help="replace DST if it is a model dir written by qwen-audio-jax"

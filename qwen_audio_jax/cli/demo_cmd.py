@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from qwen_audio_jax.cli.args import positive_int
+from qwen_audio_jax.choices import DEFAULT_BATCH_SIZE, DEMO_ASK_MAX_NEW_TOKENS, DEMO_MAX_NEW_TOKENS
+from qwen_audio_jax.cli.args import add_long_audio_flag, positive_int
 from qwen_audio_jax.runtime import CACHE_FLAG_HELP
 
 
@@ -23,18 +24,18 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--batch-size",
         type=positive_int,
-        default=8,
-        help="decode slots (default 8; the same for --audio, so one run's compiled programs serve the other)",
+        default=DEFAULT_BATCH_SIZE,
+        help="decode slots (default %(default)s; the same for --audio, so one run's compiled programs serve the other)",
     )
-    p.add_argument("--max-new-tokens", type=positive_int, default=None, help="default 24 (48 with --audio)")
+    p.add_argument(
+        "--max-new-tokens",
+        type=positive_int,
+        default=None,
+        help=f"default {DEMO_MAX_NEW_TOKENS} ({DEMO_ASK_MAX_NEW_TOKENS} with --audio)",
+    )
     p.add_argument("--output", default=None, help="also write the results as JSON lines here")
     p.add_argument("--overwrite", action="store_true", help="replace --output if it holds earlier results")
-    p.add_argument(
-        "--long-audio",
-        choices=["truncate", "chunk"],
-        default="truncate",
-        help="--audio over 30 s: keep the first 30 s (reference) or split it into 30 s clips",
-    )
+    add_long_audio_flag(p, "--audio")
     p.add_argument("--compilation-cache", default=None, metavar="DIR", help=CACHE_FLAG_HELP)
     p.set_defaults(func=_demo)
 
@@ -55,7 +56,7 @@ def _demo(args) -> int:
         run_demo(
             model_dir=model_dir,
             batch_size=args.batch_size,
-            max_new_tokens=args.max_new_tokens or 24,
+            max_new_tokens=args.max_new_tokens or DEMO_MAX_NEW_TOKENS,
             output=args.output,
             overwrite=args.overwrite,
             long_audio=args.long_audio,
@@ -65,7 +66,7 @@ def _demo(args) -> int:
             args.audio,
             args.ask,
             model_dir=model_dir,
-            max_new_tokens=args.max_new_tokens or 48,
+            max_new_tokens=args.max_new_tokens or DEMO_ASK_MAX_NEW_TOKENS,
             long_audio=args.long_audio,
             batch_size=args.batch_size,
         )

@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import argparse
 
-from qwen_audio_jax.cli.args import add_engine_flags, add_quantize_flag, add_runtime_flags, engine_options, positive_int
-
-TASKS = ("asr", "s2tt", "ser", "vsc", "aqa", "caption")  # = qwen_audio_jax.eval.manifest.TASKS (checked there)
+from qwen_audio_jax.choices import EVAL_TASKS, VARIANTS
+from qwen_audio_jax.cli.args import (
+    add_batch_size_flag,
+    add_engine_flags,
+    add_long_audio_flag,
+    add_quantize_flag,
+    add_runtime_flags,
+    engine_options,
+)
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -16,7 +22,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         description="With --model: generate every manifest entry (greedy, the official decoding) and score. With "
         "--predictions: score an existing results file. Writes OUTPUT/metrics.json and OUTPUT/errors.jsonl.",
     )
-    p.add_argument("--task", required=True, choices=TASKS)
+    p.add_argument("--task", required=True, choices=EVAL_TASKS)
     p.add_argument(
         "--manifest",
         required=True,
@@ -28,11 +34,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     src.add_argument("--predictions", help="an existing generate results JSONL to score")
     p.add_argument(
         "--variant",
-        choices=["qwen2_audio", "qwen_audio_v1"],
+        choices=VARIANTS,
         default=None,
         help="whose official rules score the predictions (default: the model's; qwen2_audio for --predictions)",
     )
-    p.add_argument("--batch-size", type=positive_int, default=8, help="decode slots (scores do not depend on it)")
+    add_batch_size_flag(p, "decode slots (scores do not depend on it)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted generation in OUTPUT")
     p.add_argument(
         "--chat",
@@ -42,7 +48,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         help="use the chat presets (default: when the checkpoint is a chat model)",
     )
     p.add_argument("--no-chat", dest="chat", action="store_false")
-    p.add_argument("--long-audio", choices=["truncate", "chunk"], default="truncate")
+    add_long_audio_flag(p)
     add_runtime_flags(p)
     add_quantize_flag(p)
     add_engine_flags(p)

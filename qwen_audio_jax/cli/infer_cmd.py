@@ -8,8 +8,11 @@ import sys
 import time
 from pathlib import Path
 
+from qwen_audio_jax.choices import SAMPLING_DEFAULTS, default_workers
 from qwen_audio_jax.cli.args import (
+    add_batch_size_flag,
     add_engine_flags,
+    add_long_audio_flag,
     add_quantize_flag,
     add_runtime_flags,
     compute_dtype,
@@ -28,12 +31,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="model dir written by `qwen-audio-jax convert` (or training)")
     p.add_argument("--input", required=True, help='request JSONL (one JSON object per line, each with an "id")')
     p.add_argument("--output", required=True, help="result JSONL (one line per request)")
-    p.add_argument(
-        "--batch-size",
-        type=positive_int,
-        default=8,
-        help="decode slots (generate) or rows per step (score); rounded up to the mesh's batch axes",
-    )
+    add_batch_size_flag(p, "decode slots (generate) or rows per step (score); rounded up to the mesh's batch axes")
     p.add_argument(
         "--resume", action="store_true", help="continue an interrupted run: keep finished lines, skip their ids"
     )
@@ -49,17 +47,13 @@ def _common(p: argparse.ArgumentParser) -> None:
         help="lines come in completion order; with --ordered the file is rewritten in input order once every "
         "request is answered (an interrupted run keeps completion order and resumes as usual)",
     )
-    p.add_argument(
-        "--long-audio",
-        choices=["truncate", "chunk"],
-        default="truncate",
-        help="clips over 30 s: keep the first 30 s (reference) or split into 30 s clips",
-    )
+    add_long_audio_flag(p)
     p.add_argument(
         "--workers",
         type=positive_int,
-        default=None,
-        help="threads preparing requests (audio, features, tokens) ahead of the device",
+        default=default_workers(),
+        help="threads preparing requests (audio, features, tokens) ahead of the device (default: one per CPU core, "
+        "at most 8: %(default)s here)",
     )
     p.add_argument(
         "--chat",
@@ -84,15 +78,18 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--max-new-tokens",
         type=positive_int,
-        default=256,
-        help="token budget per request (a request line's own max_new_tokens wins)",
+        default=SAMPLING_DEFAULTS["max_new_tokens"],
+        help="token budget per request (a request line's own max_new_tokens wins; default: %(default)s)",
     )
-    p.add_argument("--min-new-tokens", type=nonneg_int, default=0)
-    p.add_argument("--temperature", type=nonneg_float, default=0.0, help="0 = greedy (default)")
-    p.add_argument("--top-k", type=nonneg_int, default=0, help="0 = off")
-    p.add_argument("--top-p", type=probability, default=1.0, help="1.0 = off")
-    p.add_argument("--repetition-penalty", type=positive_float, default=1.0, help="1.0 = off")
-    p.add_argument("--seed", type=seed_int, default=0)
+    d = SAMPLING_DEFAULTS
+    p.add_argument("--min-new-tokens", type=nonneg_int, default=d["min_new_tokens"], help="default: %(default)s")
+    p.add_argument("--temperature", type=nonneg_float, default=d["temperature"], help="0 = greedy (default)")
+    p.add_argument("--top-k", type=nonneg_int, default=d["top_k"], help="0 = off (default)")
+    p.add_argument("--top-p", type=probability, default=d["top_p"], help="1.0 = off (default)")
+    p.add_argument(
+        "--repetition-penalty", type=positive_float, default=d["repetition_penalty"], help="1.0 = off (default)"
+    )
+    p.add_argument("--seed", type=seed_int, default=d["seed"], help="default: %(default)s")
     p.add_argument(
         "--stop-id",
         type=nonneg_int,

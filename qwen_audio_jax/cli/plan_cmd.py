@@ -13,13 +13,23 @@ import math
 import re
 from pathlib import Path
 
+from qwen_audio_jax.choices import (
+    DEFAULT_KV_CACHE_DTYPE,
+    DEFAULT_QUANTIZE,
+    DEFAULT_REMAT,
+    DTYPES,
+    KV_CACHE_DTYPES,
+    QUANTIZE_MODES,
+    REFERENCE_MODES,
+    REMAT_POLICIES,
+)
 from qwen_audio_jax.cli.args import positive_int, probability
 from qwen_audio_jax.errors import ConfigError
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     from qwen_audio_jax.config import PRESETS
-    from qwen_audio_jax.sharding.planner import DEFAULT_MARGIN, DEVICE_MEMORY_GIB, REMAT_POLICIES
+    from qwen_audio_jax.sharding.planner import DEFAULT_MARGIN, DEVICE_MEMORY_GIB
 
     p = sub.add_parser(
         "plan",
@@ -57,11 +67,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--train", action="store_true", help="plan a training step (AdamW) instead of inference")
     p.add_argument(
         "--param-dtype",
-        choices=["bfloat16", "float32"],
+        choices=DTYPES,
         default=None,
         help="stored params (default: the compute dtype for inference, float32 for training)",
     )
-    p.add_argument("--compute-dtype", choices=["bfloat16", "float32"], default="bfloat16")
+    p.add_argument("--compute-dtype", choices=DTYPES, default="bfloat16", help="default: %(default)s")
     p.add_argument(
         "--freeze-audio-encoder",
         action=argparse.BooleanOptionalAction,
@@ -82,14 +92,14 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--reference",
-        choices=["none", "precomputed", "model"],
+        choices=("none", *REFERENCE_MODES),
         default="none",
         help="training (DPO): 'model' keeps a frozen fp32 reference copy in memory",
     )
     p.add_argument(
         "--remat",
-        choices=list(REMAT_POLICIES),
-        default="none",
+        choices=REMAT_POLICIES,
+        default=DEFAULT_REMAT,
         help="training: what each layer saves for the backward pass (default: none = save all)",
     )
     dev = p.add_mutually_exclusive_group()
@@ -110,14 +120,14 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--quantize",
-        choices=["none", "int8"],
-        default="none",
+        choices=QUANTIZE_MODES,
+        default=DEFAULT_QUANTIZE,
         help="inference: int8 weight-only decoder kernels and lm_head (as generate --quantize int8)",
     )
     p.add_argument(
         "--kv-cache-dtype",
-        choices=["auto", "int8"],
-        default="auto",
+        choices=KV_CACHE_DTYPES,
+        default=DEFAULT_KV_CACHE_DTYPE,
         help="inference: int8 KV cache with per-token, per-head scales (as generate --kv-cache-dtype int8)",
     )
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")

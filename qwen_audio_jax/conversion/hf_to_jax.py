@@ -29,6 +29,7 @@ from qwen_audio_jax.checkpoint.model_dir import (
     write_config,
 )
 from qwen_audio_jax.checkpoint.safe_write import atomic_directory, deferred_interrupt
+from qwen_audio_jax.choices import CONVERT_DTYPES
 from qwen_audio_jax.config import ModelConfig
 from qwen_audio_jax.conversion.hf_config import from_hf_config
 from qwen_audio_jax.conversion.name_map import ParamRule, hf_shape, rules_for, to_ours
@@ -36,7 +37,7 @@ from qwen_audio_jax.errors import CheckpointError, ConfigError
 from qwen_audio_jax.model.params import abstract_params
 
 DTYPES = {"bfloat16": np.dtype(ml_dtypes.bfloat16), "float32": np.dtype(np.float32)}
-DTYPE_CHOICES = ("auto", *DTYPES)
+DTYPE_CHOICES = CONVERT_DTYPES  # "auto" keeps each tensor's source dtype
 _FLOAT_KINDS = ("f", "V")  # ml_dtypes.bfloat16 reports kind "V"
 
 

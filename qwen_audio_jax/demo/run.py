@@ -12,6 +12,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from qwen_audio_jax.choices import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_LONG_AUDIO,
+    DEMO_ASK_MAX_NEW_TOKENS,
+    DEMO_MAX_NEW_TOKENS,
+)
 from qwen_audio_jax.demo.bundle import DEMO_CLIPS, DEMO_MODEL, DemoItem, load_demo_items
 from qwen_audio_jax.demo.scoring import SPEECH_KINDS, score_answers, words
 from qwen_audio_jax.errors import AudioError
@@ -39,7 +45,7 @@ def _job(model, batch_size: int, max_new_tokens: int, base_dir: Path | None = No
     )
 
 
-def _load(model_dir: Path, log: Callable[[str], None], long_audio: str = "truncate"):
+def _load(model_dir: Path, log: Callable[[str], None], long_audio: str = DEFAULT_LONG_AUDIO):
     from qwen_audio_jax import api
     from qwen_audio_jax.model.params import count_params
 
@@ -115,11 +121,11 @@ def run_demo(
     *,
     model_dir: str | Path = DEMO_MODEL,
     clips_dir: str | Path = DEMO_CLIPS,
-    batch_size: int = 8,
-    max_new_tokens: int = 24,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    max_new_tokens: int = DEMO_MAX_NEW_TOKENS,
     output: str | Path | None = None,
     overwrite: bool = False,
-    long_audio: str = "truncate",
+    long_audio: str = DEFAULT_LONG_AUDIO,
     log: Callable[[str], None] = print,
 ) -> dict:
     """Greedy answers to every bundled held-out request, printed with the expected answer, then the figures.
@@ -166,9 +172,9 @@ def answer_audio(
     question: str | None = None,
     *,
     model_dir: str | Path = DEMO_MODEL,
-    max_new_tokens: int = 48,
-    long_audio: str = "truncate",
-    batch_size: int = 8,
+    max_new_tokens: int = DEMO_ASK_MAX_NEW_TOKENS,
+    long_audio: str = DEFAULT_LONG_AUDIO,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     log: Callable[[str], None] = print,
 ) -> str:
     """The model's answer about one audio file (default question: DEFAULT_QUESTION); logged last, returned.

@@ -17,12 +17,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from qwen_audio_jax.choices import EVAL_TASKS
 from qwen_audio_jax.errors import ConfigError, DataError
 from qwen_audio_jax.jsonl import iter_jsonl
 
 __all__ = ["TASKS", "ManifestEntry", "ManifestProblem", "check_task", "read_jsonl_objects", "read_manifest"]
 
-TASKS = ("asr", "s2tt", "ser", "vsc", "aqa", "caption")
+TASKS = EVAL_TASKS
 
 _REQUIRED = ("id", "audio", "reference", "source", "language")
 _OPTIONAL = ("target_language", "prompt", "question")

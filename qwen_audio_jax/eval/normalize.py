@@ -16,6 +16,7 @@ import re
 import unicodedata
 from functools import cache
 
+from qwen_audio_jax.choices import VARIANTS
 from qwen_audio_jax.errors import ConfigError
 
 __all__ = [
@@ -27,8 +28,6 @@ __all__ = [
     "is_char_level",
     "remove_sp",
 ]
-
-VARIANTS = ("qwen2_audio", "qwen_audio_v1")
 
 # evaluate_asr.py: PUNCS = '!,.?;:' -- a space before one of these is removed
 _PUNCS = "!,.?;:"

@@ -26,20 +26,20 @@ import dataclasses
 import math
 import time
 from collections.abc import Iterable, Iterator
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import jax
 import jax.numpy as jnp
 
 from qwen_audio_jax.batching.buckets import Buckets
 from qwen_audio_jax.batching.device_batch import DeviceBatch, error_message, run_isolated
+from qwen_audio_jax.choices import DEFAULT_ATTENTION, DEFAULT_BATCH_SIZE, DEFAULT_KV_CACHE_DTYPE, KV_CACHE_DTYPES
 from qwen_audio_jax.config import ModelConfig
 from qwen_audio_jax.generation import layout, steps
 from qwen_audio_jax.generation.options import GenerationOptions, RequestOptions
 from qwen_audio_jax.generation.programs import ProgramSet
 from qwen_audio_jax.generation.scheduler import CacheGeometry, ChunkPlan, Scheduler
 from qwen_audio_jax.model.attention import chosen
-from qwen_audio_jax.model.paged import KV_DTYPES
 from qwen_audio_jax.model.params import build_module
 from qwen_audio_jax.sharding.placement import Placement
 from qwen_audio_jax.text.processor import PreparedRequest
@@ -50,15 +50,31 @@ PAGE_SIZE = 128  # tokens per KV page
 TOKENS_PER_SLOT = 2048  # default pool size per slot (--kv-cache-tokens overrides)
 
 
+# What every process agrees on (DeviceBatch.agree) before a device call; flags come back as 0 or 1.
+class RoundFlags(NamedTuple):
+    prefill: int  # some process has a chunk to prefill
+    live: int  # some process has requests decoding
+    pending: int  # some process has requests still to admit or read
+
+
+class EncodeCalls(NamedTuple):
+    calls: int  # encoder calls this round: the most clips any domain's prompt still has to encode
+
+
+class PrefillShape(NamedTuple):
+    length: int  # the chunk-length bucket of the longest chunk
+    extend: int  # some chunk continues a prompt (prefill at the longest chunk, over cached pages)
+
+
 @dataclasses.dataclass(frozen=True)
 class EngineOptions:
     """How a job's engine is sized: the one home of these choices and their defaults (the CLI flags of
     generate / eval / serve map onto it)."""
 
-    batch_size: int = 8  # decode slots (rounded up to the mesh's batch axes and the process count)
+    batch_size: int = DEFAULT_BATCH_SIZE  # decode slots (rounded up to the mesh's batch axes and process count)
     max_len: int | None = None  # prompt + budget of one request (default and ceiling: the model's context)
     kv_cache_tokens: int | None = None  # the page pool over all slots (default TOKENS_PER_SLOT per slot)
-    kv_cache_dtype: str = "auto"  # "auto" (the compute dtype) | "int8"
+    kv_cache_dtype: str = DEFAULT_KV_CACHE_DTYPE  # choices.KV_CACHE_DTYPES: "auto" (the compute dtype) | "int8"
     precompile: bool = False  # compile the whole program set before the first request
 
     def engine_kwargs(self) -> dict:
@@ -144,21 +160,21 @@ class Engine:
         params,
         *,
         dtype=jnp.float32,
-        batch_size: int = 8,
+        batch_size: int = DEFAULT_BATCH_SIZE,
         placement: Placement | None = None,
         buckets: Buckets = Buckets(),
-        attention: str = "auto",
+        attention: str = DEFAULT_ATTENTION,
         return_logprobs: bool = False,
         stop_ids: tuple[int, ...] = (),
         chunk: int = DECODE_CHUNK,
         max_len: int | None = None,
         kv_cache_tokens: int | None = None,
         page_size: int = PAGE_SIZE,
-        kv_cache_dtype: str = "auto",
+        kv_cache_dtype: str = DEFAULT_KV_CACHE_DTYPE,
         quantized: bool = False,
     ):
-        if kv_cache_dtype not in KV_DTYPES:
-            raise ValueError(f"kv_cache_dtype must be one of {KV_DTYPES}, got {kv_cache_dtype!r}")
+        if kv_cache_dtype not in KV_CACHE_DTYPES:
+            raise ValueError(f"kv_cache_dtype must be one of {KV_CACHE_DTYPES}, got {kv_cache_dtype!r}")
         self.config, self.buckets, self.chunk, self.dtype = config, buckets, chunk, dtype
         self.placement = placement or Placement.create(None)
         self.batch = DeviceBatch(self.placement)
@@ -272,12 +288,12 @@ class Engine:
                 while waiting and sched.admit(waiting[0], self._tokens_needed(waiting[0])) is not None:
                     waiting.popleft()
                 more = bool(waiting) or not source.exhausted
-                prefill, live, pending = self.batch.agree((sched.has_prefill(), bool(outputs), more))
-                if prefill:
+                flags = self.batch.agree(RoundFlags(sched.has_prefill(), bool(outputs), more))
+                if flags.prefill:
                     yield from self._prefill_round(sched, outputs, sched.domains)
-                elif live:
-                    yield from self._decode_chunk(sched, outputs, stop_on_free=bool(pending))
-                elif not pending:
+                elif flags.live:
+                    yield from self._decode_chunk(sched, outputs, stop_on_free=bool(flags.pending))
+                elif not flags.pending:
                     return
 
     # ---- host loop pieces ------------------------------------------------------------------------------------
@@ -314,7 +330,7 @@ class Engine:
         chosen = set(domains)
         t0 = time.perf_counter()
         clips = {d: c for d, c in sched.clips_to_encode().items() if d in chosen}
-        calls = self.batch.agree((max((len(c) for c in clips.values()), default=0),))[0]
+        calls = self.batch.agree(EncodeCalls(max((len(c) for c in clips.values()), default=0))).calls
         if calls:
             frames = self.batch.agree(
                 [
@@ -336,13 +352,14 @@ class Engine:
                 sched.current(d).clips_encoded = True
         plans = {d: p for d, p in sched.next_chunks(self.buckets.chunks[-1]).items() if d in chosen}
         longest = max((p.length for p in plans.values()), default=0)
-        t, extend = self.batch.agree(
-            (self.buckets.chunk_length(longest) if plans else 0, any(p.start > 0 for p in plans.values()))
+        shape = self.batch.agree(
+            PrefillShape(self.buckets.chunk_length(longest) if plans else 0, any(p.start > 0 for p in plans.values()))
         )
-        if extend:
-            t = self.buckets.chunks[-1]
+        t = self.buckets.chunks[-1] if shape.extend else shape.length
         rows = layout.prefill_arrays(plans, t, self.config, self.geometry, sched.domains)
-        self._state, pre = self.programs.prefill(self._state, self._features, self.batch.place(rows), bool(extend))
+        self._state, pre = self.programs.prefill(
+            self._state, self._features, self.batch.place(rows), bool(shape.extend)
+        )
         first, logprob, done = self.batch.mine((pre.first_token, pre.first_logprob, pre.done), len(sched.domains))
         self.stats.prefill_s += time.perf_counter() - t0
         self.stats.prefills += 1

@@ -7,6 +7,7 @@ import numpy as np
 
 from qwen_audio_jax.config import ModelConfig
 from qwen_audio_jax.generation import steps
+from qwen_audio_jax.generation.options import SamplingSettings
 from qwen_audio_jax.generation.sampling import SamplingParams
 from qwen_audio_jax.generation.scheduler import CacheGeometry, ChunkPlan
 from qwen_audio_jax.model import axes, paged, rope
@@ -75,7 +76,7 @@ def prefill_arrays(
     audio_offset = np.asarray([d * geometry.feature_rows for d in domains], np.int32)
     rope_index, max_new = np.zeros(r, np.int32), np.ones(r, np.int32)
     seed, stream = np.zeros(r, np.uint32), np.zeros(r, np.uint32)
-    settings = [(0.0, 0, 1.0, 1.0, 0)] * r
+    settings = [SamplingSettings()] * r
     for d, plan in ((i, plans[dom]) for i, dom in enumerate(domains) if dom in plans):
         adm, req = plan.admitted, plan.admitted.request
         tokens[d, : plan.length] = adm.tokens[plan.start : plan.start + plan.length]

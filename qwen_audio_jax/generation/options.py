@@ -10,11 +10,18 @@ from __future__ import annotations
 import dataclasses
 import math
 import zlib
+from typing import NamedTuple
 
+from qwen_audio_jax.choices import (
+    PER_REQUEST_KEYS,
+    SAMPLING_DEFAULTS,
+    SAMPLING_NOTES,
+    SAMPLING_RANGES,
+    STOP_ID,
+)
 from qwen_audio_jax.errors import ConfigError, PromptError
 
-# Request-line keys that override the job's options for that request.
-PER_REQUEST_KEYS = ("max_new_tokens", "min_new_tokens", "temperature", "top_k", "top_p", "repetition_penalty", "seed")
+__all__ = ["PER_REQUEST_KEYS", "GenerationOptions", "RequestOptions", "SamplingSettings", "validate_sampling"]
 
 
 def _check(name: str, value, kind: type, ok, allowed: str, error=ConfigError):
@@ -29,47 +36,42 @@ def _check(name: str, value, kind: type, ok, allowed: str, error=ConfigError):
     return value
 
 
-# Every value becomes a 32-bit device value (int32 budgets and top-k, uint32 seeds, float32 sampling values), so
-# the ranges stop there: a larger one would pass here and overflow on the device, on every --resume again.
-INT32_MAX = 2**31 - 1
-FLOAT32_MAX = 3.4028234663852886e38
-FLOAT32_TINY = 1.1754943508222875e-38  # the smallest normal float32: a smaller penalty would become 0
-
-
 def validate_sampling(values: dict, error=ConfigError, prefix: str = "") -> None:
-    """Checks each present key of PER_REQUEST_KEYS; `prefix` names where the value came from."""
-    rules = {
-        "max_new_tokens": (int, lambda v: 1 <= v <= INT32_MAX, f"in [1, {INT32_MAX}]"),
-        "min_new_tokens": (int, lambda v: 0 <= v <= INT32_MAX, f"in [0, {INT32_MAX}]"),
-        "temperature": (float, lambda v: 0 <= v <= FLOAT32_MAX, "in [0, 3.4e38] (0 = greedy)"),
-        "top_k": (int, lambda v: 0 <= v <= INT32_MAX, f"in [0, {INT32_MAX}] (0 = off)"),
-        "top_p": (float, lambda v: 0 < v <= 1, "in (0, 1] (1 = off)"),
-        "repetition_penalty": (float, lambda v: FLOAT32_TINY <= v <= FLOAT32_MAX, "in [1.2e-38, 3.4e38] (1 = off)"),
-        "seed": (int, lambda v: 0 <= v < 2**32, "in [0, 2**32)"),
-    }
+    """Checks each present key of PER_REQUEST_KEYS against its range (choices.SAMPLING_RANGES); `prefix` names
+    where the value came from."""
     for key, value in values.items():
-        kind, ok, allowed = rules[key]
-        _check(f"{prefix}{key}", value, kind, ok, allowed, error)
+        r, note = SAMPLING_RANGES[key], SAMPLING_NOTES.get(key)
+        _check(f"{prefix}{key}", value, r.kind, r.__contains__, f"{r.text} ({note})" if note else r.text, error)
+
+
+class SamplingSettings(NamedTuple):
+    """One row's sampling settings, as the engine puts them into a slot (the defaults are all off: greedy)."""
+
+    temperature: float = SAMPLING_DEFAULTS["temperature"]
+    top_k: int = SAMPLING_DEFAULTS["top_k"]
+    top_p: float = SAMPLING_DEFAULTS["top_p"]
+    repetition_penalty: float = SAMPLING_DEFAULTS["repetition_penalty"]
+    min_new_tokens: int = SAMPLING_DEFAULTS["min_new_tokens"]
 
 
 @dataclasses.dataclass(frozen=True)
 class GenerationOptions:
     """Job-wide generation settings (each request may override the PER_REQUEST_KEYS)."""
 
-    max_new_tokens: int = 128
-    min_new_tokens: int = 0
-    temperature: float = 0.0  # 0 = greedy (transformers' do_sample=False)
-    top_k: int = 0  # 0 = off
-    top_p: float = 1.0  # 1.0 = off
-    repetition_penalty: float = 1.0  # 1.0 = off
+    max_new_tokens: int = SAMPLING_DEFAULTS["max_new_tokens"]
+    min_new_tokens: int = SAMPLING_DEFAULTS["min_new_tokens"]
+    temperature: float = SAMPLING_DEFAULTS["temperature"]  # 0 = greedy (transformers' do_sample=False)
+    top_k: int = SAMPLING_DEFAULTS["top_k"]  # 0 = off
+    top_p: float = SAMPLING_DEFAULTS["top_p"]  # 1.0 = off
+    repetition_penalty: float = SAMPLING_DEFAULTS["repetition_penalty"]  # 1.0 = off
     stop_ids: tuple[int, ...] = ()  # extra stop ids, on top of the model's (config.stop_ids)
-    seed: int = 0
+    seed: int = SAMPLING_DEFAULTS["seed"]
     return_logprobs: bool = False  # a static switch: one compiled program per setting
 
     def __post_init__(self):
         validate_sampling({k: getattr(self, k) for k in PER_REQUEST_KEYS})
         for i in self.stop_ids:
-            _check("stop id", i, int, lambda v: 0 <= v <= INT32_MAX, f"in [0, {INT32_MAX}]")
+            _check("stop id", i, STOP_ID.kind, STOP_ID.__contains__, STOP_ID.text)
 
     def for_request(self, record: dict | None, request_id: str = "") -> RequestOptions:
         """This request's settings: the job's, overridden by the record's own keys (validated)."""
@@ -93,8 +95,8 @@ class RequestOptions:
     request_id: str = ""
 
     @property
-    def sampling_row(self) -> tuple[float, int, float, float, int]:
-        return (
+    def sampling_row(self) -> SamplingSettings:
+        return SamplingSettings(
             float(self.temperature),
             int(self.top_k),
             float(self.top_p),

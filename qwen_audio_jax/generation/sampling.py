@@ -8,10 +8,14 @@ seed, never on which slot it sits in or what its neighbours are. Changing any va
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from qwen_audio_jax.generation.options import SamplingSettings
 
 NEG_INF = -jnp.inf
 
@@ -27,15 +31,15 @@ class SamplingParams:
     min_new_tokens: jax.Array  # i32
 
     @classmethod
-    def rows(cls, settings: list[tuple[float, int, float, float, int]]) -> SamplingParams:
-        """Host arrays from (temperature, top_k, top_p, repetition_penalty, min_new_tokens) per row."""
-        t, k, p, r, m = zip(*settings) if settings else ((), (), (), (), ())
+    def rows(cls, settings: Sequence[SamplingSettings]) -> SamplingParams:
+        """Host arrays from one SamplingSettings per row."""
+        column = {name: [getattr(row, name) for row in settings] for name in SamplingSettings._fields}
         return cls(
-            temperature=np.asarray(t, np.float32),
-            top_k=np.asarray(k, np.int32),
-            top_p=np.asarray(p, np.float32),
-            repetition_penalty=np.asarray(r, np.float32),
-            min_new_tokens=np.asarray(m, np.int32),
+            temperature=np.asarray(column["temperature"], np.float32),
+            top_k=np.asarray(column["top_k"], np.int32),
+            top_p=np.asarray(column["top_p"], np.float32),
+            repetition_penalty=np.asarray(column["repetition_penalty"], np.float32),
+            min_new_tokens=np.asarray(column["min_new_tokens"], np.int32),
         )
 
 

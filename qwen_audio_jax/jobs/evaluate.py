@@ -23,6 +23,7 @@ from qwen_audio_jax.checkpoint.safe_write import (
     prepare_work_dir,
     release_work_dir,
 )
+from qwen_audio_jax.choices import QWEN2_AUDIO, QWEN_AUDIO_V1
 from qwen_audio_jax.errors import ConfigError, OutputError
 from qwen_audio_jax.eval.manifest import ManifestEntry, read_manifest
 from qwen_audio_jax.eval.report import format_table, read_predictions, write_outputs
@@ -108,7 +109,7 @@ def evaluate(
     out = prepare_work_dir(out, what="--output", kind="eval", sources={"manifest": manifest})
     try:  # the directory is locked (another eval into it is refused) until this returns
         if variant is None:
-            variant = "qwen_audio_v1" if model is not None and model.config.is_v1 else "qwen2_audio"
+            variant = QWEN_AUDIO_V1 if model is not None and model.config.is_v1 else QWEN2_AUDIO
         if model is not None:
             summary = _generate(model, task, entries, out, options, engine_options, chat, resume, overwrite, progress)
             log(f"generated {summary['requests']} predictions ({summary['errors']} errors) -> {out / PREDICTIONS}")

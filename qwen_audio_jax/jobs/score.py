@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Iterator
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -25,6 +26,7 @@ import numpy as np
 from qwen_audio_jax.audio.lengths import num_audio_tokens
 from qwen_audio_jax.batching.buckets import Buckets
 from qwen_audio_jax.batching.device_batch import DeviceBatch, error_message, run_isolated
+from qwen_audio_jax.choices import DEFAULT_BATCH_SIZE
 from qwen_audio_jax.errors import PromptError
 from qwen_audio_jax.generation import steps
 from qwen_audio_jax.jobs.generate import REQUEST_KEYS, normalise_request, resolve_audio
@@ -40,6 +42,17 @@ SCORE_KEYS = (
 ) | {"completion", "completions"}
 
 
+# What every process agrees on (DeviceBatch.agree) before a scoring call.
+class ScoreRound(NamedTuple):
+    rows: int  # the most rows any process has this round (0: nothing to score now)
+    more: int  # some process still has requests to read
+
+
+class ScoreShape(NamedTuple):
+    length: int  # the score-length bucket of the longest row
+    calls: int  # encoder calls: the most clips any process has in this batch
+
+
 @dataclasses.dataclass
 class _Scoring:
     id: str
@@ -52,7 +65,13 @@ class ScoreJob:
     name = "score"
 
     def __init__(
-        self, model, *, batch_size: int = 8, buckets: Buckets = Buckets(), base_dir=None, chat: bool | None = None
+        self,
+        model,
+        *,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        buckets: Buckets = Buckets(),
+        base_dir=None,
+        chat: bool | None = None,
     ):
         self.model, self.buckets, self.base_dir = model, buckets, base_dir
         self.chat = model.processor.is_chat if chat is None else chat  # task presets: chat turns or raw prompts
@@ -133,9 +152,9 @@ class ScoreJob:
 
     def _score_rows(self, rows: list[tuple[_Scoring, int]], more: bool) -> bool:
         """Scores up to one local batch of rows (every process together). False when all processes are done."""
-        n_rows, any_more = self.batch.agree((len(rows), int(more)))
-        if not n_rows:
-            return bool(any_more)
+        agreed = self.batch.agree(ScoreRound(len(rows), int(more)))
+        if not agreed.rows:
+            return bool(agreed.more)
 
         def fail(row, exc):
             row[0].scores.append(error_message(exc))
@@ -152,7 +171,8 @@ class ScoreJob:
         items = [req.items[i] for req, i in rows]
         longest = max((it.num_tokens for it in items), default=1)
         clips = [(r, m, n) for r, it in enumerate(items) for m, n in zip(it.mels, it.mel_lengths)]
-        t, calls = self.batch.agree((buckets.score_length(longest), len(clips)))
+        shape = self.batch.agree(ScoreShape(buckets.score_length(longest), len(clips)))
+        t, calls = shape.length, shape.calls
         if self._features is None or self._features.is_deleted():
             self._features = self._zeros()
         offsets = np.zeros(local, np.int32)  # audio tokens written so far per row

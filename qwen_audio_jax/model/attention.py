@@ -18,7 +18,8 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
-IMPLEMENTATIONS = ("auto", "xla", "dot_product", "cudnn")
+from qwen_audio_jax.choices import ATTENTION_IMPLEMENTATIONS as IMPLEMENTATIONS
+
 # A finite "minus infinity": a fully masked row (a padding query) then gets a uniform softmax instead of NaN.
 MASK_VALUE = -1e30
 _CUDNN_DTYPES = (jnp.bfloat16, jnp.float16)

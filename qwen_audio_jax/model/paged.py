@@ -23,8 +23,6 @@ import jax.numpy as jnp
 
 from qwen_audio_jax.model.attention import MASK_VALUE
 
-KV_DTYPES = ("auto", "int8")  # "auto": the compute dtype
-
 
 @flax.struct.dataclass
 class PagedKV:

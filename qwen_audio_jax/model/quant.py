@@ -18,7 +18,6 @@ import jax
 import jax.numpy as jnp
 from flax import traverse_util
 
-QUANTIZE_MODES = ("none", "int8")
 CPU_BLOCK_BYTES = 1 << 20  # one converted column block on XLA:CPU: about an L2 cache
 
 # The kernels `--quantize int8` converts: every decoder linear layer and the lm_head.

@@ -5,11 +5,8 @@ only when a policy is applied, so the command line can offer the names without i
 
 from __future__ import annotations
 
+from qwen_audio_jax.choices import REMAT_POLICIES  # what each policy saves is said there
 from qwen_audio_jax.errors import ConfigError
-
-# none: save everything; full: save only each layer's input (recompute the layer); dots: save matmul outputs;
-# dots_no_batch: save matmul outputs without batch dimensions (the weights-side products).
-REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 
 
 def check_policy(policy: str) -> str:

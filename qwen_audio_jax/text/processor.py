@@ -25,9 +25,9 @@ import numpy as np
 
 from qwen_audio_jax.audio.features import log_mel_numpy, mel_length
 from qwen_audio_jax.audio.lengths import num_audio_tokens
-from qwen_audio_jax.audio.load import LONG_AUDIO_POLICIES, SAMPLE_RATE, as_waveform, load_audio, split_long_audio
+from qwen_audio_jax.audio.load import SAMPLE_RATE, as_waveform, load_audio, split_long_audio
 from qwen_audio_jax.audio.load_v1 import load_audio_v1
-from qwen_audio_jax.config import MODEL_TYPES, QWEN_AUDIO_V1
+from qwen_audio_jax.choices import DEFAULT_LONG_AUDIO, LONG_AUDIO_POLICIES, QWEN_AUDIO_V1, VARIANTS
 from qwen_audio_jax.errors import ConfigError, PromptError, QwenAudioError
 from qwen_audio_jax.text.chat_template import (
     audio_parts,
@@ -39,8 +39,6 @@ from qwen_audio_jax.text.chat_template import (
 )
 from qwen_audio_jax.text.prompt_generation import check_prompt_generation, message_texts
 from qwen_audio_jax.text.tokenizer import AUDIO_BOS, AUDIO_EOS, AUDIO_TOKEN, Tokenizer, load_tokenizer
-
-VARIANTS = MODEL_TYPES
 
 
 @dataclass
@@ -137,7 +135,7 @@ class Processor:
         chat_template: str | None = None,
         n_mels: int | None = None,
         length_rule: str | None = None,
-        long_audio: str = "truncate",
+        long_audio: str = DEFAULT_LONG_AUDIO,
         variant: str | None = None,
         chat_format: str | None = None,
     ):

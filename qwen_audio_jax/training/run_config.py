@@ -15,6 +15,14 @@ from typing import Any
 
 import yaml
 
+from qwen_audio_jax.choices import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_REFERENCE_MODE,
+    DEFAULT_REMAT,
+    DEFAULT_TRAIN_COMPUTE_DTYPE,
+    DTYPES,
+    REFERENCE_MODES,
+)
 from qwen_audio_jax.errors import ConfigError
 from qwen_audio_jax.model.remat import check_policy
 from qwen_audio_jax.training.loss import LossConfig
@@ -41,30 +49,30 @@ class DataConfig:
 @dataclasses.dataclass(frozen=True)
 class TrainLoopConfig:
     steps: int = 1000  # optimizer steps
-    batch_size: int = 8  # examples (pairs for DPO) per micro-batch, over all processes
+    batch_size: int = DEFAULT_BATCH_SIZE  # examples (pairs for DPO) per micro-batch, over all processes
     grad_accum: int = 1  # micro-batches per optimizer step
     seed: int = 0
-    compute_dtype: str = "float32"  # "bfloat16": bf16 compute over fp32 master weights
-    remat: str = "none"  # none | full | dots | dots_no_batch
+    compute_dtype: str = DEFAULT_TRAIN_COMPUTE_DTYPE  # "bfloat16": bf16 compute over fp32 master weights
+    remat: str = DEFAULT_REMAT  # choices.REMAT_POLICIES
     log_every: int = 1
     num_threads: int = 2  # data preparation threads
 
     def __post_init__(self):
         _at_least("train", self, 1, "steps", "batch_size", "grad_accum", "log_every", "num_threads")
         _at_least("train", self, 0, "seed")
-        if self.compute_dtype not in ("float32", "bfloat16"):
-            raise ConfigError(f"train.compute_dtype={self.compute_dtype!r} must be float32 or bfloat16.")
+        if self.compute_dtype not in DTYPES:
+            raise ConfigError(f"train.compute_dtype={self.compute_dtype!r} must be {' or '.join(DTYPES)}.")
         check_policy(self.remat)
 
 
 @dataclasses.dataclass(frozen=True)
 class ReferenceConfig:
-    mode: str = "model"  # "model": frozen copy of the initial policy; "precomputed": cached log-probs
+    mode: str = DEFAULT_REFERENCE_MODE  # "model": frozen copy of the initial policy; "precomputed": cached log-probs
     model: str | None = None  # another model dir as the reference (default: the policy's starting point)
 
     def __post_init__(self):
-        if self.mode not in ("model", "precomputed"):
-            raise ConfigError(f"reference.mode={self.mode!r} must be 'model' or 'precomputed'.")
+        if self.mode not in REFERENCE_MODES:
+            raise ConfigError(f"reference.mode={self.mode!r} must be {' or '.join(repr(m) for m in REFERENCE_MODES)}.")
 
 
 @dataclasses.dataclass(frozen=True)
