@@ -345,8 +345,8 @@ def test_resumed_training_with_changed_settings_is_refused(ws, tmp_path, capsys)
     ]
     assert main(args + ["train.steps=1"]) == 0
     capsys.readouterr()
-    assert main(args + ["train.steps=2", "optim.learning_rate=0.5"]) == 2
+    assert main(args + ["train.steps=2", "loss.beta=0.5"]) == 2
     err = capsys.readouterr().err
-    assert "optim.learning_rate" in err and err.count("\n") == 1
+    assert "loss.beta" in err and err.count("\n") == 1
     assert main(args + ["train.steps=2"]) == 0  # extending the same run is fine
     assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 2

@@ -1,5 +1,5 @@
-"""DPO / SFT runs end to end on the tiny model: it learns, resumes bit-identically after SIGKILL, stops on a
-non-finite loss with the last good checkpoint intact, and writes a model dir the other commands take."""
+"""DPO / SFT runs end to end on the tiny model: it learns, resumes bit-identically after SIGKILL, and writes a
+model dir the other commands take. (A non-finite step: tests/test_reliability_numbers.py.)"""
 
 import json
 import os
@@ -163,26 +163,6 @@ def test_resume_after_sigkill_is_bit_identical(work, tmp_path):
     assert [{k: v for k, v in m.items() if k not in drop} for m in got] == [
         {k: v for k, v in m.items() if k not in drop} for m in want
     ]
-
-
-def test_non_finite_loss_stops_with_last_good_checkpoint(work, tmp_path, capsys):
-    out = tmp_path / "nan"
-    status = _dpo(
-        work,
-        out,
-        "optim.learning_rate=1e30",
-        "optim.min_learning_rate=1e29",
-        "optim.warmup_steps=0",
-        "optim.clip_norm=0",
-        "checkpoint.every=1",
-        "train.steps=30",
-    )
-    err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert status == 2 and err.startswith("error: step ") and "non-finite" in err and "last good checkpoint" in err
-    good = int(err.split("last good checkpoint is step ")[1].split()[0])
-    assert (out / "checkpoints" / str(good)).is_dir()
-    metrics = _records(out / "metrics.jsonl")
-    assert all(np.isfinite(m["loss"]) for m in metrics) and metrics[-1]["step"] == good
 
 
 def test_train_step_compiles_once_per_bucket_and_exports(work, tmp_path):

@@ -55,6 +55,15 @@ class TrainCheckpoints:
         self.manager.close()
 
 
+def saved_steps(directory: str | Path) -> list[int]:
+    """The committed checkpoints' steps in `directory`, without opening Orbax (a step's directory is named by
+    its number only once Orbax has committed it; an unfinished one carries a temporary suffix)."""
+    try:
+        return sorted(int(p.name) for p in Path(directory).iterdir() if p.name.isdigit() and p.is_dir())
+    except OSError:  # no checkpoints directory yet
+        return []
+
+
 def abstract_like(state: TrainState) -> TrainState:
     """ShapeDtypeStructs with the live state's shardings (the restore target)."""
     return jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)

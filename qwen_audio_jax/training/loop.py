@@ -4,13 +4,15 @@
     summary = train(run)
 
 Re-running the same command resumes from the latest checkpoint in output_dir (bit-identically: the data
-iterator's state and the RNG are in the checkpoint); a resumed run whose settings differ from the ones it was
-started with is refused, except for `train.steps` (extending a run) and the bookkeeping keys.
+iterator's state and the RNG are in the checkpoint); a resumed run whose settings or data differ from the ones
+it was started with is refused before anything runs (training/resume.py, from TrainingRun.build).
+
+Every checkpoint holds finite weights: a step whose loss, gradients or new weights are not finite stops the run
+before anything of it is saved, with one line naming the last good checkpoint and how to go on from it.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Callable
@@ -27,66 +29,18 @@ from qwen_audio_jax.training.checkpointing import TrainCheckpoints, abstract_lik
 from qwen_audio_jax.training.metrics import MetricsWriter
 from qwen_audio_jax.training.reference import load_reference_table
 from qwen_audio_jax.training.run import TrainingRun
-
-RUN_FILE = "run_config.json"
-# Keys a resumed run may change: how long it runs, how it logs and checkpoints, where it runs.
-MUTABLE_KEYS = (
-    "train.steps",
-    "train.log_every",
-    "train.num_threads",
-    "checkpoint.every",
-    "checkpoint.keep",
-    "checkpoint.async_save",
-    "mesh",
-    "output_dir",
-)
+from qwen_audio_jax.training.step import PARAMS_FINITE
 
 
 class TrainingError(QwenAudioError):
     """Training cannot continue (e.g. a non-finite loss); the message says what is intact and what to change."""
 
 
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
-def check_resume(run: TrainingRun, log: Callable[[str], None]) -> None:
-    """Records the run's settings on first start; on resume refuses changed ones (one line naming them)."""
-    path = run.out / RUN_FILE
-    current = json.loads(json.dumps(run.cfg.to_dict()))
-    if not path.exists():
-        if jax.process_index() == 0:
-            path.write_text(json.dumps(current, indent=2) + "\n")
-        return
-    before = _flat(json.loads(path.read_text()))
-    now = _flat(current)
-    changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k) and k not in MUTABLE_KEYS)
-    if changed:
-        detail = ", ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in changed[:4])
-        raise ConfigError(
-            f"{run.out} holds a run started with other settings ({detail}); resume it with its own "
-            "settings or train into a new output_dir."
-        )
-    if before.get("train.steps") != now.get("train.steps"):
-        log(
-            f"note: train.steps changed {before.get('train.steps')} -> {now.get('train.steps')}; the learning-rate "
-            "schedule follows the new length from here on."
-        )
-        if jax.process_index() == 0:
-            path.write_text(json.dumps(current, indent=2) + "\n")
-
-
 def train(run: TrainingRun, *, log: Callable[[str], None] = print, progress: bool = True) -> dict:
     cfg = run.cfg
     log = log if jax.process_index() == 0 else (lambda m: None)
     progress = progress and jax.process_index() == 0
-    check_resume(run, log)  # output_dir was checked, locked and (when the tool made it) marked by TrainingRun.build
+    # output_dir was checked, locked, marked (when the tool made it) and its resume checked by TrainingRun.build.
     with run.placement.activate():
         state = run.initial_state()
         ref_params, ref_table = None, None
@@ -125,14 +79,10 @@ def train(run: TrainingRun, *, log: Callable[[str], None] = print, progress: boo
                 batch, completion = run.next_batch(it, ref_table)
                 state, metrics = run.step_fn(completion, state)(state, batch, ref_params)
                 last = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                params_finite = last.pop(PARAMS_FINITE) == 1.0
                 bad = [k for k, v in last.items() if not math.isfinite(v)]
-                if bad:
-                    ckpt.wait()
-                    raise TrainingError(
-                        f"step {step + 1}: non-finite metrics ({', '.join(bad)}); the last good checkpoint is step "
-                        f"{ckpt.latest_step()} in {run.out / 'checkpoints'}. Lower optim.learning_rate or check "
-                        "the data, then resume."
-                    )
+                if bad or not params_finite:  # checked before the state is saved: no checkpoint is non-finite
+                    raise _non_finite(run, ckpt, step + 1, bad)
                 last["tokens_per_s"] = last.get("tokens", 0.0) / (time.perf_counter() - t0)
                 last["step"] = step + 1
                 if (step + 1) % cfg.train.log_every == 0 or step + 1 == cfg.train.steps:
@@ -149,6 +99,38 @@ def train(run: TrainingRun, *, log: Callable[[str], None] = print, progress: boo
         save_final_model(state.params, run.config, cfg.model, final)
     log(f"done: {cfg.train.steps} steps; final model: {final}")
     return {"final_model": str(final), "last_metrics": last, "data": run.report.to_dict()}
+
+
+def _non_finite(run: TrainingRun, ckpt: TrainCheckpoints, step: int, bad: list[str]) -> TrainingError:
+    """The error of a step with non-finite numbers, after making the latest checkpoint one to go on from.
+
+    A non-finite loss or gradient at `step` comes from the weights of step - 1 and the step's batch, neither of
+    which a learning rate changes: resumed from a checkpoint of step - 1, the run would stop here again, so
+    that checkpoint is removed. Finite weights that overflow in the update (with a finite loss) leave step - 1's
+    weights good: nothing of `step` was saved. The advice works as printed: the learning rate may change on
+    resume (training/resume.py)."""
+    ckpt.wait()
+    where = run.out / "checkpoints"
+    what = f"non-finite {', '.join(bad)}" if bad else "the update made the weights non-finite"
+    removed = ""
+    if bad and step - 1 in ckpt.manager.all_steps():
+        ckpt.manager.delete(step - 1)
+        removed = f"; checkpoint {step - 1} was removed (its weights give this step's non-finite values)"
+    latest = ckpt.latest_step()
+    optim = run.cfg.optim
+    lower = (
+        f"a lower optim.learning_rate and optim.min_learning_rate (now {optim.learning_rate:g} and "
+        f"{optim.min_learning_rate:g})"
+    )
+    if latest is None:
+        return TrainingError(
+            f"step {step}: {what}{removed}; no checkpoint was saved before it. Run the same command again with "
+            f"{lower} to start over, or check the data."
+        )
+    return TrainingError(
+        f"step {step}: {what}{removed}; the last good checkpoint is step {latest} in {where}. Run the same "
+        f"command again with {lower} to resume from it, or check the data."
+    )
 
 
 def precompute_reference(run: TrainingRun, *, log: Callable[[str], None] = print, progress: bool = True) -> Path:

@@ -27,6 +27,7 @@ from qwen_audio_jax.errors import ConfigError, OutputError
 from qwen_audio_jax.model.params import abstract_params, build_module
 from qwen_audio_jax.sharding.placement import Placement
 from qwen_audio_jax.text.processor import Processor
+from qwen_audio_jax.training.checkpointing import saved_steps
 from qwen_audio_jax.training.data import pair_fingerprint, read_examples, validate_examples
 from qwen_audio_jax.training.optimizer import make_optimizer
 from qwen_audio_jax.training.pipeline import (
@@ -38,6 +39,7 @@ from qwen_audio_jax.training.pipeline import (
     make_iterator,
     pad_pairs,
 )
+from qwen_audio_jax.training.resume import check_resume
 from qwen_audio_jax.training.run_config import RunConfig
 from qwen_audio_jax.training.step import StepConfig, TrainBatch, TrainState, train_step
 
@@ -71,6 +73,9 @@ class TrainingRun:
         if not cfg.data.train:
             raise ConfigError("set `data.train:` (a JSONL file of preference pairs or SFT examples).")
         out = _output_dir(cfg)
+        # Before the data is validated: a resume with other settings or other data is refused at once.
+        note = log if jax.process_index() == 0 else (lambda m: None)
+        check_resume(cfg, out, note, resuming=bool(saved_steps(out / "checkpoints")))
         placement = Placement.create(cfg.mesh)
         procs = jax.process_count()
         if cfg.train.batch_size % procs:

@@ -163,13 +163,17 @@ def _coerce(value: Any, hint, key: str):
 
 # Every number of a run ends up in a 32-bit device value or an optax hyper-parameter: a NaN or an infinity
 # (YAML's .nan / .inf) would pass every range check (comparisons with NaN are false) and corrupt training from
-# its first step, and an integer past int32 would overflow, so both are refused when the config is read.
+# its first step, and an integer past int32 would overflow, so both are refused when the config is read. So is
+# a float past float32's range (1e39 is finite here and infinite on the device).
 _INT32 = (-(2**31), 2**31 - 1)
+_FLOAT32_MAX = 3.4028234663852886e38
 
 
 def _check_number(value, key: str) -> None:
     if isinstance(value, float) and not math.isfinite(value):
         raise ConfigError(f"{key}: {value!r} is not a finite number; pass a finite value.")
+    if isinstance(value, float) and abs(value) > _FLOAT32_MAX:
+        raise ConfigError(f"{key}={value:g} is out of range: it is not finite in float32 (|x| <= 3.4e+38).")
     if isinstance(value, int) and not _INT32[0] <= value <= _INT32[1]:
         raise ConfigError(f"{key}={value} is out of range: it must be in [{_INT32[0]}, {_INT32[1]}].")
 

@@ -20,6 +20,14 @@ from qwen_audio_jax.model.logprobs import completion_logprobs
 from qwen_audio_jax.training.loss import LossConfig, preference_loss, sft_loss
 from qwen_audio_jax.training.specaugment import AugmentConfig, spec_augment
 
+PARAMS_FINITE = "params_finite"  # a step output beside the metrics, not one of them (the loop pops it)
+
+
+def all_finite(tree) -> jax.Array:
+    """True when every float leaf of `tree` is finite: one fused reduction per leaf, in the step's program."""
+    leaves = [x for x in jax.tree_util.tree_leaves(tree) if jnp.issubdtype(x.dtype, jnp.floating)]
+    return jnp.all(jnp.stack([jnp.isfinite(x).all() for x in leaves])) if leaves else jnp.bool_(True)
+
 
 @flax.struct.dataclass
 class TrainState:
@@ -157,4 +165,7 @@ def train_step(
     params = optax.apply_updates(state.params, updates)
     metrics["grad_norm"] = optax.global_norm(grads)
     metrics["learning_rate"] = lr_fn(state.step)
+    # A finite loss and gradient can still give non-finite weights (an update past float32's range); the loop
+    # checks this flag before it saves the new state, so no checkpoint ever holds a NaN or an infinity.
+    metrics[PARAMS_FINITE] = all_finite(params)
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state, rng=rng), metrics
