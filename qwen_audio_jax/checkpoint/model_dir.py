@@ -11,11 +11,19 @@
 
 Directories are written atomically (`safe_write.atomic_directory`), so a failed or interrupted write never
 leaves a partial DST. Paths may be relative: they are made absolute before Orbax sees them.
+
+A damaged model dir (a config.json edited to other shapes, array files deleted or truncated, an unreadable
+metadata file) is one CheckpointError naming the dir and what is wrong: the stored shapes are checked against
+the config before any array is read, and a file that fails while read is reported in our words. Orbax's own log
+lines and advice (which a user cannot act on) are kept off the terminal.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
+import re
 import shutil
 from pathlib import Path
 
@@ -136,6 +144,83 @@ def _writing_context() -> ocp.Context:
     return ctx
 
 
+@contextlib.contextmanager
+def _quiet_orbax():
+    """Orbax logs a failed read (absl warnings: "malformed checkpoint", "incompatible handler", its advice)
+    before the same error reaches us; we report it once, as one line naming the model dir."""
+    absl = logging.getLogger("absl")
+    level = absl.level
+    absl.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        absl.setLevel(level)
+
+
+# TensorStore's status codes, as a reader of a model dir would say them.
+_READ_FAILURES = (
+    ("NOT_FOUND", "a file is missing"),
+    ("DATA_LOSS", "a file is truncated or damaged"),
+    ("OUT_OF_RANGE", "a file is truncated"),
+    ("FAILED_PRECONDITION", "a file is damaged"),
+    ("INVALID_ARGUMENT", "a file is damaged"),
+)
+
+
+def _why_unreadable(exc: BaseException) -> str:
+    """What a failed read says about the files, in a few words, from anywhere in the exception's chain."""
+    chain, seen = [], exc
+    while seen is not None and len(chain) < 10:
+        chain.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    for e in chain:
+        if isinstance(e, json.JSONDecodeError):
+            return "a metadata file is truncated or not valid JSON"
+        text = str(e)
+        if "has size of 0 bytes" in text:  # what TensorStore says of a data file that was deleted
+            return "a file is missing or empty"
+        if "No valid PyTree checkpointable" in text:  # Orbax, of a params/ dir without its metadata files
+            return "its metadata files are missing"
+        for code, words in _READ_FAILURES:
+            if code in text:
+                array = re.search(r'"([\w.]+)/(?:c/|zarr\.json)', text)
+                return f"{words}: the array {array.group(1)}" if array else words
+        if isinstance(e, FileNotFoundError):
+            return "a file is missing"
+    first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return re.split(r" See full TensorStore| \[tensorstore_spec", first)[0][:160]
+
+
+def _unreadable(model_dir, exc: BaseException) -> CheckpointError:
+    return CheckpointError(
+        f"{model_dir}: the weights under {PARAMS_DIR}/ cannot be read ({_why_unreadable(exc)}); the model dir "
+        "is damaged: copy it again or convert the model again."
+    )
+
+
+def check_params(model_dir: str | Path, abstract: dict) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """The stored params' metadata (see `param_metadata`), checked against `abstract` (the tree the config
+    describes: shapes of jax.ShapeDtypeStruct or arrays): every param present with its shape, none extra.
+    A config.json edited to other sizes is one line here instead of a failure inside Orbax's reader."""
+    stored = param_metadata(model_dir)
+    want = {k: tuple(v.shape) for k, v in traverse_util.flatten_dict(abstract, sep="/").items()}
+    wrong = [
+        f"{k}: config.json gives {want[k]}, {PARAMS_DIR}/ holds {stored[k][0]}"
+        for k in want
+        if k in stored and stored[k][0] != want[k]
+    ]
+    wrong += [f"{k} is not in {PARAMS_DIR}/" for k in sorted(set(want) - set(stored))]
+    wrong += [f"{PARAMS_DIR}/ holds {k}, which config.json does not describe" for k in sorted(set(stored) - set(want))]
+    if wrong:
+        more = f" and {len(wrong) - 2} more" if len(wrong) > 2 else ""
+        raise CheckpointError(
+            f"{model_dir}: config.json does not match the stored weights ({'; '.join(wrong[:2])}{more}); it was "
+            "edited or belongs to another model: put back the config.json written with these weights, or convert "
+            "the model again."
+        )
+    return stored
+
+
 def save_params(model_dir: Path, params: dict, overwrite: bool = False) -> None:
     """Writes a whole param tree (numpy or jax arrays, possibly sharded over hosts: a collective) at once."""
     with _writing_context():
@@ -148,10 +233,13 @@ def load_params(model_dir: str | Path, abstract: dict | None = None) -> dict:
     path = Path(model_dir).absolute() / PARAMS_DIR
     if not path.is_dir():
         raise CheckpointError(f"{model_dir}: no {PARAMS_DIR}/ directory; the model dir is incomplete.")
+    if abstract is not None:
+        check_params(model_dir, abstract)
     try:
-        return ocp.load(path, abstract)
-    except (ValueError, KeyError, FileNotFoundError) as e:
-        raise CheckpointError(f"{path}: cannot restore params ({e}).") from e
+        with _quiet_orbax():
+            return ocp.load(path, abstract)
+    except Exception as e:  # noqa: BLE001 - shapes and names were checked: what fails now is a file's content
+        raise _unreadable(model_dir, e) from e
 
 
 def load_param(model_dir: str | Path, path: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
@@ -159,18 +247,30 @@ def load_param(model_dir: str | Path, path: str, shape: tuple[int, ...], dtype: 
     target = traverse_util.unflatten_dict({tuple(path.split("/")): np.empty(shape, dtype)})
     ctx = ocp.Context()
     ctx.pytree.loading.partial_load = True
-    with ctx:
-        tree = ocp.load(Path(model_dir).absolute() / PARAMS_DIR, target)
+    try:
+        with ctx, _quiet_orbax():
+            tree = ocp.load(Path(model_dir).absolute() / PARAMS_DIR, target)
+    except Exception as e:  # noqa: BLE001 - the metadata was read: what fails now is a file's content
+        raise _unreadable(model_dir, e) from e
     return traverse_util.flatten_dict(tree, sep="/")[path]
 
 
 def param_metadata(model_dir: str | Path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
     """{"a/b/c": (shape, dtype)} of the stored params, without reading them."""
+    if not (Path(model_dir) / PARAMS_DIR).is_dir():
+        raise CheckpointError(f"{model_dir}: no {PARAMS_DIR}/ directory; the model dir is incomplete.")
     try:
-        meta = ocp.metadata(Path(model_dir).absolute() / PARAMS_DIR).metadata
-    except (ValueError, KeyError, FileNotFoundError) as e:
+        with _quiet_orbax():
+            meta = ocp.metadata(Path(model_dir).absolute() / PARAMS_DIR).metadata
+    except Exception as e:  # noqa: BLE001 - any failure to read the metadata is a damaged or partial dir
         raise CheckpointError(
-            f"{model_dir}: cannot read the params' metadata ({e}); the model dir is incomplete."
+            f"{model_dir}: the weights' metadata under {PARAMS_DIR}/ cannot be read ({_why_unreadable(e)}); the "
+            "model dir is damaged or incomplete: copy it again or convert the model again."
         ) from e
+    if not isinstance(meta, dict) or not meta:  # Orbax logs a handler failure and hands back None
+        raise CheckpointError(
+            f"{model_dir}: the weights' metadata under {PARAMS_DIR}/ is missing or damaged; copy the model dir "
+            "again or convert the model again."
+        )
     flat = traverse_util.flatten_dict(meta, sep="/")
     return {k: (tuple(v.shape), np.dtype(v.dtype)) for k, v in flat.items()}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import os
 import sys
 import tempfile
@@ -77,6 +78,22 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
     tqdm.write(f"warning: {message}", file=file or sys.stderr)
 
 
+def _quiet_library_threads() -> None:
+    """What libraries print from their own threads and coroutines after a failure is not a traceback a user can
+    act on (Orbax's reads cut short by a damaged model dir: "Exception ignored in <coroutine>", "Task exception
+    was never retrieved", "Event loop is closed", some after our error line, at exit): the error it belongs to is
+    reported in one line. An unraisable exception raised in this package (a bug) still prints."""
+    default = sys.unraisablehook
+
+    def hook(unraisable) -> None:
+        frames = traceback.extract_tb(unraisable.exc_traceback) if unraisable.exc_traceback else []
+        if any(os.path.realpath(f.filename).startswith(_PACKAGE_DIR) for f in frames):
+            default(unraisable)
+
+    sys.unraisablehook = hook
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+
+
 def _report_bug(exc: BaseException) -> int:
     path = os.path.join(tempfile.gettempdir(), f"qwen-audio-jax-traceback-{int(time.time())}-{os.getpid()}.txt")
     try:
@@ -92,6 +109,8 @@ def _report_bug(exc: BaseException) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     warnings.showwarning = _show_warning
+    if argv is None:  # the command line (in-process callers, tests among them, keep their interpreter's hooks)
+        _quiet_library_threads()
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as e:  # --help (0) or a usage error (2): returned, so main() can be called in-process

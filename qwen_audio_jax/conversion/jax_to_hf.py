@@ -20,9 +20,9 @@ import numpy as np
 from tqdm import tqdm
 
 from qwen_audio_jax.checkpoint.model_dir import (
+    check_params,
     copy_aux_files,
     load_param,
-    param_metadata,
     read_model_dir_config,
     read_source_config,
 )
@@ -31,6 +31,7 @@ from qwen_audio_jax.conversion.hf_config import from_hf_config, to_hf_config
 from qwen_audio_jax.conversion.name_map import rules_for, to_hf
 from qwen_audio_jax.conversion.safetensors_io import write_safetensors
 from qwen_audio_jax.errors import CheckpointError, ConfigError
+from qwen_audio_jax.model.params import abstract_params
 
 DEFAULT_MAX_SHARD_BYTES = 5 * 1024**3
 _UNITS = {
@@ -109,7 +110,9 @@ def export_hf(
     src, dst = Path(src).absolute(), Path(dst).absolute()
     max_bytes = parse_size(max_shard_size)
     config, _ = read_model_dir_config(src)
-    stored = param_metadata(src)
+    # The stored shapes against config.json before anything is written: the export's config.json is made from
+    # it, so an edited one would give an export whose config does not describe its tensors.
+    stored = check_params(src, abstract_params(config))
     rules = rules_for(config)
     missing = [r.target for r in rules if r.target not in stored]
     if missing:
