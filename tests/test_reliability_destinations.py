@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from qwen_audio_jax.checkpoint.safe_write import DIR_LOCK, is_ours, release_work_dir
+from qwen_audio_jax.checkpoint.safe_write import DIR_LOCK, MARKER, is_ours, release_work_dir
 from qwen_audio_jax.cli.main import main
 from tests._model_dirs import tiny_hf_dir, tiny_model_dir  # noqa: F401
 from tests._paths import REPO
@@ -135,6 +135,10 @@ CASES = {
     ),
     # files and folders that cannot be created
     "convert under a file": (lambda w: ["convert", str(w["hf"]), str(w["root"] / "file.txt" / "m")], "is a file"),
+    "export-hf under a file": (
+        lambda w: ["export-hf", str(w["model"]), str(w["root"] / "file.txt" / "h")],
+        "is a file",
+    ),
     "generate output under a file": (
         lambda w: [
             "generate",
@@ -205,3 +209,32 @@ def test_eval_owns_only_the_directories_it_made(ws, tmp_path):
     assert main(_eval(ws, mine, "--predictions", preds)) == 0
     assert not is_ours(mine) and (mine / "notes.md").read_text() == "keep" and (mine / "metrics.json").exists()
     assert main(_eval(ws, mine, "--predictions", preds)) == 2, "its metrics.json is now indistinguishable"
+
+
+def test_a_destination_that_cannot_be_renamed_into_place_is_one_line_and_left_as_it_was(tmp_path, monkeypatch):
+    """The last step of an atomic write is a rename; when the destination refuses it (EBUSY: it became a mount
+    point meanwhile, say), the previous directory is put back and the error is one line, not an internal one."""
+    import errno
+    import os
+
+    from qwen_audio_jax.checkpoint.safe_write import atomic_directory
+    from qwen_audio_jax.errors import OutputError
+
+    dst = tmp_path / "dst"
+    with atomic_directory(dst, "model") as tmp:
+        (tmp / "old.txt").write_text("the previous result")
+    real = os.rename
+
+    def busy(src, target, *a, **k):
+        if str(target) == str(dst) and "tmp-" in str(src):
+            raise OSError(errno.EBUSY, os.strerror(errno.EBUSY), str(src))
+        return real(src, target, *a, **k)
+
+    monkeypatch.setattr(os, "rename", busy)
+    with pytest.raises(OutputError, match="cannot put the result in place") as err:
+        with atomic_directory(dst, "model", overwrite=True) as tmp:
+            (tmp / "new.txt").write_text("the new result")
+    assert "\n" not in str(err.value)
+    monkeypatch.undo()
+    assert sorted(p.name for p in dst.iterdir() if p.name != MARKER) == ["old.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")) == ["dst"], "no temporary left"

@@ -119,3 +119,20 @@ def test_a_read_only_destination_is_one_line_before_anything_runs(
     assert main(commands[command]) == 2
     _one_line(capsys, "Read-only file system", "not writable")
     assert list(small_disk.iterdir()) == []
+
+
+@pytest.mark.parametrize("command", ["convert", "export-hf"])
+def test_a_mount_point_as_the_destination_is_one_line_before_anything_runs(
+    tiny_model_dir,  # noqa: F811
+    tiny_hf_dir,  # noqa: F811
+    small_disk,
+    capsys,
+    command,
+):
+    """A directory is replaced by a rename, which a mount point refuses (EBUSY): it was an internal error after
+    the whole model had been written beside it."""
+    source = {"convert": tiny_hf_dir, "export-hf": tiny_model_dir}[command]
+    capsys.readouterr()
+    assert main([command, str(source), str(small_disk), "--overwrite", "--no-progress"]) == 2
+    _one_line(capsys, "mount point")
+    assert list(small_disk.iterdir()) == [] and not list(small_disk.parent.glob(f".{small_disk.name}.*"))

@@ -107,3 +107,23 @@ def test_sample_rates_are_bounded(rate, ok):
     else:
         assert isinstance(err, AudioError) and "out of range" in str(err) and "request-9" in str(err)
         assert f"[{MIN_RATE}, {MAX_RATE}]" in str(err)
+
+
+@pytest.mark.parametrize("command", ["generate", "eval", "sft"])
+def test_process_substitution_is_refused_as_a_pipe(tmp_path, command):
+    """`--input <(cmd)` was refused as "a directory" (wrong); it is a pipe, read once, while inputs are read
+    twice (checked, then read; resumed): refused for what it is, in one line, before anything is written."""
+    line = '{"id": "a", "prompt": "Hi", "audio": "a.wav", "reference": "hi", "source": "s", "language": "en"}'
+    pipe = f"<(printf '%s\\n' '{line}')"
+    out = tmp_path / "out"
+    cli = f"{sys.executable} -m qwen_audio_jax.cli.main"
+    script = {
+        "generate": f"{cli} generate --model {tmp_path / 'm'} --input {pipe} --output {out} --no-progress",
+        "eval": f"{cli} eval --task asr --manifest {pipe} --predictions {pipe} --output {out} --no-progress",
+        "sft": f"{cli} sft --no-progress model={tmp_path / 'm'} data.train={pipe} output_dir={out}",
+    }[command]
+    proc = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=120, cwd=REPO)
+    lines = [x for x in proc.stderr.splitlines() if x.strip()]
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert "/dev/fd/" in lines[0] and "not a regular file" in lines[0] and "directory" not in lines[0], lines[0]
+    assert not out.exists() or command == "sft"  # training's output_dir is checked and made first

@@ -103,6 +103,10 @@ def check_destination(dst: str | Path, *, sources=(), overwrite: bool = False, w
             raise OutputError(f"{dst} already exists; choose another destination or pass --overwrite.")
         if not dst.is_dir():
             raise OutputError(f"{dst} exists and is not a directory; choose another destination.")
+        if os.path.ismount(dst):  # a directory is replaced by a rename, which a mount point refuses (EBUSY)
+            raise OutputError(
+                f"{dst} is a mount point, which cannot be replaced; choose a new directory inside it instead."
+            )
         if not is_ours(dst) and any(dst.iterdir()):
             raise OutputError(
                 f"{dst} exists and was not written by qwen-audio-jax, so --overwrite will not delete it; "
@@ -257,13 +261,21 @@ def atomic_directory(dst: str | Path, kind: str, *, sources=(), overwrite: bool 
                 fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a live temp is never taken for stale
             mark(tmp, kind)
             yield tmp
-            if dst.exists():
-                old = Path(tempfile.mkdtemp(prefix=f".{dst.name}.old-", dir=dst.parent))
-                dst.rename(old / dst.name)
+            old = None
+            try:
+                if dst.exists():
+                    old = Path(tempfile.mkdtemp(prefix=f".{dst.name}.old-", dir=dst.parent))
+                    dst.rename(old / dst.name)
                 tmp.rename(dst)
+            except OSError as e:  # a destination that cannot be renamed (a mount point made meanwhile, say)
+                if old is not None:
+                    if (old / dst.name).exists() and not dst.exists():
+                        (old / dst.name).rename(dst)  # the previous one back in place
+                    if not (old / dst.name).exists():
+                        shutil.rmtree(old, ignore_errors=True)
+                raise OutputError(f"cannot put the result in place at {dst} ({e.strerror}); it is unchanged.") from e
+            if old is not None:
                 shutil.rmtree(old, ignore_errors=True)
-            else:
-                tmp.rename(dst)
         except BaseException as e:
             _discard(tmp)
             short = _write_error(e, dst) if isinstance(e, Exception) else None
