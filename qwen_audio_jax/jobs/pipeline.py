@@ -15,6 +15,7 @@ import os
 import time
 from collections.abc import Callable, Iterable
 
+from qwen_audio_jax.audio.decoder_warmup import realize_decoder_types
 from qwen_audio_jax.errors import QwenAudioError
 from qwen_audio_jax.jobs.records import Record
 
@@ -44,6 +45,7 @@ class PreparedStream:
     ):
         self._records = iter(records)
         self._prepare, self._on_error = prepare, on_error
+        realize_decoder_types()  # before the pool: soundfile's cffi types are not safe to build concurrently
         self._pool = futures.ThreadPoolExecutor(max_workers=workers or default_workers(), thread_name_prefix="prepare")
         self._ahead = max(1, ahead)
         self._pending: collections.deque = collections.deque()  # (record, future), in input order

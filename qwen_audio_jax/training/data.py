@@ -35,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
+from qwen_audio_jax.audio.decoder_warmup import realize_decoder_types
 from qwen_audio_jax.audio.constants import SAMPLE_RATE
 from qwen_audio_jax.audio.load import load_audio
 from qwen_audio_jax.audio.load_v1 import load_audio_v1
@@ -232,6 +233,7 @@ def validate_examples(
         _validate_one, processor=processor, max_length=max_length, suffix=completion_suffix, v1=v1, cheap=not keep_mels
     )
     pairs = []
+    realize_decoder_types()  # before the pool: soundfile's cffi types are not safe to build concurrently
     with ThreadPoolExecutor(max_workers=max(1, min(workers, len(examples)))) as pool:  # in input order
         for ex, outcome in zip(examples, pool.map(one, examples)):
             if isinstance(outcome, PreparedPair):
