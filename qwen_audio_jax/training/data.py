@@ -35,8 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
-from qwen_audio_jax.audio.decoder_warmup import realize_decoder_types
 from qwen_audio_jax.audio.constants import SAMPLE_RATE
+from qwen_audio_jax.audio.decoder_warmup import realize_decoder_types
 from qwen_audio_jax.audio.load import load_audio
 from qwen_audio_jax.audio.load_v1 import load_audio_v1
 from qwen_audio_jax.config import QWEN_AUDIO_V1
