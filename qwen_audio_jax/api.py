@@ -92,7 +92,9 @@ def load(
             params = jax.jit(
                 quantize_params, out_shardings=placement.param_shardings(config, quantized=True), donate_argnums=0
             )(params)
-    processor = Processor.from_model_dir(model_dir, long_audio=long_audio)
+    # Every request's budget is at most the model's context: what cannot fit is refused before it is tokenized.
+    max_tokens = config.decoder.max_position_embeddings
+    processor = Processor.from_model_dir(model_dir, long_audio=long_audio, max_tokens=max_tokens)
     return LoadedModel(config, params, processor, dtype, model_dir, placement, attention, quantized)
 
 

@@ -285,7 +285,7 @@ def test_prepare_completions_shares_clips_and_matches_prepare(variant, data_dir,
     completions = ["Both are tones.", " The first is shorter, 12345 times."]
     calls = []
     featurize = proc._clips
-    monkeypatch.setattr(proc, "_clips", lambda src, what: calls.append(src) or featurize(src, what))
+    monkeypatch.setattr(proc, "_clips", lambda src, what, *budget: calls.append(src) or featurize(src, what, *budget))
     chosen, rejected = proc.prepare_completions(req, completions)
     assert len(calls) == 2  # two clips, featurized once for both completions
     assert chosen.mels is rejected.mels and all(a is b for a, b in zip(chosen.mels, rejected.mels))

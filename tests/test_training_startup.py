@@ -85,14 +85,14 @@ def test_cheap_validation_equals_the_full_decode(clip_dir, tmp_path, v1, qwen2_t
 
 
 def test_wav_and_flac_are_not_decoded(clip_dir, tmp_path, monkeypatch, qwen2_tokenizer):  # noqa: F811
-    import qwen_audio_jax.text.processor as processor_module
-    import qwen_audio_jax.training.data as data_module
+    import qwen_audio_jax.audio.clips as clips_module
+    import qwen_audio_jax.training.stand_in as stand_in_module
 
-    def no_decode(path):
+    def no_decode(path, *limit):
         raise AssertionError(f"decoded {path}")
 
-    monkeypatch.setattr(processor_module, "load_audio", no_decode)
-    monkeypatch.setattr(data_module, "load_audio", no_decode)
+    monkeypatch.setattr(clips_module, "load_audio_start", no_decode)  # the processor's file loader
+    monkeypatch.setattr(stand_in_module, "load_audio_start", no_decode)  # a length the header cannot give
     data = _write_set(clip_dir, sorted(p for p in clip_dir.iterdir() if p.suffix in (".wav", ".flac")), v1=False)
     examples, _ = read_examples(data, preference=True)
     pairs, report = validate_examples(examples, Processor(qwen2_tokenizer), 4096, keep_mels=False)

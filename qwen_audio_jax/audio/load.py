@@ -6,6 +6,10 @@ bit-identical to what the reference pipeline feeds `WhisperFeatureExtractor`. li
 with soxr ("soxr_hq"). Everything a user can get wrong raises `AudioError` with one sentence naming the input and
 the fix; nothing else escapes from here.
 
+A file may be decoded only as far as a caller needs (`load_audio_start`: the long-audio policy keeps at most its
+first 30 s, or the clips the model's context can hold, audio/clips.py), so a small file of hours of silence never
+costs its decoded length in memory. The samples kept are bit-identical to those of the whole file.
+
 Shapes: a waveform is `(N,)` float32, N = number of samples at 16 kHz.
 """
 
@@ -15,6 +19,7 @@ import math
 import os
 import stat
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +32,10 @@ MAX_SAMPLES = N_SAMPLES  # 30 s at 16 kHz: the Whisper window; the reference tru
 # resampling to 16 kHz multiplies a clip's length by at most 16.
 MIN_RATE, MAX_RATE = 1_000, 1_000_000
 LONG_AUDIO_POLICIES = ("truncate", "chunk")
+# Seconds of a file decoded past the samples a caller keeps: the resampler's output near the cut depends on input
+# just after it (soxr_hq's filter spans milliseconds), so with this margin the kept samples equal the whole file's
+# bit for bit (measured from 1 kHz to 1 MHz: 0.5 s suffices; FFmpeg's aresample for v1 files needs less).
+DECODE_MARGIN_S = 2.0
 
 __all__ = [
     "SAMPLE_RATE",
@@ -34,6 +43,9 @@ __all__ = [
     "LONG_AUDIO_POLICIES",
     "LongAudioWarning",
     "load_audio",
+    "load_audio_start",
+    "AudioStart",
+    "DECODE_MARGIN_S",
     "checked_path",
     "check_samples",
     "as_waveform",
@@ -57,6 +69,20 @@ def check_samples(wav: np.ndarray, source: str) -> np.ndarray:
     return wav
 
 
+@dataclass(frozen=True)
+class AudioStart:
+    """The start of a clip, or all of it (`load_audio_start`).
+
+    wav: (n,) float32 at 16 kHz; when the file was decoded only in part, its first `max_samples` samples (equal to
+      the whole file's) and up to DECODE_MARGIN_S more, so `len(wav) > max_samples` says the clip is longer.
+    seconds: the whole clip's duration: exact when `wav` is the whole clip, else from the file's header, or None
+      when the container does not say.
+    """
+
+    wav: np.ndarray
+    seconds: float | None
+
+
 def load_audio(path: str | os.PathLike) -> np.ndarray:
     """Load an audio file as float32 mono at 16 kHz.
 
@@ -71,11 +97,20 @@ def load_audio(path: str | os.PathLike) -> np.ndarray:
       AudioError: the file is missing, is a directory or not a regular file (a FIFO would block forever), cannot
         be decoded, has zero samples, or holds NaN/Inf.
     """
+    return load_audio_start(path, None).wav
+
+
+def load_audio_start(path: str | os.PathLike, max_samples: int | None) -> AudioStart:
+    """`load_audio`, decoding no more of the file than its first `max_samples` samples at 16 kHz need (None: all
+    of it): a file of 10 hours costs what its first seconds cost. See `AudioStart`; raises as `load_audio`."""
     p = checked_path(path)
     # Decode at the native rate first so a NaN/Inf or empty file gets its own message (librosa's own check says
     # only "not finite", and soxr would smear a single NaN over the whole clip).
-    native, native_sr = _decode(p)
-    return as_waveform(native, native_sr, source=str(p))
+    native, native_sr, native_total = _decode(p, max_samples)
+    wav = as_waveform(native, native_sr, source=str(p))
+    if native_total is not None and native.shape[-1] >= native_total:  # the whole file
+        return AudioStart(wav, len(wav) / SAMPLE_RATE)
+    return AudioStart(wav, None if native_total is None else native_total / native_sr)
 
 
 def checked_path(path: str | os.PathLike) -> Path:
@@ -103,17 +138,32 @@ def checked_path(path: str | os.PathLike) -> Path:
 _SOUNDFILE_SUFFIXES = {".wav", ".wave", ".flac", ".mp3", ".ogg", ".oga", ".opus", ".aif", ".aiff", ".au", ".caf"}
 
 
-def _decode(p: Path) -> tuple[np.ndarray, int]:
-    """Decode `p` at its native rate: returns ((N,) or (C, N) float32, sample rate). Corrupt input -> AudioError."""
-    import librosa  # imported lazily: librosa pulls in numba/scipy, which the model code never needs.
+def _native_frames(max_samples: int | None, sr: int) -> int:
+    """Frames at `sr` to decode for the first `max_samples` samples at 16 kHz, the margin included (-1: all)."""
+    if max_samples is None:
+        return -1
+    return math.ceil(max_samples * sr / SAMPLE_RATE) + math.ceil(DECODE_MARGIN_S * sr)
+
+
+def _decode(p: Path, max_samples: int | None = None) -> tuple[np.ndarray, int, int | None]:
+    """Decode `p` at its native rate, only as far as `max_samples` at 16 kHz need: returns ((N,) or (C, N) float32,
+    sample rate, the file's frame count or None when unknown (then the decode may have stopped early)). Corrupt
+    input -> AudioError."""
     import soundfile
 
     try:
-        soundfile.info(str(p))
-        sf_error = None
+        with soundfile.SoundFile(str(p)) as f:
+            # What librosa.load(p, sr=None, mono=False) reads (its soundfile path), up to the frames needed.
+            frames = _native_frames(max_samples, f.samplerate)
+            wav = f.read(frames=frames, dtype="float32", always_2d=False).T
+            return np.asarray(wav, dtype=np.float32), int(f.samplerate), int(f.frames)
     except Exception as exc:  # noqa: BLE001 -- LibsndfileError, RuntimeError...: all mean "soundfile can't"
         sf_error = exc
-    if sf_error is None or p.suffix.lower() not in _SOUNDFILE_SUFFIXES:
+    if p.suffix.lower() not in _SOUNDFILE_SUFFIXES:
+        import librosa  # imported lazily: librosa pulls in numba/scipy, which the model code never needs.
+
+        # audioread's rate is known only once open: decode the seconds needed at any rate (no frame count).
+        seconds = None if max_samples is None else max_samples / SAMPLE_RATE + 2 * DECODE_MARGIN_S
         try:
             with warnings.catch_warnings():
                 # For other containers (m4a, webm...) librosa retries with audioread, which needs ffmpeg and warns
@@ -121,10 +171,12 @@ def _decode(p: Path) -> tuple[np.ndarray, int]:
                 warnings.filterwarnings("ignore", message="PySoundFile failed")
                 warnings.filterwarnings("ignore", category=FutureWarning)
                 warnings.filterwarnings("ignore", category=DeprecationWarning)
-                wav, sr = librosa.load(p, sr=None, mono=False, dtype=np.float32)
-            return np.asarray(wav, dtype=np.float32), int(sr)
-        except Exception as exc:  # noqa: BLE001 -- soundfile, audioread, EOF...: all mean "unreadable"
-            sf_error = sf_error or exc
+                wav, sr = librosa.load(p, sr=None, mono=False, dtype=np.float32, duration=seconds)
+            wav = np.asarray(wav, dtype=np.float32)
+            cut = seconds is not None and wav.shape[-1] >= int(seconds * sr)  # then its length is unknown
+            return wav, int(sr), None if cut else wav.shape[-1]
+        except Exception:  # noqa: BLE001 -- soundfile, audioread, EOF...: all mean "unreadable"; soundfile says why
+            pass
     raise AudioError(
         f"{p}: cannot decode this audio file ({_reason(sf_error)}); re-encode it as wav, flac, mp3 or ogg "
         "(e.g. `ffmpeg -i IN -ar 16000 -ac 1 OUT.wav`)."
@@ -192,7 +244,9 @@ def as_waveform(x: np.ndarray, sample_rate: int, source: str = "<array>") -> np.
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
-def split_long_audio(wav: np.ndarray, policy: str = "truncate", source: str = "<array>") -> list[np.ndarray]:
+def split_long_audio(
+    wav: np.ndarray, policy: str = "truncate", source: str = "<array>", *, seconds: float | None = None
+) -> list[np.ndarray]:
     """Apply the long-audio policy to one (N,) float32 waveform at 16 kHz.
 
     Args:
@@ -202,6 +256,8 @@ def split_long_audio(wav: np.ndarray, policy: str = "truncate", source: str = "<
         say so). "chunk" cuts consecutive windows of `MAX_SAMPLES`, the last one shorter, covering the whole clip;
         each window becomes its own clip (its own <|AUDIO|> span downstream).
       source: how to name this clip in the warning.
+      seconds: the whole clip's duration, named in the warning, when `wav` is only its start (`load_audio_start`;
+        math.inf when the file does not say); None: `wav` is the whole clip.
 
     Returns:
       A list of (n_i,) float32 waveforms, each n_i <= MAX_SAMPLES. A clip of at most 30 s is returned as a
@@ -216,8 +272,10 @@ def split_long_audio(wav: np.ndarray, policy: str = "truncate", source: str = "<
     if n <= MAX_SAMPLES:
         return [wav]
     if policy == "truncate":
+        seconds = n / SAMPLE_RATE if seconds is None else seconds
+        length = f"{seconds:.1f} s long" if math.isfinite(seconds) else f"longer than {n // SAMPLE_RATE} s"
         warnings.warn(
-            f"{source} is {n / SAMPLE_RATE:.1f} s long and was truncated to its first {MAX_SAMPLES // SAMPLE_RATE} s "
+            f"{source} is {length} and was truncated to its first {MAX_SAMPLES // SAMPLE_RATE} s "
             '(as the reference does); pass --long-audio chunk (Python: long_audio="chunk") to use all of it as '
             "several 30 s clips.",
             LongAudioWarning,

@@ -7,12 +7,15 @@ Exactly one result line per request, whatever fails: a bad line or a request tha
 its own error line at once, and every other request is answered. Multi-host: process p takes every P-th
 request and streams to `OUTPUT.part-p-of-P`; the jobs' device calls run in lockstep; process 0 merges the parts
 into OUTPUT at the end (every request exactly once).
+
+The request file is streamed (jobs/records.py `RequestFile`): what a job holds is the ids of its file and of its
+results file, and the requests in flight in the input pipeline, never the requests of the whole file.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Protocol
 
@@ -20,7 +23,7 @@ from tqdm import tqdm
 
 from qwen_audio_jax.checkpoint.safe_write import check_result_file
 from qwen_audio_jax.jobs.pipeline import PreparedStream
-from qwen_audio_jax.jobs.records import Record, read_records, records_from_list
+from qwen_audio_jax.jobs.records import Record, RequestFile, records_from_list
 from qwen_audio_jax.jobs.results import ResultWriter, error_ids, merge_parts, order_results
 from qwen_audio_jax.runtime import track_compilations
 
@@ -101,7 +104,7 @@ def run_file(
     compile_stats = track_compilations()
     compiled0, compile_s0 = compile_stats.compiled, compile_stats.seconds
     output_path = check_result_file(output_path, input_path=input_path, resume=resume, overwrite=overwrite)
-    records = read_records(input_path)
+    records = RequestFile(input_path)
     procs, me = jax.process_count(), jax.process_index()
     start = time.perf_counter()
     if procs > 1:
@@ -110,7 +113,7 @@ def run_file(
         done = ResultWriter.existing_ids(output_path) if resume else set()
         if resume and retry_errors:
             done -= error_ids(output_path)
-        mine = [r for i, r in enumerate(records) if i % procs == me and r.id not in done]
+        mine = (r for i, r in enumerate(records) if i % procs == me and r.id not in done)
         part = output_path.with_name(f"{output_path.name}.part-{me}-of-{procs}")
         summary = _run_to(
             job,
@@ -140,7 +143,7 @@ def run_file(
             total=len(records),
         )
     if ordered and me == 0:  # every request is answered by now: the rewrite never meets a half-done file
-        summary["ordered"] = order_results(output_path, [r.id for r in records])
+        summary["ordered"] = order_results(output_path, lambda: (r.id for r in records))
     seconds = time.perf_counter() - start
     summary.update(
         seconds=round(seconds, 3),
@@ -151,11 +154,11 @@ def run_file(
     return summary
 
 
-def _run_to(job: Job, records: list[Record], path: Path, *, resume, retry_errors, progress, workers, total) -> dict:
+def _run_to(job: Job, records: Iterable[Record], path: Path, *, resume, retry_errors, progress, workers, total) -> dict:
     counts = {"requests": 0, "errors": 0}
     with ResultWriter(path, resume=resume, retry_errors=retry_errors) as writer:
         skipped = len(writer.done_ids)
-        todo = [r for r in records if r.id not in writer.done_ids]
+        todo = (r for r in records if r.id not in writer.done_ids)  # read as the pipeline asks for them
 
         def write(result: dict) -> None:
             writer.write(result)  # flushed at once: a killed process loses only what was in flight

@@ -130,9 +130,10 @@ def evaluate(
 def _generate(model, task, entries, out: Path, options, engine_options, chat, resume, overwrite, progress) -> dict:
     """OUT/requests.jsonl from the manifest, then the generate driver into OUT/predictions.jsonl; its summary."""
     requests = out / REQUESTS
-    lines = (json.dumps(request_for(e, task, v1=model.config.is_v1), ensure_ascii=False) + "\n" for e in entries)
     try:
-        requests.write_text("".join(lines), encoding="utf-8")
+        with open(requests, "w", encoding="utf-8") as f:  # a line at a time: never the whole file in one string
+            for entry in entries:
+                f.write(json.dumps(request_for(entry, task, v1=model.config.is_v1), ensure_ascii=False) + "\n")
     except OSError as e:
         raise OutputError(f"cannot write {requests} ({e.strerror}); choose a writable --output.") from None
     job = GenerateJob(model, options, engine_options, chat=chat)

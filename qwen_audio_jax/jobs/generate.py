@@ -113,7 +113,10 @@ class GenerateJob:
         )
         request = resolve_audio(request, self.base_dir)
         options = self.options.for_request(request, record.id)
-        prepared = self.model.processor.prepare(request)
+        # The prompt's budget: what the engine leaves it beside its max_new_tokens, known before any tokenizing (none
+        # left: the engine's own check below says so, naming max_new_tokens).
+        budget = self.engine.max_len - options.max_new_tokens
+        prepared = self.model.processor.prepare(request, max_tokens=budget if budget > 0 else None)
         problem = self.engine.check_request(prepared, options)
         if problem:
             raise PromptError(problem)

@@ -3,8 +3,10 @@ tokens) by a bounded pool of worker threads, ahead of the device, so the next re
 free up (docs/architecture.md, "Input pipeline").
 
 numpy, soxr and libsndfile release the GIL for the heavy parts, so threads overlap with each other and with
-the device. At most `ahead` requests are in flight, which bounds memory (a 30 s clip's features are 1.5 MB).
-A request that fails to prepare becomes its error line at once (`on_error`), and the rest go on.
+the device. At most `ahead` requests are in flight, and at most `ahead_bytes` of their request lines (always at
+least one request), which bounds memory whatever the file holds (a 30 s clip's features are 1.5 MB; a request
+line may be up to 64 MiB). A request that fails to prepare becomes its error line at once (`on_error`), and the
+rest go on.
 """
 
 from __future__ import annotations
@@ -42,19 +44,25 @@ class PreparedStream:
         *,
         workers: int | None = None,
         ahead: int = 64,
+        ahead_bytes: int = 256 * 2**20,
     ):
         self._records = iter(records)
         self._prepare, self._on_error = prepare, on_error
         realize_decoder_types()  # before the pool: soundfile's cffi types are not safe to build concurrently
         self._pool = futures.ThreadPoolExecutor(max_workers=workers or default_workers(), thread_name_prefix="prepare")
-        self._ahead = max(1, ahead)
+        self._ahead, self._ahead_bytes = max(1, ahead), ahead_bytes
         self._pending: collections.deque = collections.deque()  # (record, future), in input order
+        self._pending_bytes = 0  # line bytes of the pending records
         self._records_left = True
         self.wait_s = 0.0  # time spent blocked waiting for an item
         self._fill()
 
     def _fill(self) -> None:
-        while self._records_left and len(self._pending) < self._ahead:
+        while (
+            self._records_left
+            and len(self._pending) < self._ahead
+            and (not self._pending or self._pending_bytes < self._ahead_bytes)
+        ):
             record = next(self._records, None)
             if record is None:
                 self._records_left = False
@@ -63,10 +71,12 @@ class PreparedStream:
                 self._on_error(record.id, record.error)
                 continue
             self._pending.append((record, self._pool.submit(self._prepare, record)))
+            self._pending_bytes += record.size
 
     def _next(self):
         """The next item in input order, waiting for it; None if its record failed (reported)."""
         record, fut = self._pending.popleft()
+        self._pending_bytes -= record.size
         self._fill()
         try:
             return fut.result()

@@ -3,9 +3,13 @@
 Every non-empty line becomes a `Record`: either a request (a JSON object with a unique string id) or an error
 sentence naming the file, the line and the fix: bytes that are not UTF-8, text that is not JSON or not an
 object, invalid Unicode (a lone surrogate escape such as "\\ud800", which is valid JSON but cannot be written
-back), a missing or repeated id. Ids are collision-free: a line without a usable id is named `line-N`
-(`line-N#2`... if a real request already uses that id), and a repeated id's error is `ID#line-N`, so no id is
-ever written twice and `--resume` never mistakes one request for another.
+back), a missing or repeated id, a line over the reader's size limit. Ids are collision-free: a line without a
+usable id is named `line-N` (`line-N#2`... if a real request already uses that id), and a repeated id's error is
+`ID#line-N`, so no id is ever written twice and `--resume` never mistakes one request for another.
+
+A request file is streamed, never held (`RequestFile`): a first pass keeps only each id's first line, compactly
+(what collision-free error ids and the duplicate check need), then every iteration parses one line at a time. So
+a job holds 24 bytes per line of its file and the requests in flight, whatever the file's size.
 """
 
 from __future__ import annotations
@@ -15,7 +19,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from qwen_audio_jax.errors import PromptError
-from qwen_audio_jax.jsonl import invalid_unicode, iter_jsonl, open_jsonl
+from qwen_audio_jax.jobs.id_index import IdIndex
+from qwen_audio_jax.jsonl import invalid_unicode, iter_lines, open_jsonl
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,49 +29,69 @@ class Record:
     request: dict | None  # None when the line is an error
     error: str | None = None
     line: int = 0
+    size: int = 0  # bytes of its line (what the input pipeline counts against its in-flight budget)
 
 
-def read_records(path: str | Path) -> list[Record]:
-    """All records of a JSONL file, in order (two passes over the lines: real ids first, so error ids can be
-    chosen that collide with none of them)."""
-    parsed = list(iter_jsonl(path))
-    name = Path(path).name
-    real_ids = {v["id"] for _, v, err in parsed if err is None and _usable_id(v.get("id"))}
-    used: set[str] = set()
+class RequestFile:
+    """The records of a JSONL request file, in order, read lazily: iterate it as often as needed (the job, then
+    `--ordered`'s id order); `len()` is the number of non-blank lines. Only the ids are held."""
 
-    def unique(base: str) -> str:  # an error line's id: taken by no real request and by no other line
-        rid, k = base, 1
-        while rid in used or rid in real_ids:
-            k += 1
-            rid = f"{base}#{k}"
-        used.add(rid)
-        return rid
+    def __init__(self, path: str | Path):
+        self.path = open_input(path)
+        # Each usable id -> the line that first uses it: a later line with that id is a repeat, and the id made up
+        # for a line without one must be used by no line anywhere in the file, before or after it. Held compactly
+        # (24 bytes an id: jobs/id_index.py), the one thing a job holds for every line of its file.
+        self._count = 0
+        self._first = IdIndex(self._usable_ids())
 
-    out = []
-    for n, value, error in parsed:
-        rid = value.get("id") if isinstance(value, dict) else None
-        if not _usable_id(rid):
-            out.append(
-                Record(
+    def _usable_ids(self) -> Iterator[tuple[str, int]]:
+        for line in iter_lines(self.path):
+            self._count += 1
+            rid = line.value.get("id") if isinstance(line.value, dict) else None
+            if _usable_id(rid):
+                yield rid, line.number
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __iter__(self) -> Iterator[Record]:
+        name = self.path.name
+        taken: set[str] = set()  # error ids given so far (real ids are told apart by their first line)
+
+        def unique(base: str) -> str:  # an error line's id: taken by no real request and by no other line
+            rid, k = base, 1
+            while rid in taken or rid in self._first:
+                k += 1
+                rid = f"{base}#{k}"
+            taken.add(rid)
+            return rid
+
+        for line in iter_lines(self.path):
+            n, value, error = line.number, line.value, line.error
+            rid = value.get("id") if isinstance(value, dict) else None
+            if not _usable_id(rid):
+                yield Record(
                     unique(f"line-{n}"),
                     None,
                     error or f'{name} line {n} has no string "id"; every request needs a unique id.',
                     n,
+                    line.size,
                 )
-            )
-        elif rid in used:
-            out.append(
-                Record(
+            elif self._first.get(rid) != n:
+                yield Record(
                     unique(f"{rid}#line-{n}"),
                     None,
                     f"{name} line {n}: id {rid!r} is used by an earlier request; ids must be unique.",
                     n,
+                    line.size,
                 )
-            )
-        else:
-            used.add(rid)
-            out.append(Record(rid, None if error else value, error, n))
-    return out
+            else:
+                yield Record(rid, None if error else value, error, n, line.size)
+
+
+def read_records(path: str | Path) -> list[Record]:
+    """All records of a JSONL file, in order, as a list (small files and tests; jobs stream a `RequestFile`)."""
+    return list(RequestFile(path))
 
 
 def _usable_id(rid) -> bool:

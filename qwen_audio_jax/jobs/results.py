@@ -7,6 +7,9 @@ the file's lock (checkpoint/locks.py) from opening to closing, so two runs never
 
 Lines are in completion order (a short request finishes before a long one that came earlier); `order_results`
 rewrites a complete file in input order (`--ordered`), only once every request is answered.
+
+Every reading of a results file (resume, merge, order) goes a line at a time: memory follows the number of ids,
+not the size of the file. Only complete lines (ending in a newline) count; a torn last line is redone.
 """
 
 from __future__ import annotations
@@ -15,11 +18,15 @@ import contextlib
 import json
 import os
 import time
-from collections.abc import Iterator
+from array import array
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+
+import numpy as np
 
 from qwen_audio_jax.checkpoint.locks import acquire, locked, release, sidecar_lock
 from qwen_audio_jax.errors import OutputError
+from qwen_audio_jax.jobs.id_index import IdIndex
 
 
 class ResultWriter:
@@ -55,25 +62,28 @@ class ResultWriter:
     @staticmethod
     def existing_ids(path: str | Path) -> set[str]:
         """Ids of the complete result lines of `path` (empty if it does not exist)."""
-        path = Path(path)
-        text = path.read_text(encoding="utf-8", errors="replace") if path.exists() else ""
-        return {rid for _, rid, _ in _result_lines(text)}
+        return {rid for _, rid, _ in _result_lines(path)}
 
     def _repair_and_collect(self, retry_errors: bool) -> None:
-        data = self.path.read_bytes()
-        keep = data[: data.rfind(b"\n") + 1]  # a torn last line (killed mid-write) is dropped and redone
-        lines = []
-        for line, rid, failed in _result_lines(keep.decode("utf-8", errors="replace")):
+        """Collects the ids of the complete lines; rewrites the file (atomically, a line at a time) only when a
+        line goes: a torn last line (killed mid-write), a line that is not a result, or an error to retry."""
+        kept = 0
+        for _, rid, failed in _result_lines(self.path):
             if retry_errors and failed:
                 self.retried += 1
                 continue
             self.done_ids.add(rid)
-            lines.append(line)
-        text = "".join(line + "\n" for line in lines)
-        if text.encode("utf-8") != data:
-            tmp = self.path.with_suffix(self.path.suffix + ".tmp")
-            tmp.write_text(text, encoding="utf-8")
-            os.replace(tmp, self.path)
+            kept += 1
+        with open(self.path, "rb") as f:
+            lines = sum(1 for _ in f)
+        if kept == lines and _ends_complete(self.path):
+            return
+        tmp = self.path.with_suffix(self.path.suffix + ".tmp")
+        with open(tmp, "w", encoding="utf-8") as out:
+            for line, _, failed in _result_lines(self.path):
+                if not (retry_errors and failed):
+                    out.write(line + "\n")
+        os.replace(tmp, self.path)
 
     def write(self, result: dict) -> None:
         """Appends one line and flushes it to the OS (it survives the process being killed); fsync (power
@@ -118,9 +128,7 @@ class ResultWriter:
 
 def error_ids(path: str | Path) -> set[str]:
     """Ids whose result line in `path` is an error."""
-    path = Path(path)
-    text = path.read_text(encoding="utf-8", errors="replace") if path.exists() else ""
-    return {rid for _, rid, failed in _result_lines(text) if failed}
+    return {rid for _, rid, failed in _result_lines(path) if failed}
 
 
 def merge_parts(output: str | Path, parts: list[Path], keep_existing: bool, retry_errors: bool = False) -> None:
@@ -128,49 +136,65 @@ def merge_parts(output: str | Path, parts: list[Path], keep_existing: bool, retr
     with keep_existing, the lines already in `output` (a resumed run) come first, except, with retry_errors,
     its error lines (their requests were run again)."""
     output = Path(output)
-    lines: list[str] = []
     seen: set[str] = set()
     sources = ([output] if keep_existing and output.exists() else []) + [p for p in parts if p.exists()]
-    for src in sources:
-        for line, rid, failed in _result_lines(src.read_text(encoding="utf-8")):  # torn lines are redone on resume
-            if retry_errors and failed and src == output:
-                continue
-            if rid not in seen:
-                seen.add(rid)
-                lines.append(line)
     tmp = output.with_suffix(output.suffix + ".tmp")
-    tmp.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    with open(tmp, "w", encoding="utf-8") as out:
+        for src in sources:
+            for line, rid, failed in _result_lines(src):  # torn lines are redone on resume
+                if retry_errors and failed and src == output:
+                    continue
+                if rid not in seen:
+                    seen.add(rid)
+                    out.write(line + "\n")
     os.replace(tmp, output)
     for p in parts:
         p.unlink(missing_ok=True)
 
 
-def order_results(path: str | Path, ids: list[str]) -> bool:
+def order_results(path: str | Path, ids: Iterable[str] | Callable[[], Iterable[str]]) -> bool:
     """Rewrites the results file `path` in the order of `ids` (the input order), atomically, once every id has
     its line; lines of other ids (an earlier run's) follow in their order. Returns whether it did: a file that
     still lacks an answer keeps its completion order, so an interrupted run resumes exactly as without it.
+    `ids` may be a function giving them afresh (it is read twice), so a streamed input is never held.
 
-    Holds the file's lock; the file is indexed by byte offsets, so memory stays small for any size."""
+    Holds the file's lock; the file is indexed by byte offsets (24 bytes an id, and 16 a line), so memory stays
+    small for any size."""
     path = Path(path).absolute()
+    listed = None if callable(ids) else list(ids)
+    again = ids if listed is None else (lambda: listed)
     with locked(sidecar_lock(path), path):
-        offsets: dict[str, tuple[int, int]] = {}
         with open(path, "rb") as f:
-            start = 0
-            for raw in f:
-                if raw.endswith(b"\n"):  # complete lines only
-                    for _, rid, _ in _result_lines(raw.decode("utf-8", errors="replace")):
-                        offsets.setdefault(rid, (start, len(raw)))
-                start += len(raw)
-            if any(rid not in offsets for rid in ids):
+            starts, sizes = array("q"), array("q")  # of the complete result lines, by row
+
+            def rows() -> Iterator[tuple[str, int]]:
+                start = 0
+                for raw in f:
+                    parsed = _parse_result(raw)
+                    if parsed is not None:
+                        yield parsed[0], len(starts)
+                        starts.append(start)
+                        sizes.append(len(raw))
+                    start += len(raw)
+
+            index = IdIndex(rows())  # id -> the row of its first line
+            if any(rid not in index for rid in again()):
                 return False
-            wanted = set(ids)
-            order = list(ids) + [rid for rid in offsets if rid not in wanted]
+            # The input's ids first, then the other ids' lines in their order (an id given twice is written once).
+            keep = np.zeros(len(starts), bool)
+            keep[index.values()] = True
             tmp = path.with_name(f".{path.name}.ordered.tmp")
             try:
                 with open(tmp, "wb") as out:
-                    for rid in order:
-                        f.seek(offsets[rid][0])
-                        out.write(f.read(offsets[rid][1]))
+                    for rid in again():
+                        row = index.get(rid)
+                        if keep[row]:
+                            f.seek(starts[row])
+                            out.write(f.read(sizes[row]))
+                            keep[row] = False
+                    for row in np.flatnonzero(keep):
+                        f.seek(starts[row])
+                        out.write(f.read(sizes[row]))
                     out.flush()
                     os.fsync(out.fileno())
                 os.replace(tmp, path)
@@ -182,13 +206,38 @@ def order_results(path: str | Path, ids: list[str]) -> bool:
     return True
 
 
-def _result_lines(text: str) -> Iterator[tuple[str, str, bool]]:
-    """(line, id, is an error) of every complete result line (a JSON object with a string id); others are
-    skipped."""
-    for line in text.splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(record, dict) and isinstance(record.get("id"), str):
-            yield line, record["id"], record.get("error") is not None
+def _result_lines(path: str | Path) -> Iterator[tuple[str, str, bool]]:
+    """(line, id, is an error) of every complete result line of `path` (a JSON object with a string id, ending
+    in a newline), read one at a time; other lines are skipped, and a missing file has none."""
+    try:
+        f = open(path, "rb")
+    except FileNotFoundError:
+        return
+    with f:
+        for raw in f:
+            parsed = _parse_result(raw)
+            if parsed is not None:
+                yield raw.rstrip(b"\r\n").decode("utf-8", errors="replace"), parsed[0], parsed[1]
+
+
+def _parse_result(raw: bytes) -> tuple[str, bool] | None:
+    """(id, is an error) of one complete result line, or None (torn, not JSON, not a result)."""
+    if not raw.endswith(b"\n"):
+        return None
+    try:
+        record = json.loads(raw.decode("utf-8", errors="replace"))
+    except (json.JSONDecodeError, RecursionError):
+        return None
+    if isinstance(record, dict) and isinstance(record.get("id"), str):
+        return record["id"], record.get("error") is not None
+    return None
+
+
+def _ends_complete(path: Path) -> bool:
+    """True when the file is empty or ends with a newline (no torn last line)."""
+    with open(path, "rb") as f:
+        f.seek(0, os.SEEK_END)
+        if f.tell() == 0:
+            return True
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) == b"\n"

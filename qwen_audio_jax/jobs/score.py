@@ -113,8 +113,10 @@ class ScoreJob:
             raise PromptError("every completion must be a non-empty string.")
         base = {k: v for k, v in r.items() if k not in ("completion", "completions")}
         base = normalise_request(base, chat=self.chat, v1=self.model.config.is_v1, job=self.name, allowed=SCORE_KEYS)
-        items = self.model.processor.prepare_completions(resolve_audio(base, self.base_dir), completions)
         limit = min(self.model.config.decoder.max_position_embeddings, self.buckets.score_lengths[-1])
+        items = self.model.processor.prepare_completions(
+            resolve_audio(base, self.base_dir), completions, max_tokens=limit
+        )
         for item in items:
             if item.num_tokens > limit:
                 raise PromptError(f"prompt + completion has {item.num_tokens} tokens, over the model's {limit}.")

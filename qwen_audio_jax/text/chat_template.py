@@ -279,6 +279,8 @@ def make_context_v1(
     system_tokens = im_start + system_part + im_end
     raw_text, context = "", []
     for q, a in reversed(list(history)):
+        if _cannot_fit(tokenizer, q, a, max_window_size):
+            break  # as the reference would, after tokenizing a turn that may be megabytes (a lower bound says so)
         q_text, q_part = turn("user", q)
         q_tokens = im_start + q_part + im_end
         if a is not None:
@@ -297,6 +299,17 @@ def make_context_v1(
     context += nl + im_start + turn("user", query)[1] + im_end + nl + im_start + tokenizer.encode("assistant") + nl
     raw_text += f"\n<|im_start|>user\n{query}<|im_end|>\n<|im_start|>assistant\n"
     return raw_text, context
+
+
+def _cannot_fit(tokenizer, query: str, answer: str | None, window: int) -> bool:
+    """True when a history turn's texts alone certainly take `window` tokens or more (`Tokenizer.min_tokens`; its
+    `<audio>...</audio>` spans become audio tokens, so they are not measured): make_context would drop it and every
+    older turn, so it need not be tokenized first. Computes nothing for turns under a quarter of the window."""
+    texts = [t for t in (query, answer) if isinstance(t, str)]
+    if 4 * sum(map(len, texts)) < window:
+        return False
+    texts = [re.sub(r"<audio>.*?</audio>", "", t) if "<audio>" in t else t for t in texts]
+    return tokenizer.min_tokens(texts) >= window
 
 
 def v1_messages_to_context_args(messages: Sequence[dict]) -> tuple[str, list[tuple[str, str]], str, dict]:

@@ -1,8 +1,8 @@
 """Requests -> model inputs: chat rendering, `<|AUDIO|>` expansion, log-mel features, batch collation.
 
 One request at a time (`prepare_*` -> `PreparedRequest`), so a bad request fails alone with a typed error
-(`prepare_many` returns the error in its slot); batches are assembled afterwards (`collate` -> `ModelInputs`),
-which is also where prompt-length buckets plug in (`pad_to_length`).
+(`prepare_many` returns the error in its slot); batches are assembled afterwards (`collate` -> `ModelInputs`, both
+in text/batch.py), which is also where prompt-length buckets plug in (`pad_to_length`).
 
 Qwen2-Audio (docs/reference.md §1.6): each `<|AUDIO|>` placeholder becomes N = ((L-1)//2+1-2)//2+1 copies of itself, L
 the
@@ -12,23 +12,31 @@ Qwen-Audio v1 (docs/reference.md §3.3): each `<audio>path</audio>` span becomes
 L = floor(samples/160) and 80 mel bins; chat turns go through `make_context_v1`.
 Long audio: "truncate" keeps the first 30 s (the reference); "chunk" turns one input into k clips of <= 30 s, each
 its own bos/eos-delimited span in place of the single placeholder.
+
+Bounded work: a request is checked against its token budget (`max_tokens`: the call's, else the processor's, the
+model's context) before anything costly. Its texts are measured in bytes, a lower bound on their tokens
+(`Tokenizer.min_tokens`), before any audio is loaded, any chat is rendered or anything is tokenized; a file is
+decoded only as far as the long-audio policy keeps (audio/clips.py). So a 100 MB prompt or a 10-hour file costs
+about its own size, never the gigabytes its tokens or samples would, and is refused as that request's error.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from qwen_audio_jax.audio.clips import Silence, file_clips, policy_clips
 from qwen_audio_jax.audio.features import log_mel_numpy, mel_length
 from qwen_audio_jax.audio.lengths import num_audio_tokens
-from qwen_audio_jax.audio.load import SAMPLE_RATE, as_waveform, load_audio, split_long_audio
-from qwen_audio_jax.audio.load_v1 import load_audio_v1
+from qwen_audio_jax.audio.load import SAMPLE_RATE, as_waveform
 from qwen_audio_jax.choices import DEFAULT_LONG_AUDIO, LONG_AUDIO_POLICIES, QWEN_AUDIO_V1, VARIANTS
 from qwen_audio_jax.errors import ConfigError, PromptError, QwenAudioError
+from qwen_audio_jax.text.batch import ModelInputs, PreparedRequest, collate  # re-exported: callers import them here
+from qwen_audio_jax.text.budget import check_text_budget
 from qwen_audio_jax.text.chat_template import (
     audio_parts,
     load_chat_template,
@@ -41,82 +49,6 @@ from qwen_audio_jax.text.prompt_generation import check_prompt_generation, messa
 from qwen_audio_jax.text.tokenizer import AUDIO_BOS, AUDIO_EOS, AUDIO_TOKEN, Tokenizer, load_tokenizer
 
 
-@dataclass
-class PreparedRequest:
-    """One request, tokenized and featurized, not yet padded.
-
-    token_ids: prompt (+ completion) ids, each audio placeholder already expanded to its N_i audio tokens.
-    mels: one (M, 3000) float32 log-mel per clip, in the order the clips appear in `token_ids`.
-    mel_lengths: valid mel frames per clip (L_i); N_i = num_audio_tokens(L_i).
-    completion_mask: 1 on completion tokens, 0 on prompt tokens (None when no completion was given).
-    num_prompt_tokens: len(prompt ids) (None when no completion was given).
-    prompt_text: the prompt as text before expansion (the rendered chat for messages), for logs and debugging.
-    """
-
-    token_ids: list[int]
-    mels: list[np.ndarray] = field(default_factory=list)
-    mel_lengths: list[int] = field(default_factory=list)
-    completion_mask: list[int] | None = None
-    num_prompt_tokens: int | None = None
-    prompt_text: str | None = None
-
-    @property
-    def num_tokens(self) -> int:
-        return len(self.token_ids)
-
-
-@dataclass
-class ModelInputs:
-    """A padded batch. B rows, T tokens, C clips (all clips of the batch, row-major), M mel bins.
-
-    tokens: (B, T) int32; attention_mask: (B, T) int32 (1 = real token); mel: (C, M, 3000) float32 or None;
-    mel_lengths: (C,) int32 or None; completion_mask: (B, T) int32 or None; clips_per_row: (B,) int32.
-    """
-
-    tokens: np.ndarray
-    attention_mask: np.ndarray
-    mel: np.ndarray | None = None
-    mel_lengths: np.ndarray | None = None
-    completion_mask: np.ndarray | None = None
-    clips_per_row: np.ndarray | None = None
-
-
-def collate(
-    prepared: Sequence[PreparedRequest], *, pad_id: int, padding_side: str = "left", pad_to_length: int | None = None
-) -> ModelInputs:
-    """Pad prepared requests into one batch; `pad_to_length` fixes T (a bucket) instead of the longest row."""
-    if not prepared:
-        raise PromptError("cannot collate an empty batch; pass at least one prepared request")
-    if padding_side not in ("left", "right"):
-        raise ConfigError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
-    longest = max(p.num_tokens for p in prepared)
-    T = longest if pad_to_length is None else int(pad_to_length)
-    if T < longest:
-        i = max(range(len(prepared)), key=lambda k: prepared[k].num_tokens)
-        raise PromptError(f"request {i} has {longest} tokens, more than pad_to_length={T}; use a longer bucket")
-    B = len(prepared)
-    tokens = np.full((B, T), pad_id, np.int32)
-    mask = np.zeros((B, T), np.int32)
-    has_completion = any(p.completion_mask is not None for p in prepared)
-    completion = np.zeros((B, T), np.int32) if has_completion else None
-    for i, p in enumerate(prepared):
-        n = p.num_tokens
-        cols = slice(T - n, T) if padding_side == "left" else slice(0, n)
-        tokens[i, cols] = p.token_ids
-        mask[i, cols] = 1
-        if p.completion_mask is not None:
-            completion[i, cols] = p.completion_mask
-    clips = [m for p in prepared for m in p.mels]
-    return ModelInputs(
-        tokens=tokens,
-        attention_mask=mask,
-        mel=np.stack(clips).astype(np.float32, copy=False) if clips else None,
-        mel_lengths=np.asarray([n for p in prepared for n in p.mel_lengths], np.int32) if clips else None,
-        completion_mask=completion,
-        clips_per_row=np.asarray([len(p.mels) for p in prepared], np.int32),
-    )
-
-
 class Processor:
     """Turns prompts or chat messages (+ audio) into `PreparedRequest`s and batches.
 
@@ -127,6 +59,7 @@ class Processor:
       length_rule: mel length of a clip, "ceil" (Qwen2-Audio, HF) or "floor" (v1); None -> the variant's.
       long_audio: "truncate" (reference) or "chunk" (see module docstring).
       variant: "qwen2_audio" or QWEN_AUDIO_V1; None -> the tokenizer's.
+      max_tokens: the token budget of a request when a call gives none (the model's context); None: unbounded.
     """
 
     def __init__(
@@ -138,6 +71,7 @@ class Processor:
         long_audio: str = DEFAULT_LONG_AUDIO,
         variant: str | None = None,
         chat_format: str | None = None,
+        max_tokens: int | None = None,
     ):
         variant = variant or tokenizer.variant
         if variant not in VARIANTS:
@@ -155,6 +89,7 @@ class Processor:
         if long_audio not in LONG_AUDIO_POLICIES:
             raise ConfigError(f"long_audio must be one of {', '.join(LONG_AUDIO_POLICIES)}, got {long_audio!r}")
         self.long_audio = long_audio
+        self.max_tokens = max_tokens
         self.chat_format = chat_format  # v1's generation_config.json "chat_format": "chatml" (Chat) or "raw"
         # Resolve the audio ids now, so a tokenizer without them fails here rather than per request.
         self.audio_token_id, self.audio_bos_id, self.audio_eos_id = (
@@ -194,20 +129,26 @@ class Processor:
 
     # -- audio -------------------------------------------------------------------------------------------------------
 
-    def _clips(self, src, what: str) -> list[tuple[np.ndarray, int]]:
-        """One audio input (path, 16 kHz array, (array, rate) or {"array", "sampling_rate"}) -> [(mel, L)] per clip."""
+    def _clips(self, src, what: str, max_tokens: int | None = None) -> list[tuple[np.ndarray, int]]:
+        """One audio input (path, 16 kHz array, (array, rate), {"array", "sampling_rate"} or a `Silence` stand-in)
+        -> [(mel, L)] per clip; a file is decoded only as far as the long-audio policy keeps, within `max_tokens`."""
+        policy = self.long_audio
         if isinstance(src, (str, os.PathLike)):  # files load as the variant's reference loads them
-            wav, name = (load_audio_v1 if self.variant == QWEN_AUDIO_V1 else load_audio)(src), str(src)
+            clips = file_clips(src, policy, v1=self.variant == QWEN_AUDIO_V1, max_tokens=max_tokens)
+        elif isinstance(src, Silence):
+            clips = policy_clips(src, policy, src.source or what, max_tokens=max_tokens)
         elif isinstance(src, np.ndarray):
-            wav, name = as_waveform(src, SAMPLE_RATE, source=what), what
+            clips = policy_clips(as_waveform(src, SAMPLE_RATE, source=what), policy, what, max_tokens=max_tokens)
         elif isinstance(src, tuple) and len(src) == 2:
-            wav, name = as_waveform(np.asarray(src[0]), src[1], source=what), what
+            wav = as_waveform(np.asarray(src[0]), src[1], source=what)
+            clips = policy_clips(wav, policy, what, max_tokens=max_tokens)
         elif isinstance(src, dict) and "array" in src:
-            wav, name = as_waveform(np.asarray(src["array"]), src.get("sampling_rate", SAMPLE_RATE), source=what), what
+            wav = as_waveform(np.asarray(src["array"]), src.get("sampling_rate", SAMPLE_RATE), source=what)
+            clips = policy_clips(wav, policy, what, max_tokens=max_tokens)
         else:
             raise PromptError(f"{what}: an audio input must be a file path or a waveform array, got {type(src)}")
         out = []
-        for clip in split_long_audio(wav, policy=self.long_audio, source=name):
+        for clip in clips:
             mel = np.asarray(log_mel_numpy(clip, n_mels=self.n_mels), np.float32)
             out.append((mel, int(mel_length(len(clip), rule=self.length_rule))))
         return out
@@ -215,53 +156,95 @@ class Processor:
     # -- requests ----------------------------------------------------------------------------------------------------
 
     def prepare_prompt(
-        self, prompt: str, audio: Sequence | None = None, completion: str | None = None
+        self, prompt: str, audio: Sequence | None = None, completion: str | None = None, *, max_tokens=None
     ) -> PreparedRequest:
         """Raw text with placeholders: `<|audio_bos|><|AUDIO|><|audio_eos|>` (Qwen2-Audio, one per entry of
-        `audio`) or `<audio>path</audio>` (v1; `audio`, if given, replaces the span paths in order)."""
+        `audio`) or `<audio>path</audio>` (v1; `audio`, if given, replaces the span paths in order).
+        `max_tokens`: this request's token budget (default: the processor's), checked before anything costly."""
         if not isinstance(prompt, str):
             raise PromptError(f"a prompt must be a string, got {type(prompt)}")
         check_prompt_generation(prompt, self.tokenizer, self.variant == QWEN_AUDIO_V1)
+        budget = self._check_budget([prompt], [completion], max_tokens)
         if self.variant == QWEN_AUDIO_V1:
-            return self._prepare_v1_prompt(prompt, audio, completion)
-        return self._prepare_v2_text(prompt, list(audio or []), completion)
+            return self._prepare_v1_prompt(prompt, audio, completion, budget)
+        return self._prepare_v2_text(prompt, list(audio or []), completion, budget)
 
     def prepare_messages(
-        self, messages: Sequence[dict], completion: str | None = None, add_generation_prompt: bool = True
+        self,
+        messages: Sequence[dict],
+        completion: str | None = None,
+        add_generation_prompt: bool = True,
+        *,
+        max_tokens=None,
     ) -> PreparedRequest:
-        """Chat turns; audio parts `{"type": "audio", "audio": path_or_array}` (or `audio_url`/`url`/`path`)."""
+        """Chat turns; audio parts `{"type": "audio", "audio": path_or_array}` (or `audio_url`/`url`/`path`).
+        `max_tokens` as for `prepare_prompt` (the texts are measured before the chat is rendered)."""
         check_prompt_generation(message_texts(messages), self.tokenizer, self.variant == QWEN_AUDIO_V1)
+        budget = self._check_budget(self._kept_texts(messages), [completion], max_tokens)
         if self.variant == QWEN_AUDIO_V1:
-            return self._prepare_v1_messages(messages, completion)
+            return self._prepare_v1_messages(messages, completion, budget)
         text = render_chat(
             messages,
             self.chat_template,
             add_generation_prompt=add_generation_prompt,
             special_tokens=getattr(self.tokenizer, "special_tokens_map", None),
         )
-        return self._prepare_v2_text(text, audio_parts(messages), completion)
+        return self._prepare_v2_text(text, audio_parts(messages), completion, budget)
 
-    def prepare(self, request: dict) -> PreparedRequest:
-        """A request record: {"messages": [...]} or {"prompt": str, "audio": [...]}, optional "completion"."""
+    def prepare(self, request: dict, *, max_tokens: int | None = None) -> PreparedRequest:
+        """A request record: {"messages": [...]} or {"prompt": str, "audio": [...]}, optional "completion";
+        `max_tokens` as for `prepare_prompt`."""
         if not isinstance(request, dict):
             raise PromptError(f"a request must be a dict with 'messages' or 'prompt', got {type(request)}")
+        completion = request.get("completion")
         if "messages" in request:
-            return self.prepare_messages(request["messages"], completion=request.get("completion"))
+            return self.prepare_messages(request["messages"], completion=completion, max_tokens=max_tokens)
         if "prompt" in request:
-            return self.prepare_prompt(request["prompt"], request.get("audio"), completion=request.get("completion"))
+            return self.prepare_prompt(request["prompt"], request.get("audio"), completion, max_tokens=max_tokens)
         raise PromptError(f"a request needs 'messages' or 'prompt', got keys {sorted(request)}")
 
-    def prepare_completions(self, request: dict, completions: Sequence[str]) -> list[PreparedRequest]:
+    def prepare_completions(
+        self, request: dict, completions: Sequence[str], *, max_tokens: int | None = None
+    ) -> list[PreparedRequest]:
         """The prompt of `request` prepared once (its audio loaded and featurized once), then one PreparedRequest per
         completion, with the token ids of `prepare({**request, "completion": c})`. All results share the prompt's
         `mels` and `mel_lengths` list objects (DPO's chosen and rejected condition on the same clips): treat them
-        as read-only."""
+        as read-only. `max_tokens`: the budget of prompt + completion (checked for each before anything costly)."""
         if isinstance(request, dict) and "completion" in request:
             raise PromptError(
                 "prepare_completions takes the completions as its second argument; remove 'completion' from the request"
             )
-        base = self.prepare(request)
+        budget = self.max_tokens if max_tokens is None else max_tokens
+        if isinstance(request, dict) and isinstance(request.get("prompt"), str):
+            self._check_budget([request["prompt"]], list(completions), budget)
+        elif isinstance(request, dict) and "messages" in request:
+            self._check_budget(self._kept_texts(request["messages"]), list(completions), budget)
+        base = self.prepare(request, max_tokens=budget)
         return [self._finish(base.token_ids, base.mels, base.mel_lengths, c, base.prompt_text) for c in completions]
+
+    def _check_budget(self, prompt_texts: list, completions: list, max_tokens: int | None) -> int | None:
+        """Refuses texts that cannot fit the budget (the call's, else the processor's), before anything costly
+        (text/budget.py); returns the budget. Audio markup is not measured: it becomes a clip's tokens, not its own."""
+        budget = self.max_tokens if max_tokens is None else max_tokens
+        if budget is not None:
+            texts = [self._without_audio_markup(t) for t in prompt_texts if isinstance(t, str)]
+            check_text_budget(self.tokenizer, texts, [c for c in completions if c is not None], budget)
+        return budget
+
+    def _kept_texts(self, messages) -> list[str]:
+        """The texts of chat turns that the prompt always holds: all of them for Qwen2-Audio; for v1 the system
+        prompt and the last query (its make_context drops history turns that do not fit its window)."""
+        if self.variant != QWEN_AUDIO_V1:
+            return message_texts(messages)
+        system, _, query, _ = v1_messages_to_context_args(messages)
+        return [system, query]
+
+    def _without_audio_markup(self, text: str) -> str:
+        """`text` without its audio placeholders (`<|AUDIO|>`; v1's `<audio>PATH</audio>` spans), which become a
+        clip's audio tokens (possibly none), not tokens of their own. Copies only text that has them."""
+        if self.variant == QWEN_AUDIO_V1:
+            return re.sub(r"<audio>.*?</audio>", "", text) if "<audio>" in text else text
+        return text.replace(AUDIO_TOKEN, "") if AUDIO_TOKEN in text else text
 
     def prepare_many(self, requests: Sequence[dict]) -> list[PreparedRequest | QwenAudioError]:
         """`prepare` each request; a request that fails yields its typed error in its slot, not an exception."""
@@ -314,7 +297,7 @@ class Processor:
 
     # -- Qwen2-Audio -------------------------------------------------------------------------------------------------
 
-    def _prepare_v2_text(self, text: str, sources: list, completion: str | None) -> PreparedRequest:
+    def _prepare_v2_text(self, text: str, sources: list, completion: str | None, budget=None) -> PreparedRequest:
         parts = text.split(AUDIO_TOKEN)
         if len(parts) - 1 != len(sources):
             raise PromptError(
@@ -323,7 +306,7 @@ class Processor:
             )
         expanded, mels, lengths = [parts[0]], [], []
         for i, src in enumerate(sources):
-            clips = self._clips(src, f"audio {i}")
+            clips = self._clips(src, f"audio {i}", budget)
             # Chunks of one input are separate clips: close and reopen the span between them.
             span = (AUDIO_EOS + AUDIO_BOS).join(AUDIO_TOKEN * num_audio_tokens(L) for _, L in clips)
             # transformers v4: wrap when the placeholder has neither <|audio_bos|> before nor <|audio_eos|> after
@@ -381,7 +364,9 @@ class Processor:
             raise PromptError(f"the prompt has {k} <audio>...</audio> spans but {len(clip_lists)} audio inputs")
         return out
 
-    def _prepare_v1_prompt(self, prompt: str, audio: Sequence | None, completion: str | None) -> PreparedRequest:
+    def _prepare_v1_prompt(
+        self, prompt: str, audio: Sequence | None, completion: str | None, budget=None
+    ) -> PreparedRequest:
         labels = v1_extract_audio_paths(prompt)
         sources = labels if audio is None else list(audio)
         if len(sources) != len(labels):
@@ -389,19 +374,19 @@ class Processor:
                 f"the prompt has {len(labels)} <audio>...</audio> spans but {len(sources)} audio "
                 "inputs were given; pass one audio per span (or none, to load the span paths)"
             )
-        clip_lists = [self._clips(s, f"audio {i}") for i, s in enumerate(sources)]
+        clip_lists = [self._clips(s, f"audio {i}", budget) for i, s in enumerate(sources)]
         ids = self._expand_v1_spans(self.tokenizer.encode(prompt), clip_lists)
         return self._finish(
             ids, [m for c in clip_lists for m, _ in c], [L for c in clip_lists for _, L in c], completion, prompt
         )
 
-    def _prepare_v1_messages(self, messages: Sequence[dict], completion: str | None) -> PreparedRequest:
+    def _prepare_v1_messages(self, messages: Sequence[dict], completion: str | None, budget=None) -> PreparedRequest:
         system, history, query, label_sources = v1_messages_to_context_args(messages)
         cache: dict[str, list] = {}  # span label -> clips; make_context may encode a turn and then drop it
 
         def clips_of(label: str) -> list:
             if label not in cache:
-                cache[label] = self._clips(label_sources.get(label, label), f"audio {label!r}")
+                cache[label] = self._clips(label_sources.get(label, label), f"audio {label!r}", budget)
             return cache[label]
 
         def encode(text: str) -> list[int]:

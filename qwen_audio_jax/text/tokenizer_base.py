@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import abc
 import functools
+import math
+import unicodedata
 from collections.abc import Iterable
 
 from qwen_audio_jax.errors import ConfigError
@@ -79,6 +81,26 @@ class Tokenizer(abc.ABC):
 
     def __len__(self) -> int:
         return self.vocab_size
+
+    @property
+    @abc.abstractmethod
+    def max_token_bytes(self) -> int:
+        """Bytes of text the longest token covers (Qwen2's BPE: 128, a run of spaces)."""
+
+    def min_tokens(self, texts: Iterable[str]) -> int:
+        """A lower bound on the tokens of `texts` written one after the other, without tokenizing them: every token
+        covers between 1 and `max_token_bytes` bytes of the NFC-normalised text (the byte-level BPE, special tokens
+        included), so a text of B bytes is at least B / max_token_bytes tokens. Costs a pass over the text (and a
+        copy only for text that is not already NFC or not ASCII), where tokenizing costs ~200 bytes per byte."""
+        texts = list(texts)
+        nbytes = 0
+        for text in texts:
+            if not unicodedata.is_normalized("NFC", text):
+                text = unicodedata.normalize("NFC", text)
+            nbytes += len(text) if text.isascii() else len(text.encode("utf-8", errors="surrogatepass"))
+        # Normalising the texts apart may compose a few bytes fewer at each seam than the joined text has.
+        nbytes -= 8 * max(0, len(texts) - 1)
+        return max(0, math.ceil(nbytes / self.max_token_bytes))
 
     def _required_id(self, token: str, role: str) -> int:
         token_id = self.token_to_id(token)

@@ -5,6 +5,7 @@ checkpoint's `tokenizer.json` or `vocab.json` + `merges.txt` and the added token
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterable
 from pathlib import Path
@@ -18,6 +19,7 @@ from qwen_audio_jax.text.tokenizer_base import (
     ENDOFTEXT,
     PAT_STR,
     Tokenizer,
+    bytes_to_unicode,
 )
 
 
@@ -100,6 +102,18 @@ class Qwen2AudioTokenizer(Tokenizer):
     @property
     def special_ids(self) -> frozenset[int]:
         return self._special
+
+    @functools.cached_property
+    def max_token_bytes(self) -> int:
+        byte_chars = set(bytes_to_unicode().values())  # a byte-level token's character is one byte of text
+        added = {t.content for t in self._tok.get_added_tokens_decoder().values()}
+
+        def covered(token: str) -> int:  # added tokens match their text as written
+            if token in added:
+                return len(token.encode("utf-8"))
+            return sum(1 if c in byte_chars else len(c.encode("utf-8")) for c in token)
+
+        return max(1, *(covered(t) for t in self._tok.get_vocab(with_added_tokens=True)))
 
     @property
     def special_tokens_map(self) -> dict:

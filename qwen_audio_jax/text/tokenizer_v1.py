@@ -4,6 +4,7 @@ docs/reference.md §3.5, reproducing Qwen-Audio's `QWenTokenizer`."""
 from __future__ import annotations
 
 import base64
+import functools
 import unicodedata
 from collections.abc import Collection, Iterable
 from pathlib import Path
@@ -152,6 +153,10 @@ class QwenAudioV1Tokenizer(Tokenizer):
     @property
     def special_ids(self) -> frozenset[int]:
         return frozenset(self._by_id)
+
+    @functools.cached_property
+    def max_token_bytes(self) -> int:
+        return max(1, *(len(b) for b in self._ranks), *(len(t.encode("utf-8")) for t in self.special_tokens))
 
     # `eod_id` is what both the base and the chat model emit last; the official eval also pads with it.
     eos_id = property(lambda self: self.endoftext_id)

@@ -19,43 +19,53 @@ never raised: one bad line must not stop a run, but the report says how many wer
 `validate_examples` prepares every example up front on a thread pool (audio loaded once per example, shared by
 chosen and rejected; for training start-up, `keep_mels=False`, a wav / flac clip is not even decoded: its length
 comes from the file header) and drops, never truncates, what cannot be trained on: cutting a sequence could cut
-inside an `<|AUDIO|>` span, and a silently shortened completion would bias the preference.
+inside an `<|AUDIO|>` span, and a silently shortened completion would bias the preference. The pool works a
+window of examples ahead, and a text that cannot fit `max_length` is dropped before it is tokenized, so memory
+follows the window, not the file (a training run holds its file as an index: training/data_file.py).
 """
 
 from __future__ import annotations
 
+import collections
 import functools
-import hashlib
 import json
-import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
-from qwen_audio_jax.audio.constants import SAMPLE_RATE
+from qwen_audio_jax.audio.clips import kept_samples
 from qwen_audio_jax.audio.decoder_warmup import realize_decoder_types
-from qwen_audio_jax.audio.load import load_audio
-from qwen_audio_jax.audio.load_v1 import load_audio_v1
 from qwen_audio_jax.config import QWEN_AUDIO_V1
 from qwen_audio_jax.errors import AudioError, ConfigError, DataError, QwenAudioError
-from qwen_audio_jax.jsonl import iter_jsonl, open_jsonl
+from qwen_audio_jax.jsonl import iter_lines, open_jsonl
+from qwen_audio_jax.text.budget import TooLongError
 from qwen_audio_jax.text.chat_template import v1_extract_audio_paths
 from qwen_audio_jax.text.processor import PreparedRequest, Processor
 from qwen_audio_jax.text.tokenizer import AUDIO_TOKEN
+from qwen_audio_jax.training.fingerprint import PairHasher, pair_fingerprint
 from qwen_audio_jax.training.formats import parse_record
+from qwen_audio_jax.training.stand_in import clip_samples_16k, with_stand_in_audio
 
 __all__ = [
     "PreferenceExample",
     "PreparedPair",
     "ValidationReport",
     "read_examples",
+    "scan_examples",
     "validate_examples",
+    "validation_outcomes",
     "clip_samples_16k",
     "pair_fingerprint",
+    "PairHasher",
+    "MAX_ARRAY_BYTES",
 ]
+
+# A JSON array file is parsed whole (JSON has no way to read one element at a time); past this size it must be
+# JSON Lines, which is read a line at a time (`jq -c '.[]' data.json > data.jsonl`).
+MAX_ARRAY_BYTES = 256 * 2**20
+# Examples a validation pool works ahead of the one it hands out: enough to keep its threads busy.
+VALIDATION_WINDOW = 64
 
 
 @dataclass
@@ -83,46 +93,79 @@ class PreparedPair:
 
 def read_examples(path: str | Path, preference: bool) -> tuple[list[PreferenceExample], list[tuple[str, str]]]:
     """Parse a training file: preference pairs (preference=True) or SFT examples (rejected=None). Returns
-    (examples, [(id, error sentence)] of the records that could not be used).
+    (examples, [(id, error sentence)] of the records that could not be used). A training run holds its file as an
+    index instead (training/data_file.py).
 
     Raises DataError only for the file as a whole (missing, not UTF-8, a JSON array that does not parse)."""
+    examples, errors = [], []
+    for example, error, _ in scan_examples(path, preference):
+        if error is not None:
+            errors.append(error)
+        else:
+            examples.append(example)
+    return examples, errors
+
+
+def scan_examples(
+    path: str | Path, preference: bool
+) -> Iterator[tuple[PreferenceExample | None, tuple[str, str] | None, tuple[int, int, int] | None]]:
+    """Every record of a training file, parsed and checked one at a time: (example, None, where) or (None, (id,
+    error sentence), None); `where` is a JSON Lines record's (line number, byte offset, size), None in an array."""
     path = Path(path)
     base_dir = path.absolute().parent
-    examples, errors, seen = [], [], {}
-    for n, where, rec in _records(path):
-        rid = rec.get("id") if isinstance(rec, dict) else None
-        rid = f"{path.stem}-{n}" if rid is None or rid == "" else str(rid)
+    seen: dict[str, int] = {}  # id -> its record number: the only thing held per record
+    for n, where, rec, span in _records(path):
+        rid = example_id(rec, path, n)
         try:
             if isinstance(rec, DataError):  # a line that is not JSON
                 raise rec
             if rid in seen:
-                raise DataError(f"duplicate id {rid!r} (first used on {seen[rid]}); give every record its own id")
+                first = f"{where.split()[0]} {seen[rid]}"
+                raise DataError(f"duplicate id {rid!r} (first used on {first}); give every record its own id")
             request, chosen, rejected = parse_record(rec, base_dir, preference)
         except DataError as e:
-            errors.append((rid, f"{path.name} {where}: {e}"))
+            yield None, (rid, f"{path.name} {where}: {e}"), None
             continue
-        seen[rid] = where
-        examples.append(PreferenceExample(rid, request, chosen, rejected))
-    return examples, errors
+        seen[rid] = n
+        yield PreferenceExample(rid, request, chosen, rejected), None, span
 
 
-def _records(path: Path) -> Iterator[tuple[int, str, object]]:
-    """(1-based record number, "line N" / "record N", parsed JSON or a DataError for a line that does not parse)."""
+def example_id(rec, path: Path, n: int) -> str:
+    """A record's id: its own "id", else FILESTEM-N (N its 1-based record number)."""
+    rid = rec.get("id") if isinstance(rec, dict) else None
+    return f"{path.stem}-{n}" if rid is None or rid == "" else str(rid)
+
+
+def _records(path: Path) -> Iterator[tuple[int, str, object, tuple[int, int, int] | None]]:
+    """(1-based record number, "line N" / "record N", parsed JSON or a DataError for a line that does not parse,
+    (line number, byte offset, size) of a JSON Lines record or None)."""
     open_jsonl(path, "data file")
     with open(path, "rb") as f:
         head = f.read(4096).lstrip()
     if head.startswith(b"["):  # a JSON array, as LLaMA-Factory ships its datasets
+        size = path.stat().st_size
+        if size > MAX_ARRAY_BYTES:
+            raise DataError(
+                f"{path}: a JSON array of {size / 2**20:.0f} MiB; arrays are read whole, so over "
+                f"{MAX_ARRAY_BYTES // 2**20} MiB write it as JSON Lines, one record a line "
+                f"(`jq -c '.[]' {path.name} > {path.stem}.jsonl`)"
+            )
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except UnicodeDecodeError as e:
             raise DataError(f"{path}: not UTF-8 text ({e.reason}); save the data file as UTF-8") from None
-        except ValueError as e:
-            raise DataError(f"{path}: the JSON array does not parse ({e}); fix it or write one record a line") from None
-        yield from ((i, f"record {i}", rec) for i, rec in enumerate(data, 1))
+        except (ValueError, RecursionError) as e:
+            why = "nested too deeply" if isinstance(e, RecursionError) else str(e)
+            raise DataError(
+                f"{path}: the JSON array does not parse ({why}); fix it or write one record a line"
+            ) from None
+        yield from ((i, f"record {i}", rec, None) for i, rec in enumerate(data, 1))
         return
-    # JSON Lines, one line at a time: a bad byte or a lone surrogate drops that record only (counted).
-    for i, rec, error in iter_jsonl(path, "data file"):
-        yield i, f"line {i}", rec if error is None else DataError(error.split(": ", 1)[1])
+    # JSON Lines, one line at a time: a bad byte, a lone surrogate or an over-long line drops that record only.
+    for line in iter_lines(path, "data file"):
+        n = line.number
+        rec = line.value if line.error is None else DataError(line.error.split(": ", 1)[1])
+        yield n, f"line {n}", rec, (n, line.offset, line.size)
 
 
 # -- validation -------------------------------------------------------------------------------------------------------
@@ -228,23 +271,49 @@ def validate_examples(
     report = ValidationReport(source=str(source), max_length=max_length, total=len(examples) + len(bad_records))
     for rid, message in bad_records:
         report.add("bad_records", rid, message)
+    pairs = []
+    for ex, outcome in validation_outcomes(examples, processor, max_length, completion_suffix, keep_mels, workers):
+        if isinstance(outcome, PreparedPair):
+            pairs.append(outcome)
+        else:
+            report.add(outcome[0], ex.id, outcome[1])
+    report.kept = len(pairs)
+    check_some_kept(report)
+    return pairs, report
+
+
+def check_some_kept(report: ValidationReport) -> None:
+    """Raises DataError when validation kept no example (the message: the report's headline, the first problem)."""
+    if not report.kept:
+        first = next((f"{s[0][0]}: {s[0][1]}" for s in report.samples.values() if s), "the file holds no records")
+        raise DataError(f"every example was invalid: {report.headline()}; first problem: {first}")
+
+
+def validation_outcomes(
+    examples: Iterable[PreferenceExample],
+    processor: Processor,
+    max_length: int,
+    completion_suffix: str = "",
+    keep_mels: bool = True,
+    workers: int = 8,
+) -> Iterator[tuple[PreferenceExample, PreparedPair | tuple[str, str]]]:
+    """(example, its PreparedPair or (report category, message)) for every example, in input order, prepared on a
+    thread pool at most VALIDATION_WINDOW examples ahead (see `validate_examples` for the arguments)."""
     v1 = processor.variant == QWEN_AUDIO_V1
     one = functools.partial(
         _validate_one, processor=processor, max_length=max_length, suffix=completion_suffix, v1=v1, cheap=not keep_mels
     )
-    pairs = []
+    pending: collections.deque = collections.deque()
     realize_decoder_types()  # before the pool: soundfile's cffi types are not safe to build concurrently
-    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(examples)))) as pool:  # in input order
-        for ex, outcome in zip(examples, pool.map(one, examples)):
-            if isinstance(outcome, PreparedPair):
-                pairs.append(outcome)
-            else:
-                report.add(outcome[0], ex.id, outcome[1])
-    report.kept = len(pairs)
-    if not pairs:
-        first = next((f"{s[0][0]}: {s[0][1]}" for s in report.samples.values() if s), "the file holds no records")
-        raise DataError(f"every example was invalid: {report.headline()}; first problem: {first}")
-    return pairs, report
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        for ex in examples:
+            pending.append((ex, pool.submit(one, ex)))
+            if len(pending) >= VALIDATION_WINDOW:
+                ex, fut = pending.popleft()
+                yield ex, fut.result()
+        while pending:
+            ex, fut = pending.popleft()
+            yield ex, fut.result()
 
 
 def _validate_one(ex: PreferenceExample, *, processor, max_length, suffix, v1, cheap):
@@ -254,8 +323,11 @@ def _validate_one(ex: PreferenceExample, *, processor, max_length, suffix, v1, c
         return "audio_mismatch", mismatch
     completions = [ex.chosen] + ([] if ex.rejected is None else [ex.rejected])
     try:
-        request = _with_stand_in_audio(ex.request, v1) if cheap else ex.request
-        prepared = processor.prepare_completions(request, [c + suffix for c in completions])
+        cap = kept_samples(processor.long_audio, max_length)  # a stand-in clip never longer than the policy keeps
+        request = with_stand_in_audio(ex.request, v1, cap) if cheap else ex.request
+        prepared = processor.prepare_completions(request, [c + suffix for c in completions], max_tokens=max_length)
+    except TooLongError as e:  # refused from its length alone, before it was tokenized
+        return "too_long", str(e)
     except AudioError as e:
         return "unreadable_audio", str(e)
     except QwenAudioError as e:
@@ -271,60 +343,6 @@ def _validate_one(ex: PreferenceExample, *, processor, max_length, suffix, v1, c
         for p in prepared:
             p.mels = []  # stand-in features (or real ones nobody keeps)
     return PreparedPair(ex.id, prepared[0], prepared[1] if len(prepared) > 1 else None)
-
-
-_HEADER_EXACT = (".wav", ".wave", ".flac")  # libsndfile's frame count is the decoded length
-
-
-def clip_samples_16k(path: str | Path, v1: bool) -> int:
-    """How many 16 kHz samples the variant's loader gives for the file at `path`, read from its header where that
-    is exact: a wav / flac clip's frame count at 16 kHz; resampled by librosa (Qwen2-Audio), the length
-    `librosa.resample` keeps, ceil(n * (16000 / sr)) in floats as it computes it. Otherwise (mp3, ogg..., or v1's
-    FFmpeg resampler) the clip is decoded. Raises AudioError for an unreadable file."""
-    import soundfile
-
-    p = Path(path)
-    if p.suffix.lower() in _HEADER_EXACT and p.is_file():
-        try:
-            info = soundfile.info(str(p))
-        except Exception:  # noqa: BLE001 -- the loader below names the problem
-            info = None
-        if info is not None and info.frames > 0:
-            if info.samplerate == SAMPLE_RATE:
-                return int(info.frames)
-            if not v1:
-                return int(np.ceil(info.frames * (float(SAMPLE_RATE) / info.samplerate)))
-    return len((load_audio_v1 if v1 else load_audio)(p))
-
-
-def _with_stand_in_audio(request: dict, v1: bool) -> dict:
-    """`request` with every audio file replaced by silence of the same 16 kHz length: the processor then gives the
-    real token ids and mel lengths without decoding anything it can read from a header."""
-
-    def stand_in(src):
-        return np.zeros(clip_samples_16k(src, v1), np.float32) if isinstance(src, (str, os.PathLike)) else src
-
-    if "messages" in request:
-        messages = []
-        for m in request["messages"]:
-            content = m.get("content") if isinstance(m, dict) else None
-            if isinstance(content, list):
-                content = [
-                    {**part, "audio": stand_in(part["audio"])}
-                    if isinstance(part, dict) and part.get("type") == "audio" and "audio" in part
-                    else part
-                    for part in content
-                ]
-                m = {**m, "content": content}
-            messages.append(m)
-        return {**request, "messages": messages}
-    if "prompt" in request:
-        audio = request.get("audio")
-        if audio is None and v1 and isinstance(request["prompt"], str):  # v1: the paths inside <audio>...</audio>
-            audio = v1_extract_audio_paths(request["prompt"])
-        if isinstance(audio, list):
-            return {**request, "audio": [stand_in(a) for a in audio]}
-    return request
 
 
 def _placeholder_mismatch(request: dict, variant: str) -> str | None:
@@ -351,20 +369,3 @@ def _placeholder_mismatch(request: dict, variant: str) -> str | None:
                 "as {'type': 'audio', 'audio': path} parts instead"
             )
     return None
-
-
-def pair_fingerprint(pairs: Sequence[PreparedPair]) -> str:
-    """sha256 over ids, token ids, prompt/completion boundaries and mel lengths of all pairs, in order: the key of
-    cached reference log-probs. Mel values are not hashed (float rounding may differ between hosts, which must agree
-    on the key), so an audio file re-encoded in place at the same length keeps its fingerprint."""
-    h = hashlib.sha256(b"qwen-audio-jax/pairs/v1\n")
-    for p in pairs:
-        for side, r in (("chosen", p.chosen), ("rejected", p.rejected)):
-            rec = (
-                None
-                if r is None
-                else [[int(t) for t in r.token_ids], r.num_prompt_tokens, [int(n) for n in r.mel_lengths]]
-            )
-            h.update(json.dumps([p.id, side, rec], separators=(",", ":")).encode())
-            h.update(b"\n")
-    return h.hexdigest()

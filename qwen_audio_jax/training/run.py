@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import jax
@@ -28,7 +28,7 @@ from qwen_audio_jax.model.params import abstract_params, build_module
 from qwen_audio_jax.sharding.placement import Placement
 from qwen_audio_jax.text.processor import Processor
 from qwen_audio_jax.training.checkpointing import saved_steps
-from qwen_audio_jax.training.data import pair_fingerprint, read_examples, validate_examples
+from qwen_audio_jax.training.data_file import validate_file
 from qwen_audio_jax.training.optimizer import make_optimizer
 from qwen_audio_jax.training.pipeline import (
     CLIP_AXIS,
@@ -52,7 +52,7 @@ class TrainingRun:
     config: ModelConfig
     processor: Processor
     preference: bool  # DPO-style pairs (chosen, rejected, reference) or SFT
-    examples: list  # the validated examples, in file order
+    examples: Sequence  # the validated examples, in file order (an index of the data file: training/data_file.py)
     report: object  # training/data.py ValidationReport
     fingerprint: str  # of the validated data (keys the precomputed reference)
     completion_suffix: str  # the end-of-turn token every completion ends with
@@ -81,23 +81,17 @@ class TrainingRun:
         if cfg.train.batch_size % procs:
             raise ConfigError(f"train.batch_size {cfg.train.batch_size} must be a multiple of the {procs} processes.")
         config, _ = read_model_dir_config(cfg.model)
-        processor = Processor.from_model_dir(cfg.model)
+        # A request never takes more than max_length tokens: what cannot fit is refused before it is tokenized.
+        processor = Processor.from_model_dir(cfg.model, max_tokens=cfg.data.max_length)
         preference = cfg.loss.is_preference
         suffix = processor.tokenizer.id_to_token(config.eos_token_id) or ""
-        examples, bad = read_examples(cfg.data.train, preference)
-        pairs, report = validate_examples(
-            examples,
-            processor,
-            cfg.data.max_length,
-            bad_records=bad,
-            source=cfg.data.train,
-            completion_suffix=suffix,
-            keep_mels=False,
+        # The data file is held as an index of its usable records, validated as a stream (training/data_file.py).
+        examples, report, fingerprint = validate_file(
+            cfg.data.train, processor, cfg.data.max_length, preference, completion_suffix=suffix
         )
         log(f"data: {report.summary()}")
         if jax.process_index() == 0:
             (out / "data_report.json").write_text(json.dumps(report.to_dict(), indent=2))
-        kept = {p.id for p in pairs}
         local = cfg.train.batch_size // procs
         padded = placement.round_batch(local * procs) // procs  # padded with inactive pairs, never refused
         tx, lr_fn = make_optimizer(cfg.optim, cfg.train.steps, config.audio.num_layers)
@@ -112,9 +106,9 @@ class TrainingRun:
             config=config,
             processor=processor,
             preference=preference,
-            examples=[e for e in examples if e.id in kept],
+            examples=examples,
             report=report,
-            fingerprint=pair_fingerprint(pairs),
+            fingerprint=fingerprint,
             completion_suffix=suffix,
             local_pairs=local,
             padded_pairs=padded,
