@@ -244,6 +244,32 @@ def test_real_clips_give_the_same_clips_as_before(path, policy):
         assert [str(w.message) for w in now] == [str(w.message) for w in before]
 
 
+@pytest.mark.parametrize("v1", [False, True], ids=["qwen2-audio", "v1"])
+def test_many_files_in_one_request_load_no_more_than_the_budget_holds(
+    clip_40s,
+    qwen2_tokenizer,
+    qwen_v1_tokenizer,
+    monkeypatch,
+    v1,  # noqa: F811
+):
+    import qwen_audio_jax.audio.clips as clips_module
+
+    loaded = []
+    name = "load_audio_v1_start" if v1 else "load_audio_start"
+    original = getattr(clips_module, name)
+    monkeypatch.setattr(clips_module, name, lambda path, cap: loaded.append(path) or original(path, cap))
+    processor = Processor(qwen_v1_tokenizer if v1 else qwen2_tokenizer, max_tokens=4096)
+    if v1:
+        prompt, audio = "".join(f"<audio>{clip_40s}</audio>" for _ in range(20)) + "What?", None
+    else:
+        prompt, audio = AUDIO * 20 + "What?", [str(clip_40s)] * 20
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", LongAudioWarning)
+        with pytest.raises(TooLongError, match=r"the audio takes more than the 4,096 tokens .* by audio 5\)"):
+            processor.prepare_prompt(prompt, audio)
+    assert len(loaded) == 4096 // CLIP_TOKENS + 1  # 30 s clips of 752 tokens: the sixth is past the budget
+
+
 def test_chunk_keeps_what_the_budget_can_hold_and_refuses_more(tmp_path):
     assert kept_samples("truncate", None) == kept_samples("truncate", 10) == MAX_SAMPLES
     assert kept_samples("chunk", None) is None

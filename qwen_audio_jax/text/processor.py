@@ -36,7 +36,7 @@ from qwen_audio_jax.audio.load import SAMPLE_RATE, as_waveform
 from qwen_audio_jax.choices import DEFAULT_LONG_AUDIO, LONG_AUDIO_POLICIES, QWEN_AUDIO_V1, VARIANTS
 from qwen_audio_jax.errors import ConfigError, PromptError, QwenAudioError
 from qwen_audio_jax.text.batch import ModelInputs, PreparedRequest, collate  # re-exported: callers import them here
-from qwen_audio_jax.text.budget import check_text_budget
+from qwen_audio_jax.text.budget import TooLongError, check_text_budget
 from qwen_audio_jax.text.chat_template import (
     audio_parts,
     load_chat_template,
@@ -151,6 +151,22 @@ class Processor:
         for clip in clips:
             mel = np.asarray(log_mel_numpy(clip, n_mels=self.n_mels), np.float32)
             out.append((mel, int(mel_length(len(clip), rule=self.length_rule))))
+        return out
+
+    def _audio_clips(self, sources: list, budget: int | None) -> list[list[tuple[np.ndarray, int]]]:
+        """Each audio input's clips, in order, loading no more than the budget can hold: each clip's tokens (its
+        audio tokens and the two around them) are counted as it comes, what is left bounds the next input, and a
+        request of many long files stops at the first one past the budget (TooLongError)."""
+        out, spent = [], 0
+        for i, src in enumerate(sources):
+            clips = self._clips(src, f"audio {i}", None if budget is None else budget - spent)
+            spent += sum(num_audio_tokens(L) + 2 for _, L in clips)
+            if budget is not None and spent > budget:
+                raise TooLongError(
+                    f"the audio takes more than the {budget:,} tokens this request can hold ({spent:,} by audio {i}); "
+                    "give fewer or shorter clips."
+                )
+            out.append(clips)
         return out
 
     # -- requests ----------------------------------------------------------------------------------------------------
@@ -305,8 +321,7 @@ class Processor:
                 "audio inputs were given; pass one audio per placeholder"
             )
         expanded, mels, lengths = [parts[0]], [], []
-        for i, src in enumerate(sources):
-            clips = self._clips(src, f"audio {i}", budget)
+        for i, clips in enumerate(self._audio_clips(sources, budget)):
             # Chunks of one input are separate clips: close and reopen the span between them.
             span = (AUDIO_EOS + AUDIO_BOS).join(AUDIO_TOKEN * num_audio_tokens(L) for _, L in clips)
             # transformers v4: wrap when the placeholder has neither <|audio_bos|> before nor <|audio_eos|> after
@@ -374,7 +389,7 @@ class Processor:
                 f"the prompt has {len(labels)} <audio>...</audio> spans but {len(sources)} audio "
                 "inputs were given; pass one audio per span (or none, to load the span paths)"
             )
-        clip_lists = [self._clips(s, f"audio {i}", budget) for i, s in enumerate(sources)]
+        clip_lists = self._audio_clips(sources, budget)
         ids = self._expand_v1_spans(self.tokenizer.encode(prompt), clip_lists)
         return self._finish(
             ids, [m for c in clip_lists for m, _ in c], [L for c in clip_lists for _, L in c], completion, prompt
