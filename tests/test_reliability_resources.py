@@ -247,10 +247,10 @@ def test_real_clips_give_the_same_clips_as_before(path, policy):
 @pytest.mark.parametrize("v1", [False, True], ids=["qwen2-audio", "v1"])
 def test_many_files_in_one_request_load_no_more_than_the_budget_holds(
     clip_40s,
-    qwen2_tokenizer,
-    qwen_v1_tokenizer,
+    qwen2_tokenizer,  # noqa: F811
+    qwen_v1_tokenizer,  # noqa: F811
     monkeypatch,
-    v1,  # noqa: F811
+    v1,
 ):
     import qwen_audio_jax.audio.clips as clips_module
 
