@@ -6,6 +6,8 @@
     for tag, output in engine.run(source):         # source: what is ready to prefill (jobs/pipeline.py)
         ...
 
+Types and the optional streaming / cancellation hooks (the server's): generation/requests.py.
+
 The host loop: admit ready requests in input order (a slot and the pages for prompt + budget) -> encode their
 clips into the feature buffer -> prefill their prompts chunk by chunk into the pages -> decode many steps in
 one device call, which returns as soon as a slot finishes while requests wait -> emit each finished request
@@ -25,11 +27,12 @@ import collections
 import dataclasses
 import math
 import time
-from collections.abc import Iterable, Iterator
-from typing import NamedTuple, Protocol
+from collections.abc import Iterator
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from qwen_audio_jax.batching.buckets import Buckets
 from qwen_audio_jax.batching.device_batch import DeviceBatch, error_message, run_isolated
@@ -38,6 +41,15 @@ from qwen_audio_jax.config import ModelConfig
 from qwen_audio_jax.generation import layout, steps
 from qwen_audio_jax.generation.options import GenerationOptions, RequestOptions
 from qwen_audio_jax.generation.programs import ProgramSet
+from qwen_audio_jax.generation.requests import (  # noqa: F401 - re-exported: callers import them from here
+    EngineOptions,
+    EngineRequest,
+    EngineStats,
+    GenerationOutput,
+    ListSource,
+    RequestSource,
+    TokenHook,
+)
 from qwen_audio_jax.generation.scheduler import CacheGeometry, ChunkPlan, Scheduler
 from qwen_audio_jax.model.attention import chosen
 from qwen_audio_jax.model.params import build_module
@@ -64,80 +76,6 @@ class EncodeCalls(NamedTuple):
 class PrefillShape(NamedTuple):
     length: int  # the chunk-length bucket of the longest chunk
     extend: int  # some chunk continues a prompt (prefill at the longest chunk, over cached pages)
-
-
-@dataclasses.dataclass(frozen=True)
-class EngineOptions:
-    """How a job's engine is sized: the one home of these choices and their defaults (the CLI flags of
-    generate / eval / serve map onto it)."""
-
-    batch_size: int = DEFAULT_BATCH_SIZE  # decode slots (rounded up to the mesh's batch axes and process count)
-    max_len: int | None = None  # prompt + budget of one request (default and ceiling: the model's context)
-    kv_cache_tokens: int | None = None  # the page pool over all slots (default TOKENS_PER_SLOT per slot)
-    kv_cache_dtype: str = DEFAULT_KV_CACHE_DTYPE  # choices.KV_CACHE_DTYPES: "auto" (the compute dtype) | "int8"
-    precompile: bool = False  # compile the whole program set before the first request
-
-    def engine_kwargs(self) -> dict:
-        return dict(
-            batch_size=self.batch_size,
-            max_len=self.max_len,
-            kv_cache_tokens=self.kv_cache_tokens,
-            kv_cache_dtype=self.kv_cache_dtype,
-        )
-
-
-@dataclasses.dataclass(frozen=True)
-class EngineRequest:
-    tag: object  # the caller's handle (a request id), returned with the output
-    prepared: PreparedRequest
-    options: RequestOptions
-
-
-@dataclasses.dataclass
-class GenerationOutput:
-    token_ids: list[int]  # generated ids, the stop id included when one was produced
-    finish_reason: str | None  # "stop" | "length" (None when the request failed)
-    logprobs: list[float] | None = None  # model log-prob of each generated id (unprocessed logits)
-    error: str | None = None  # why the device could not run this request (its own error line)
-
-
-class RequestSource(Protocol):
-    """What the engine pulls from: requests that are prepared (audio decoded, features, tokens)."""
-
-    def take(self, n: int, block: bool) -> list[EngineRequest]:
-        """Up to n ready requests; with block, wait until at least one is ready or the source is exhausted."""
-
-    @property
-    def exhausted(self) -> bool:
-        """True once take() will never return anything again."""
-
-
-class ListSource:
-    """An in-memory source (tests, the Python API)."""
-
-    def __init__(self, requests: Iterable[EngineRequest]):
-        self._queue = collections.deque(requests)
-
-    def take(self, n: int, block: bool) -> list[EngineRequest]:
-        return [self._queue.popleft() for _ in range(min(n, len(self._queue)))]
-
-    @property
-    def exhausted(self) -> bool:
-        return not self._queue
-
-
-@dataclasses.dataclass
-class EngineStats:
-    prefill_s: float = 0.0  # device time of encode + prefill calls (waited for)
-    decode_s: float = 0.0
-    input_wait_s: float = 0.0  # time the device sat idle waiting for prepared requests
-    first_result_s: float | None = None  # from the first `run` call to the first finished request
-    prefills: int = 0  # prefill calls
-    encodes: int = 0  # encode calls
-    decode_calls: int = 0
-    decode_steps: int = 0
-    tokens: int = 0
-    results: int = 0
 
 
 @dataclasses.dataclass
@@ -205,6 +143,8 @@ class Engine:
         self._features: jax.Array | None = None
         self.stats = EngineStats()
         self._started: float | None = None
+        self._on_tokens: TokenHook | None = None
+        self._cancel: set[int] = set()
 
     # ---- public ----------------------------------------------------------------------------------------------
     def compiled_programs(self) -> dict[str, int]:
@@ -263,21 +203,27 @@ class Engine:
         return None
 
     def run(
-        self, source: RequestSource, return_logprobs: bool | None = None
+        self, source: RequestSource, return_logprobs: bool | None = None, on_tokens: TokenHook | None = None
     ) -> Iterator[tuple[object, GenerationOutput]]:
         """Generates until the source is exhausted and every slot is done; yields (tag, output) as each request
-        finishes. Multi-host: every process calls this with its own source."""
+        finishes. `on_tokens` and a source's `cancelled()`: generation/requests.py. Multi-host: every process calls
+        this with its own source (and none cancels)."""
         if return_logprobs is not None:
             self.return_logprobs = return_logprobs
+        self._on_tokens = on_tokens
         me, procs = self.batch.process
         per = self.domains // procs
         sched = Scheduler(self.geometry, me * per, per, self.config.audio_token_id)
         outputs: dict[int, _Output] = {}
         waiting: collections.deque[EngineRequest] = collections.deque()
+        self._cancel: set[int] = set()  # decoding slots to stop at the next decode call
+        cancelled = getattr(source, "cancelled", None)
         self._started = self._started or time.perf_counter()
         with self.placement.activate():
             self._ensure_state()
             while True:
+                if cancelled is not None:
+                    yield from self._drop(set(cancelled()), sched, outputs, waiting)
                 block = not sched.running and not waiting and not source.exhausted
                 want = sched.free_slot_count() - len(waiting)
                 if want > 0:
@@ -295,6 +241,24 @@ class Engine:
                     yield from self._decode_chunk(sched, outputs, stop_on_free=bool(flags.pending))
                 elif not flags.pending:
                     return
+
+    # ---- host loop pieces ------------------------------------------------------------------------------------
+    def _drop(self, tags: set, sched: Scheduler, outputs: dict, waiting: collections.deque) -> Iterator:
+        """Cancelled requests: a waiting or prefilling one goes at once (its slot is not live on the device); a
+        decoding one is marked for the next decode call, which stops it before any step."""
+        if not tags:
+            return
+        for req in [r for r in waiting if r.tag in tags]:
+            waiting.remove(req)
+            yield req.tag, GenerationOutput([], "cancelled")
+        for slot, adm in list(sched.running.items()):
+            if adm.request.tag not in tags:
+                continue
+            if slot in outputs:
+                self._cancel.add(slot)
+            else:
+                sched.release(slot)
+                yield adm.request.tag, GenerationOutput([], "cancelled")
 
     # ---- host loop pieces ------------------------------------------------------------------------------------
     def _tokens_needed(self, req: EngineRequest) -> int:
@@ -374,13 +338,19 @@ class Engine:
             slot = plan.admitted.slot
             outputs[slot] = _Output([int(first[i])], [float(logprob[i])])
             self.stats.tokens += 1
+            if self._on_tokens is not None:
+                self._on_tokens(plan.admitted.request.tag, [int(first[i])], [float(logprob[i])])
             if done[i]:
                 finished.append(self._finish(slot, sched, outputs))
         return finished
 
     def _decode_chunk(self, sched: Scheduler, outputs: dict, stop_on_free: bool) -> Iterator:
         t0 = time.perf_counter()
-        self._state, tokens, logprobs, n = self.programs.decode(self._state, jnp.asarray(stop_on_free), self.chunk)
+        cancel = np.zeros((self.batch_size,), bool)
+        cancel[list(self._cancel)] = True
+        self._state, tokens, logprobs, n = self.programs.decode(
+            self._state, jnp.asarray(stop_on_free), self.chunk, jnp.asarray(cancel)
+        )
         tokens, logprobs, done, n = self.batch.fetch((tokens, logprobs, self._state.done, n))
         self.stats.decode_s += time.perf_counter() - t0
         self.stats.decode_calls += 1
@@ -388,9 +358,12 @@ class Engine:
         for slot, out in list(outputs.items()):
             got = tokens[slot, : int(n)]
             keep = got != steps.NO_TOKEN
-            out.tokens += got[keep].tolist()
-            out.logprobs += logprobs[slot, : int(n)][keep].tolist()
-            self.stats.tokens += int(keep.sum())
+            new, new_logprobs = got[keep].tolist(), logprobs[slot, : int(n)][keep].tolist()
+            out.tokens += new
+            out.logprobs += new_logprobs
+            self.stats.tokens += len(new)
+            if new and self._on_tokens is not None:
+                self._on_tokens(sched.running[slot].request.tag, new, new_logprobs)
             if done[slot]:
                 yield self._finish(slot, sched, outputs)
 
@@ -402,6 +375,9 @@ class Engine:
             self.stats.first_result_s = time.perf_counter() - self._started
         ids = out.tokens[: adm.request.options.max_new_tokens]
         reason = "stop" if ids and ids[-1] in self.stop_ids else "length"
+        if slot in self._cancel:
+            self._cancel.discard(slot)
+            reason = "cancelled"
         return adm.request.tag, GenerationOutput(
             ids, reason, out.logprobs[: len(ids)] if self.return_logprobs else None
         )

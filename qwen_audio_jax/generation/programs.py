@@ -77,8 +77,11 @@ class ProgramSet:
         fn = self._extend if extend else self._prefill
         return fn(self.params, state, features, rows, self.stop)
 
-    def decode(self, state, stop_on_free, chunk: int):
-        return self._decode(self.params, state, self.stop, stop_on_free, chunk=chunk)
+    def decode(self, state, stop_on_free, chunk: int, cancel=None):
+        """cancel: [B] bool, slots to stop before the first step (None: none)."""
+        if cancel is None:
+            cancel = jnp.zeros((self.geometry.slots,), bool)
+        return self._decode(self.params, state, self.stop, stop_on_free, chunk=chunk, cancel_B=cancel)
 
     # ---- the set -------------------------------------------------------------------------------------------
     def compiled(self) -> dict[str, int]:

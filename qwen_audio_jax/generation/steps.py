@@ -174,15 +174,17 @@ def prefill(module, params, state: SlotState, features_ND, rows: PrefillRows, st
 
 
 def decode(
-    module, params, state: SlotState, stop: StopCriteria, stop_on_free: jax.Array, chunk: int
+    module, params, state: SlotState, stop: StopCriteria, stop_on_free: jax.Array, chunk: int, cancel_B: jax.Array
 ) -> tuple[SlotState, jax.Array, jax.Array, jax.Array]:
     """Up to `chunk` (static) decode steps over every slot; `module` is built with cache_mode "extend".
     Returns (state, tokens_BC, logprobs_BC, steps): column i holds each slot's token of step i (NO_TOKEN if the
     slot was done). Stops early when every slot is done, or, with stop_on_free, as soon as one more slot
-    finishes. Donate `state`."""
+    finishes. cancel_B [B] bool: slots made done before the first step (cancelled requests; a traced value, so
+    cancelling never recompiles). Donate `state`."""
     b = state.done.shape[0]
     domains = state.pool.k.shape[1]
     domain = jnp.arange(b, dtype=jnp.int32) // (b // domains)
+    state = state.replace(done=state.done | cancel_B)
     done_at_start = state.done
 
     def cond(carry):
