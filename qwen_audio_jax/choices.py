@@ -113,3 +113,13 @@ PER_REQUEST_KEYS = tuple(SAMPLING_RANGES)  # request-line keys that override the
 STOP_ID = NONNEG_INT
 DEMO_MAX_NEW_TOKENS = 24  # `demo` over the bundled clips (their answers are short)
 DEMO_ASK_MAX_NEW_TOKENS = 48  # `demo --audio FILE`
+
+# ---- serving (`serve`, qwen_audio_jax/serving/) ------------------------------------------------------------------
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8000
+DEFAULT_MAX_AUDIO_SECONDS = 600.0  # longer audio is refused (400); what is kept of it follows --long-audio
+DEFAULT_MAX_AUDIO_CLIPS = 8  # audio inputs in one request, at most
+DEFAULT_MAX_BODY_BYTES = 64 * 2**20  # a request body over this is refused (413)
+DEFAULT_MAX_QUEUE = 256  # requests waiting for a decode slot, at most (more: 503)
+DEFAULT_DRAIN_SECONDS = 30.0  # SIGTERM: how long requests in flight may take to finish
+DEFAULT_URL_FETCH_TIMEOUT = 10.0  # seconds for an http(s) audio_url (only with --allow-url-fetch)

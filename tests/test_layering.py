@@ -33,6 +33,7 @@ LAYERS = {
     "jobs": 8,
     "api": 9,
     "demo": 10,
+    "serving": 10,
     "cli": 11,
 }
 

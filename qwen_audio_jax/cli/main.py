@@ -30,6 +30,7 @@ COMMAND_MODULES = (
     "qwen_audio_jax.cli.train_cmd",  # train, sft, dpo
     "qwen_audio_jax.cli.plan_cmd",  # plan
     "qwen_audio_jax.cli.demo_cmd",  # demo
+    "qwen_audio_jax.cli.serve_cmd",  # serve
 )
 
 

@@ -191,6 +191,10 @@ class Engine:
         out = dict(self.run(ListSource(reqs), return_logprobs=options.return_logprobs))
         return [out[i] for i in range(len(prepared))]
 
+    def reset(self) -> None:
+        """Forgets every slot (after a `run` that raised): the next `run` starts from a fresh slot state."""
+        self._state, self._cancel = None, set()
+
     def check_request(self, prepared: PreparedRequest, options: RequestOptions) -> str | None:
         """Why the engine cannot run this request (None if it can): prompt + budget over max_len."""
         need = prepared.num_tokens + options.max_new_tokens
