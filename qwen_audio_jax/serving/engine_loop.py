@@ -35,6 +35,7 @@ class QueueSource:
         self._cond = threading.Condition()
         self._closed = False
         self._cancelled: set = set()
+        self.taken = 0  # requests handed to the engine so far
 
     def put(self, request: EngineRequest) -> bool:
         with self._cond:
@@ -48,7 +49,9 @@ class QueueSource:
         with self._cond:
             while block and not self._queue and not self._closed:
                 self._cond.wait()
-            return [self._queue.popleft() for _ in range(min(n, len(self._queue)))]
+            out = [self._queue.popleft() for _ in range(min(n, len(self._queue)))]
+            self.taken += len(out)
+            return out
 
     @property
     def exhausted(self) -> bool:
@@ -85,12 +88,14 @@ class EngineLoop:
         self.ready = threading.Event()
         self.failed: str | None = None  # why the warm-up failed (the server then answers 503 and exits)
         self.on_failed: Callable[[], None] = lambda: None
+        self.finished = 0  # requests the engine has given back (answered, failed or cancelled)
+        self.cancelled = 0  # of which cancelled (their slots freed before their budget ran out)
         self._thread = threading.Thread(target=self._main, name="engine", daemon=True)
 
     @property
     def running(self) -> int:
-        """Requests the engine holds (in slots or about to be), beside those still queued."""
-        return max(0, len(self._sinks) - len(self.source))
+        """Requests the engine has taken and not given back yet (a cancelled one counts until its slot is free)."""
+        return self.source.taken - self.finished
 
     def start(self) -> None:
         self._thread.start()
@@ -131,6 +136,8 @@ class EngineLoop:
         while True:
             try:
                 for tag, output in self.engine.run(self.source, return_logprobs=True, on_tokens=self._tokens):
+                    self.finished += 1
+                    self.cancelled += output.finish_reason == "cancelled"
                     sink = self._sinks.pop(tag, None)
                     if sink is not None:
                         sink(("done", output))
@@ -144,6 +151,7 @@ class EngineLoop:
                     if sink is not None:
                         sink(("error", message))
                 self.engine.reset()
+                self.finished = self.source.taken
                 if self.source.exhausted:
                     return
 

@@ -64,7 +64,7 @@ def serve(model, engine, options: ServeOptions, sock: socket.socket) -> int:
     loop = EngineLoop(engine, lambda: engine.precompile(options.progress), ready)
     realize_decoder_types()  # before the pool: soundfile's cffi types are not safe to build concurrently
     pool = futures.ThreadPoolExecutor(max_workers=options.workers, thread_name_prefix="prepare")
-    metrics = Metrics(engine.batch_size, lambda: len(loop.source), lambda: loop.running)
+    metrics = Metrics(engine.batch_size, lambda: len(loop.source), lambda: loop.running, lambda: loop.cancelled)
     state = ServerState(
         model=model,
         loop=loop,
