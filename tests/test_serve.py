@@ -2,6 +2,9 @@
 random-weight model (module-scoped: it compiles once). Every greedy text is compared with what `generate` (the jobs
 path, api.generate) gives for the same request and the same audio file, never with values recorded from the server.
 
+The server is started with the README's `serve` command (in a workspace holding the files it names) plus the test's
+flags, and the README's curl and `openai` examples of its Serving section run against it (the server's URL in place
+of http://127.0.0.1:8000; the `py` blocks are this test's, tests/test_readme.py runs the `python` ones).
 The last test sends SIGTERM to the shared server (a drain), so it stays the last one of this file.
 """
 
@@ -9,8 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
+import io
 import json
 import os
+import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -24,12 +31,14 @@ from qwen_audio_jax import api
 from qwen_audio_jax.generation.engine import EngineOptions
 from qwen_audio_jax.generation.options import GenerationOptions
 from tests._model_dirs import build_tiny_model_dir
+from tests._paths import REPO
 from tests._requests import synth_clip
 
 openai = pytest.importorskip("openai", reason="the test extra's openai client")
 
 KEY = "test-key"
-NAME = "qwen2-audio-tiny"
+NAME = "qwen2-audio-7b-instruct"  # the README's model (a tiny random one here)
+README_URL = "http://127.0.0.1:8000"
 SLOTS, MAX_LEN = 8, 512
 NEW = 12  # max_tokens of most requests
 
@@ -37,9 +46,11 @@ NEW = 12  # max_tokens of most requests
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     root = tmp_path_factory.mktemp("serve")
-    model_dir = build_tiny_model_dir(root / NAME)
+    model_dir = build_tiny_model_dir(root / "models" / NAME)
     clips = root / "clips"
     clips.mkdir()
+    sf.write(clips / "glass.wav", synth_clip(2.0, 1), 16000)
+    sf.write(clips / "speech.flac", synth_clip(3.0, 2), 16000)
     paths = []
     for i, seconds in enumerate((1.3, 2.6, 0.7)):
         paths.append(clips / f"clip{i}.wav")
@@ -47,11 +58,12 @@ def served(tmp_path_factory):
     sf.write(root / "long.wav", synth_clip(11.0, seed=9), 16000)
     (root / "junk.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEnot audio at all" * 4)
     log = open(root / "server.log", "w+")
-    command = [sys.executable, "-m", "qwen_audio_jax.cli.main", "serve", "--model", str(model_dir), "--port", "0"]
+    [readme_serve] = [c for c in _readme_blocks("bash") if c.startswith("qwen-audio-jax serve ")]
+    command = [sys.executable, "-m", "qwen_audio_jax.cli.main", *shlex.split(readme_serve)[1:], "--port", "0"]
     command += ["--batch-size", str(SLOTS), "--max-len", str(MAX_LEN), "--api-key", KEY, "--no-progress"]
     command += ["--max-audio-seconds", "10", "--max-audio-clips", "3", "--max-body-bytes", "2000000"]
     command += ["--allowed-local-media-path", str(clips), "--drain-seconds", "60"]
-    proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, text=True, cwd=root)
     url = None
     deadline = time.monotonic() + 600
     while url is None and time.monotonic() < deadline and proc.poll() is None:
@@ -69,6 +81,17 @@ def served(tmp_path_factory):
     if proc.poll() is None:
         proc.kill()
         proc.wait()
+
+
+def _readme_blocks(lang: str) -> list[str]:
+    """The README Serving section's `lang` blocks (bash: one command a line, continuations joined)."""
+    text = (REPO / "README.md").read_text()
+    section = text[text.index("## Serving\n") :]
+    section = section[: section.index("\n## ", 1)]
+    blocks = re.findall(rf"```{lang}\n(.*?)```", section, re.DOTALL)
+    if lang == "bash":
+        return [line for b in blocks for line in b.replace("\\\n", " ").splitlines() if line.strip()]
+    return blocks
 
 
 def _client(served, **kw):
@@ -315,6 +338,26 @@ def test_a_disconnect_mid_stream_frees_the_slot(served):
         "queue_depth",
     ):
         assert f"qwen_audio_jax_{name}" in text, name
+
+
+def test_readme_serving_examples_run_against_the_server(served, monkeypatch):
+    root, url = served["root"], served["url"]
+    monkeypatch.chdir(root)
+    monkeypatch.setenv("QWEN_AUDIO_JAX_API_KEY", KEY)
+    glass, speech = root / "clips" / "glass.wav", root / "clips" / "speech.flac"
+    [chat] = _generate(served, [_line("g", glass, {"type": "text", "text": "What is this sound?"})], 32)
+    [asr] = _generate(served, [{"id": "s", "task": "asr", "audio": str(speech), "lang": "en"}], 256)
+    [curl] = [c for c in _readme_blocks("bash") if c.startswith("curl ")]
+    done = subprocess.run(["bash", "-c", curl.replace(README_URL, url)], capture_output=True, text=True, cwd=root)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["choices"][0]["message"]["content"] == chat
+    outputs = []
+    for code in _readme_blocks("py"):
+        buffer = io.StringIO()
+        with contextlib.redirect_stdout(buffer):
+            exec(compile(code.replace(README_URL, url), "README.md py block", "exec"), {"__name__": "__readme__"})
+        outputs.append(buffer.getvalue())
+    assert outputs == [chat, asr + "\n"]
 
 
 def test_sigterm_drains_and_exits_0(served):
