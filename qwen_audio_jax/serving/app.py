@@ -30,6 +30,9 @@ from qwen_audio_jax.serving.state import ServerState
 from qwen_audio_jax.serving.transcribe import audio_task
 
 log = logging.getLogger("qwen_audio_jax.serving")
+ROUTES = frozenset(
+    {"/health", "/metrics", "/v1/models", "/v1/chat/completions", "/v1/audio/transcriptions", "/v1/audio/translations"}
+)
 
 
 class Guard:
@@ -45,7 +48,8 @@ class Guard:
 
         async def counted(message):
             if message["type"] == "http.response.start":
-                self.metrics.requests.labels(scope["path"], str(message["status"])).inc()
+                path = scope["path"] if scope["path"] in ROUTES else "other"  # a scan of random paths adds no series
+                self.metrics.requests.labels(path, str(message["status"])).inc()
             await send(message)
 
         length = dict(scope.get("headers") or []).get(b"content-length")
