@@ -25,13 +25,13 @@ from pathlib import Path
 import numpy as np
 
 from qwen_audio_jax.audio.constants import N_SAMPLES, SAMPLE_RATE
+from qwen_audio_jax.choices import LONG_AUDIO_POLICIES
 from qwen_audio_jax.errors import AudioError, ConfigError
 
 MAX_SAMPLES = N_SAMPLES  # 30 s at 16 kHz: the Whisper window; the reference truncates everything past it.
 # Sample rates an array may declare: up to 1 MHz (no audio format goes higher), and at least 1 kHz, so
 # resampling to 16 kHz multiplies a clip's length by at most 16.
 MIN_RATE, MAX_RATE = 1_000, 1_000_000
-LONG_AUDIO_POLICIES = ("truncate", "chunk")
 # Seconds of a file decoded past the samples a caller keeps: the resampler's output near the cut depends on input
 # just after it (soxr_hq's filter spans milliseconds), so with this margin the kept samples equal the whole file's
 # bit for bit (measured from 1 kHz to 1 MHz: 0.5 s suffices; FFmpeg's aresample for v1 files needs less).

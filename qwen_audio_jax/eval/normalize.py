@@ -16,7 +16,7 @@ import re
 import unicodedata
 from functools import cache
 
-from qwen_audio_jax.choices import VARIANTS
+from qwen_audio_jax.choices import QWEN2_AUDIO, QWEN_AUDIO_V1, VARIANTS
 from qwen_audio_jax.errors import ConfigError
 
 __all__ = [
@@ -95,15 +95,15 @@ def check_variant(variant: str) -> None:
         raise ConfigError(f"Unknown evaluation variant {variant!r}; use one of {', '.join(VARIANTS)}.")
 
 
-def is_char_level(language: str, variant: str = "qwen2_audio") -> bool:
+def is_char_level(language: str, variant: str = QWEN2_AUDIO) -> bool:
     """Scored per character: zh and yue in Qwen2-Audio's compute_wer, only zh in Qwen-Audio's."""
-    return language in (("zh", "yue") if variant == "qwen2_audio" else ("zh",))
+    return language in (("zh", "yue") if variant == QWEN2_AUDIO else ("zh",))
 
 
-def asr_normalizer_name(language: str, variant: str = "qwen2_audio") -> str:
+def asr_normalizer_name(language: str, variant: str = QWEN2_AUDIO) -> str:
     """A short description of the normalisation chain used for ``language`` (written to metrics.json)."""
     check_variant(variant)
-    if variant == "qwen_audio_v1":
+    if variant == QWEN_AUDIO_V1:
         chain = "remove_sp -> EvaluationTokenizer(none, lowercase)"
     else:
         steps = {
@@ -128,7 +128,7 @@ def _qwen2_audio_normalize(text: str, language: str) -> str:
     return _basic()(text)
 
 
-def asr_tokens(text: str, language: str, variant: str = "qwen2_audio") -> list[str]:
+def asr_tokens(text: str, language: str, variant: str = QWEN2_AUDIO) -> list[str]:
     """The tokens ``compute_wer`` compares for one reference or hypothesis (after ``remove_sp``).
 
     qwen2_audio: per-language normaliser, then EvaluationTokenizer(lowercase, punctuation_removal), whitespace split;
@@ -137,7 +137,7 @@ def asr_tokens(text: str, language: str, variant: str = "qwen2_audio") -> list[s
     """
     check_variant(variant)
     text = remove_sp(text, language)
-    if variant == "qwen2_audio":
+    if variant == QWEN2_AUDIO:
         text = _qwen2_audio_normalize(text, language)
         items = evaluation_tokenize(text, lowercase=True, punctuation_removal=True).split()
     else:

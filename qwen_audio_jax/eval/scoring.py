@@ -24,6 +24,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from qwen_audio_jax.choices import QWEN2_AUDIO, QWEN_AUDIO_V1
 from qwen_audio_jax.errors import DataError
 from qwen_audio_jax.eval import caption as caption_mod
 from qwen_audio_jax.eval.manifest import ManifestEntry, ManifestProblem, check_task
@@ -109,7 +110,7 @@ def _by_source(entries: Sequence[ManifestEntry]) -> dict[str, list[int]]:
 def _hypothesis(pred: str | None, task: str, variant: str) -> str:
     if pred is None:
         return ""
-    if variant == "qwen_audio_v1" or task in ("aqa", "caption"):
+    if variant == QWEN_AUDIO_V1 or task in ("aqa", "caption"):
         return pred.strip()  # Qwen-Audio scripts: tokenizer.decode(...).strip()
     if task in ("ser", "vsc"):
         return pred.lstrip()  # Qwen2-Audio evaluate_emotion.py / evaluate_vocal_sound.py: response.lstrip()
@@ -211,7 +212,7 @@ def _score_accuracy(task, entries, hyps, groups, variant, result: EvalResult) ->
             result.overall["yes_no_accuracy"] = accuracy(
                 [entries[i].reference for i in pooled], [hyps[i] for i in pooled]
             )
-    strip = "strip()" if (variant == "qwen_audio_v1" or task == "aqa") else "lstrip()"
+    strip = "strip()" if (variant == QWEN_AUDIO_V1 or task == "aqa") else "lstrip()"
     result.normalizer = f"prediction.{strip}, exact match against the reference"
 
 
@@ -243,7 +244,7 @@ def score_predictions(
     entries: Sequence[ManifestEntry],
     predictions: Mapping[str, str | None],
     *,
-    variant: str = "qwen2_audio",
+    variant: str = QWEN2_AUDIO,
     problems: Sequence[ManifestProblem] = (),
     caption_tokenizer: str = "auto",
 ) -> EvalResult:

@@ -13,17 +13,13 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures as futures
-import os
 import time
 from collections.abc import Callable, Iterable
 
 from qwen_audio_jax.audio.decoder_warmup import realize_decoder_types
+from qwen_audio_jax.choices import default_workers
 from qwen_audio_jax.errors import QwenAudioError
 from qwen_audio_jax.jobs.records import Record
-
-
-def default_workers() -> int:
-    return max(1, min(8, (os.cpu_count() or 2)))
 
 
 class PreparedStream:

@@ -58,7 +58,7 @@ class Processor:
       n_mels: mel bins; None -> 128 (Qwen2-Audio) / 80 (v1).
       length_rule: mel length of a clip, "ceil" (Qwen2-Audio, HF) or "floor" (v1); None -> the variant's.
       long_audio: "truncate" (reference) or "chunk" (see module docstring).
-      variant: "qwen2_audio" or QWEN_AUDIO_V1; None -> the tokenizer's.
+      variant: QWEN2_AUDIO or QWEN_AUDIO_V1 (choices.VARIANTS); None -> the tokenizer's.
       max_tokens: the token budget of a request when a call gives none (the model's context); None: unbounded.
     """
 

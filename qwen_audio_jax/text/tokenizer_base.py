@@ -50,7 +50,7 @@ class Tokenizer(abc.ABC):
     `audio_bos_id` / `audio_eos_id` (around each clip's audio tokens).
     """
 
-    variant: str  # "qwen2_audio" or "qwen_audio_v1"
+    variant: str  # one of choices.VARIANTS
     source: str = "<memory>"  # where the vocabulary was read from (for error messages)
 
     @abc.abstractmethod

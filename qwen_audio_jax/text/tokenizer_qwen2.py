@@ -10,6 +10,7 @@ import json
 from collections.abc import Iterable
 from pathlib import Path
 
+from qwen_audio_jax.choices import QWEN2_AUDIO
 from qwen_audio_jax.errors import ConfigError
 from qwen_audio_jax.text.tokenizer_base import (
     _SPECIAL_ATTRS,
@@ -41,7 +42,7 @@ def _read_json(path: Path) -> dict:
 class Qwen2AudioTokenizer(Tokenizer):
     """Qwen2-family byte-level BPE built exactly as transformers' `Qwen2TokenizerFast` builds it."""
 
-    variant = "qwen2_audio"
+    variant = QWEN2_AUDIO
 
     def __init__(self, tokenizer, config: dict | None = None, source: str = "<memory>"):
         """`tokenizer`: a `tokenizers.Tokenizer` with the added tokens already in; `config`: tokenizer_config."""

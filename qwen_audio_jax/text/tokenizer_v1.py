@@ -9,6 +9,7 @@ import unicodedata
 from collections.abc import Collection, Iterable
 from pathlib import Path
 
+from qwen_audio_jax.choices import QWEN_AUDIO_V1
 from qwen_audio_jax.errors import ConfigError
 from qwen_audio_jax.text.tokenizer_base import ENDOFTEXT, IM_END, IM_START, PAT_STR, Tokenizer, bytes_to_unicode
 
@@ -93,7 +94,7 @@ def _load_tiktoken_ranks(path: Path) -> dict[bytes, int]:
 class QwenAudioV1Tokenizer(Tokenizer):
     """Qwen-Audio (v1) tokenizer: `qwen.tiktoken` ranks + the special-token table of docs/reference.md §3.5."""
 
-    variant = "qwen_audio_v1"
+    variant = QWEN_AUDIO_V1
 
     def __init__(self, mergeable_ranks: dict[bytes, int], source: str = "<memory>"):
         import tiktoken

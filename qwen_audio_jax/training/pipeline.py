@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import grain
 import numpy as np
@@ -78,9 +79,9 @@ def make_iterator(
     return ds.to_iter_dataset(options).__iter__()
 
 
-@dataclasses.dataclass
-class BatchShape:
-    """Bucketed sizes shared by every micro-batch of a step (and, multi-host, by every process)."""
+class BatchShape(NamedTuple):
+    """Bucketed sizes shared by every micro-batch of a step (and, multi-host, by every process: agreed with
+    `DeviceBatch.agree`, which returns the same named type)."""
 
     length: int
     clips: int

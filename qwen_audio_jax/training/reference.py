@@ -86,10 +86,7 @@ def compute_reference_table(
     for start in tqdm(range(0, len(examples), step), desc="reference", disable=not progress):
         mine = range(start + me * local, min(start + (me + 1) * local, len(examples)))
         micro = [prepare(i) for i in mine] or [prepare(0)]  # a process past the end scores a filler pair
-        shape = batch_shape([micro], buckets)
-        shape.length, shape.clips, shape.frames, shape.completion = batch.agree(
-            (shape.length, shape.clips, shape.frames, shape.completion)
-        )
+        shape = batch.agree(batch_shape([micro], buckets))
         arrays = pad_pairs(collate_step([micro], shape, pad_id, processor.n_mels), padded, pad_id)
         placed = batch.place(arrays, PAIR_AXIS, CLIP_AXIS)
         if shape.completion not in fns:

@@ -64,7 +64,7 @@ class TrainingRun:
     step_cfg: StepConfig
     param_shardings: dict
     steps: dict = dataclasses.field(default_factory=dict)  # completion bucket -> jitted step
-    shapes_seen: set = dataclasses.field(default_factory=set)  # (length, clips, frames, completion) buckets
+    shapes_seen: set = dataclasses.field(default_factory=set)  # the BatchShape buckets of every step so far
 
     @classmethod
     def build(cls, cfg: RunConfig, log: Callable[[str], None] = print) -> TrainingRun:
@@ -165,11 +165,8 @@ class TrainingRun:
     def next_batch(self, it, ref_table: dict | None) -> tuple[TrainBatch, int]:
         """The next step's micro-batches as a device batch (every process agrees on the bucketed shapes)."""
         micro = [next(it) for _ in range(self.cfg.train.grad_accum)]
-        shape = batch_shape(micro, Buckets())
-        shape.length, shape.clips, shape.frames, shape.completion = self.batch.agree(
-            (shape.length, shape.clips, shape.frames, shape.completion)
-        )
-        self.shapes_seen.add((shape.length, shape.clips, shape.frames, shape.completion))
+        shape = self.batch.agree(batch_shape(micro, Buckets()))
+        self.shapes_seen.add(shape)
         arrays = collate_step(
             micro, shape, self.config.pad_token_id, self.processor.n_mels, ref_table, preference=self.preference
         )
