@@ -30,11 +30,12 @@ import soundfile as sf
 from qwen_audio_jax import api
 from qwen_audio_jax.generation.engine import EngineOptions
 from qwen_audio_jax.generation.options import GenerationOptions
+from tests import _oracles
 from tests._model_dirs import build_tiny_model_dir
 from tests._paths import REPO
 from tests._requests import synth_clip
 
-openai = pytest.importorskip("openai", reason="the test extra's openai client")
+openai = _oracles.require("openai", "the OpenAI client the server is tested with (the test extra)")
 
 KEY = "test-key"
 NAME = "qwen2-audio-7b-instruct"  # the README's model (a tiny random one here)
