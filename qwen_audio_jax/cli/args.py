@@ -24,6 +24,7 @@ from qwen_audio_jax.choices import (
     QUANTIZE_MODES,
     SEED,
     Range,
+    default_workers,
 )
 from qwen_audio_jax.runtime import CACHE_FLAG_HELP
 
@@ -62,6 +63,16 @@ seed_int = _number(SEED)
 
 def add_batch_size_flag(p: argparse.ArgumentParser, help: str) -> None:
     p.add_argument("--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE, help=f"{help} (default: %(default)s)")
+
+
+def add_workers_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--workers",
+        type=positive_int,
+        default=default_workers(),
+        help="threads preparing requests (audio, features, tokens) ahead of the device (default: one per CPU core, "
+        "at most 8: %(default)s here)",
+    )
 
 
 def add_long_audio_flag(p: argparse.ArgumentParser, what: str = "clips") -> None:

@@ -8,13 +8,14 @@ import sys
 import time
 from pathlib import Path
 
-from qwen_audio_jax.choices import SAMPLING_DEFAULTS, default_workers
+from qwen_audio_jax.choices import SAMPLING_DEFAULTS
 from qwen_audio_jax.cli.args import (
     add_batch_size_flag,
     add_engine_flags,
     add_long_audio_flag,
     add_quantize_flag,
     add_runtime_flags,
+    add_workers_flag,
     compute_dtype,
     engine_options,
     nonneg_float,
@@ -48,13 +49,7 @@ def _common(p: argparse.ArgumentParser) -> None:
         "request is answered (an interrupted run keeps completion order and resumes as usual)",
     )
     add_long_audio_flag(p)
-    p.add_argument(
-        "--workers",
-        type=positive_int,
-        default=default_workers(),
-        help="threads preparing requests (audio, features, tokens) ahead of the device (default: one per CPU core, "
-        "at most 8: %(default)s here)",
-    )
+    add_workers_flag(p)
     p.add_argument(
         "--chat",
         dest="chat",

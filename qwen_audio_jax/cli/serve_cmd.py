@@ -15,7 +15,6 @@ from qwen_audio_jax.choices import (
     DEFAULT_MAX_QUEUE,
     DEFAULT_PORT,
     DEFAULT_URL_FETCH_TIMEOUT,
-    default_workers,
 )
 from qwen_audio_jax.cli.args import (
     add_batch_size_flag,
@@ -23,6 +22,7 @@ from qwen_audio_jax.cli.args import (
     add_long_audio_flag,
     add_quantize_flag,
     add_runtime_flags,
+    add_workers_flag,
     engine_options,
     nonneg_int,
     positive_float,
@@ -88,12 +88,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         default=DEFAULT_DRAIN_SECONDS,
         help="SIGTERM: how long requests in flight may take to finish (default: %(default)s)",
     )
-    p.add_argument(
-        "--workers",
-        type=positive_int,
-        default=default_workers(),
-        help="threads preparing requests (audio, features, tokens) (default: one per CPU core, at most 8)",
-    )
+    add_workers_flag(p)
     add_long_audio_flag(p)
     add_runtime_flags(p)
     add_quantize_flag(p)
