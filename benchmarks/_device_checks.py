@@ -213,7 +213,7 @@ def _int8_hlo(suite) -> None:
     params = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), abstract)
     engine = Engine(config, params, dtype=jnp.bfloat16, batch_size=8, quantized=True, max_len=512)
     state = jax.eval_shape(engine.programs.init)[0]
-    hlo = engine.programs._decode.lower(engine.params, state, engine.programs.stop, True, chunk=4).compile().as_text()
+    hlo = engine.programs.lower_decode(state, chunk=4).compile().as_text()
     copies = []
     for line in hlo.splitlines():
         m = re.match(r"\s*(?:ROOT )?%\S+ = (bf16|f16|f32)\[([\d,]*)\]", line)

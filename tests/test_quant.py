@@ -82,7 +82,7 @@ def test_decode_program_holds_no_full_precision_copy_of_an_int8_weight():
     params = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), abstract_params(config, quantized=True))
     engine = Engine(config, params, batch_size=2, quantized=True, max_len=256)
     state = jax.eval_shape(engine.programs.init)[0]
-    hlo = engine.programs._decode.lower(engine.params, state, engine.programs.stop, True, chunk=4).compile().as_text()
+    hlo = engine.programs.lower_decode(state, chunk=4).compile().as_text()
     assert _float_copies(hlo, shapes) == []
     assert "s8[" in hlo  # the program really reads int8 weights
 

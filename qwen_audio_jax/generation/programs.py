@@ -79,9 +79,16 @@ class ProgramSet:
 
     def decode(self, state, stop_on_free, chunk: int, cancel=None):
         """cancel: [B] bool, slots to stop before the first step (None: none)."""
-        if cancel is None:
-            cancel = jnp.zeros((self.geometry.slots,), bool)
+        cancel = self._no_cancel() if cancel is None else cancel
         return self._decode(self.params, state, self.stop, stop_on_free, chunk=chunk, cancel_B=cancel)
+
+    def lower_decode(self, state, chunk: int):
+        """The decode program lowered for `state` (its compiled HLO is what tests and the device suite inspect)."""
+        true = jnp.asarray(True)
+        return self._decode.lower(self.params, state, self.stop, true, chunk=chunk, cancel_B=self._no_cancel())
+
+    def _no_cancel(self):
+        return jnp.zeros((self.geometry.slots,), bool)
 
     # ---- the set -------------------------------------------------------------------------------------------
     def compiled(self) -> dict[str, int]:
