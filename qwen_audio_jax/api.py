@@ -26,8 +26,12 @@ from qwen_audio_jax.choices import (
     QUANTIZE_MODES,
 )
 from qwen_audio_jax.config import ModelConfig
+from qwen_audio_jax.conversion.peft import CONFIG_FILE as ADAPTER_CONFIG
+from qwen_audio_jax.conversion.peft import is_adapter_dir, read_adapter, read_adapter_config
+from qwen_audio_jax.errors import CheckpointError
 from qwen_audio_jax.generation.engine import Engine, EngineOptions
 from qwen_audio_jax.generation.options import GenerationOptions
+from qwen_audio_jax.model.lora import merge_deltas
 from qwen_audio_jax.model.params import abstract_params
 from qwen_audio_jax.model.quant import quantize_params
 from qwen_audio_jax.sharding.placement import Placement
@@ -66,6 +70,7 @@ def load(
     long_audio: str = DEFAULT_LONG_AUDIO,
     attention: str = DEFAULT_ATTENTION,
     quantize: str = DEFAULT_QUANTIZE,
+    adapter: str | Path | None = None,
 ) -> LoadedModel:
     """Loads config, params (cast to the compute dtype while restoring) and the processor of a model dir.
 
@@ -73,10 +78,13 @@ def load(
     straight into their shardings, so each host reads only its shards and none holds the whole model.
     quantize "int8": the decoder's linear layers and the lm_head become int8 with per-output-channel scales
     (model/quant.py), converted on the devices right after loading.
+    adapter: a LoRA adapter dir (PEFT's format: one written by PEFT, LLaMA-Factory, ms-swift or a LoRA training
+    run here) merged into the weights at load (before any quantization), so inference runs at the base model's
+    speed. A LoRA run's `OUTPUT/model` may also be passed as `model_dir`: its base is the model it was trained on.
     """
     if quantize not in QUANTIZE_MODES:
         raise ValueError(f"quantize must be one of {QUANTIZE_MODES}, got {quantize!r}")
-    model_dir = Path(model_dir).absolute()
+    model_dir, adapter = resolve_adapter(model_dir, adapter)
     config, _ = read_model_dir_config(model_dir)
     dtype = dtype or default_dtype()
     placement = placement or Placement.create(mesh)
@@ -86,6 +94,12 @@ def load(
         placement.param_shardings(config),
     )
     params = load_params(model_dir, target)
+    if adapter is not None:
+        deltas = {path: (d.a, d.b) for path, d in read_adapter(adapter, config).items()}
+        with placement.activate():
+            params = jax.jit(merge_deltas, out_shardings=placement.param_shardings(config), donate_argnums=0)(
+                params, placement.put_replicated(deltas)
+            )
     quantized = quantize == "int8"
     if quantized:
         with placement.activate():
@@ -96,6 +110,26 @@ def load(
     max_tokens = config.decoder.max_position_embeddings
     processor = Processor.from_model_dir(model_dir, long_audio=long_audio, max_tokens=max_tokens)
     return LoadedModel(config, params, processor, dtype, model_dir, placement, attention, quantized)
+
+
+def resolve_adapter(model_dir: str | Path, adapter: str | Path | None) -> tuple[Path, Path | None]:
+    """(base model dir, adapter dir or None). A LoRA run's output model is an adapter dir whose
+    adapter_config.json names the model dir it was trained on (base_model_name_or_path)."""
+    model_dir = Path(model_dir).absolute()
+    adapter = None if adapter is None else Path(adapter).absolute()
+    if adapter is not None and not is_adapter_dir(adapter):
+        raise CheckpointError(f"--adapter {adapter}: no {ADAPTER_CONFIG}; pass a PEFT LoRA adapter directory.")
+    if is_adapter_dir(model_dir) and not (model_dir / "config.json").is_file():
+        if adapter is not None:
+            raise CheckpointError(f"{model_dir} is itself a LoRA adapter; pass its base model as --model.")
+        base = read_adapter_config(model_dir).get("base_model_name_or_path") or ""
+        if not (Path(base) / "config.json").is_file():
+            raise CheckpointError(
+                f"{model_dir} is a LoRA adapter whose base model {base!r} is not a model dir here; pass the base "
+                f"model (converted with `qwen-audio-jax convert`) as --model and this dir as --adapter."
+            )
+        return Path(base).absolute(), model_dir
+    return model_dir, adapter
 
 
 def generate(

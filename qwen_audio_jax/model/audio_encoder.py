@@ -26,6 +26,7 @@ from qwen_audio_jax.config import AudioEncoderConfig
 from qwen_audio_jax.model import axes
 from qwen_audio_jax.model.attention import MaskForm, attend
 from qwen_audio_jax.model.layers import Dtype, LayerNorm, dense, param_with_axes
+from qwen_audio_jax.model.lora import LoraLayer
 from qwen_audio_jax.model.remat import remat_layer
 
 
@@ -34,11 +35,12 @@ class AudioAttention(nn.Module):
     dtype: Dtype
     param_dtype: Dtype
     attention: str = "xla"
+    lora: LoraLayer | None = None  # an adapter on each linear layer (model/lora.py)
 
     @nn.compact
     def __call__(self, x_CTD, key_mask_CT):
         cfg = self.config
-        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, lora=self.lora)
         n, h = cfg.num_heads, cfg.head_dim
         c, t, _ = x_CTD.shape
         # The reference scales q before the matmul (q_proj(x) * h**-0.5) and then uses scaling 1.0.
@@ -62,6 +64,7 @@ class AudioEncoderLayer(nn.Module):
     dtype: Dtype
     param_dtype: Dtype
     attention: str = "xla"
+    lora: LoraLayer | None = None
 
     @nn.compact
     def __call__(self, x_CTD, key_mask_CT):
@@ -69,11 +72,13 @@ class AudioEncoderLayer(nn.Module):
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         ln = dict(eps=cfg.layer_norm_eps, param_dtype=self.param_dtype)
         h = LayerNorm(name="self_attn_layer_norm", **ln)(x_CTD)
-        x_CTD = x_CTD + AudioAttention(cfg, name="self_attn", attention=self.attention, **kw)(h, key_mask_CT)
+        x_CTD = x_CTD + AudioAttention(cfg, name="self_attn", attention=self.attention, lora=self.lora, **kw)(
+            h, key_mask_CT
+        )
         h = LayerNorm(name="final_layer_norm", **ln)(x_CTD)
-        h = dense(cfg.ffn_dim, (axes.AUDIO_EMBED, axes.AUDIO_MLP), use_bias=True, name="fc1", **kw)(h)
+        h = dense(cfg.ffn_dim, (axes.AUDIO_EMBED, axes.AUDIO_MLP), use_bias=True, name="fc1", lora=self.lora, **kw)(h)
         h = jax.nn.gelu(h, approximate=False)
-        h = dense(cfg.d_model, (axes.AUDIO_MLP, axes.AUDIO_EMBED), use_bias=True, name="fc2", **kw)(h)
+        h = dense(cfg.d_model, (axes.AUDIO_MLP, axes.AUDIO_EMBED), use_bias=True, name="fc2", lora=self.lora, **kw)(h)
         return x_CTD + h, None
 
 
@@ -85,6 +90,7 @@ class AudioEncoder(nn.Module):
     param_dtype: Dtype = jnp.float32
     remat_policy: str = "none"
     attention: str = "xla"
+    lora: LoraLayer | None = None
 
     @nn.compact
     def __call__(self, mel_CMA, mel_lengths_C):
@@ -142,11 +148,11 @@ class AudioEncoder(nn.Module):
         x, _ = nn.scan(
             layer,
             variable_axes={"params": 0},
-            split_rngs={"params": True},
+            split_rngs={"params": True, "dropout": True},
             in_axes=(nn.broadcast,),
             length=cfg.num_layers,
             metadata_params={nn.PARTITION_NAME: axes.LAYERS},
-        )(cfg, self.dtype, self.param_dtype, self.attention, name="layers")(x, key_mask_CT)
+        )(cfg, self.dtype, self.param_dtype, self.attention, self.lora, name="layers")(x, key_mask_CT)
 
         x = x.reshape(c, t // 2, 2, cfg.d_model).mean(axis=2, dtype=jnp.float32).astype(self.dtype)  # AvgPool1d(2, 2)
         return LayerNorm(eps=cfg.layer_norm_eps, param_dtype=self.param_dtype, name="layer_norm")(x)

@@ -25,6 +25,7 @@ from qwen_audio_jax.model.attention import MaskForm
 from qwen_audio_jax.model.audio_encoder import AudioEncoder, Projector
 from qwen_audio_jax.model.decoder import Decoder, causal_mask, positions_from_mask
 from qwen_audio_jax.model.layers import Dtype, dense, param_with_axes
+from qwen_audio_jax.model.lora import LoraSpec
 
 
 def merge_audio_features(
@@ -58,11 +59,18 @@ class AudioLanguageModel(nn.Module):
     inference_scaling: bool = True
     cache_mode: str = "none"  # the decoder's paged-cache mode (model/decoder.py): "none" | "prefill" | "extend"
     quantized: bool = False  # int8 decoder kernels and lm_head (model/quant.py)
+    lora: LoraSpec | None = None  # LoRA adapters (model/lora.py); None: the base model (adapters switched off)
 
     def setup(self):
         cfg = self.config
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        self.audio_tower = AudioEncoder(cfg.audio, remat_policy=self.remat_policy, attention=self.attention, **kw)
+        self.audio_tower = AudioEncoder(
+            cfg.audio,
+            remat_policy=self.remat_policy,
+            attention=self.attention,
+            lora=self.lora.audio_layer() if self.lora else None,
+            **kw,
+        )
         self.multi_modal_projector = Projector(cfg.decoder.hidden_size, **kw)
         self.language_model = Decoder(
             cfg.decoder,
@@ -71,6 +79,7 @@ class AudioLanguageModel(nn.Module):
             inference_scaling=self.inference_scaling,
             cache_mode=self.cache_mode,
             quantized=self.quantized,
+            lora=self.lora,
             **kw,
         )
         self.lm_head = dense(

@@ -20,6 +20,7 @@ from qwen_audio_jax.config import DecoderConfig
 from qwen_audio_jax.model import axes, paged, rope
 from qwen_audio_jax.model.attention import attend
 from qwen_audio_jax.model.layers import Dtype, RMSNorm, dense
+from qwen_audio_jax.model.lora import FusedLora, LoraSpec
 from qwen_audio_jax.model.remat import remat_layer
 
 CACHE_MODES = ("none", "prefill", "extend")
@@ -49,16 +50,25 @@ class Attention(nn.Module):
     inference_scaling: bool = True  # v1's logn query scaling (the reference applies it at inference only)
     cache_mode: str = "none"
     quantized: bool = False
+    lora: LoraSpec | None = None  # adapters on the targeted projections (model/lora.py)
 
     @nn.compact
     def __call__(self, x_BTD, positions_BT, cos_BTH, sin_BTH, mask_BTS, form, pool, layer_index, refs):
         cfg = self.config
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, quantized=self.quantized)
+        ad = (lambda name: self.lora.decoder_layer(name)) if self.lora else (lambda name: None)  # noqa: E731
         b, t, _ = x_BTD.shape
         n, k, hd = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-        q = dense(n * hd, (axes.EMBED, axes.Q_HEADS), use_bias=True, name="q_proj", **kw)(x_BTD).reshape(b, t, n, hd)
-        kk = dense(k * hd, (axes.EMBED, axes.KV_HEADS), use_bias=True, name="k_proj", **kw)(x_BTD)
-        v = dense(k * hd, (axes.EMBED, axes.KV_HEADS), use_bias=True, name="v_proj", **kw)(x_BTD)
+        q = dense(n * hd, (axes.EMBED, axes.Q_HEADS), use_bias=True, name="q_proj", lora=ad("q_proj"), **kw)(x_BTD)
+        kk = dense(k * hd, (axes.EMBED, axes.KV_HEADS), use_bias=True, name="k_proj", lora=ad("k_proj"), **kw)(x_BTD)
+        v = dense(k * hd, (axes.EMBED, axes.KV_HEADS), use_bias=True, name="v_proj", lora=ad("v_proj"), **kw)(x_BTD)
+        if ad("c_attn") is not None:  # v1's fused c_attn: one adapter over q | k | v
+            fused = FusedLora(
+                (n * hd, k * hd, k * hd), (axes.EMBED, axes.Q_HEADS), ad("c_attn"), self.dtype, name="c_attn"
+            )
+            dq, dk, dv = fused(x_BTD)
+            q, kk, v = q + dq, kk + dk, v + dv
+        q = q.reshape(b, t, n, hd)
         q = rope.apply(q, cos_BTH, sin_BTH)
         if self.inference_scaling:
             q = rope.logn_scale(q, positions_BT, cfg)
@@ -73,9 +83,9 @@ class Attention(nn.Module):
             a = attend(q, keys, values, mask_BTS, hd**-0.5, self.attention, form)
             if self.cache_mode == "prefill":
                 pool = paged.write(pool, layer_index, refs, keys, values)
-        out = dense(cfg.hidden_size, (axes.Q_HEADS, axes.EMBED), use_bias=False, name="o_proj", **kw)(
-            a.reshape(b, t, n * hd)
-        )
+        out = dense(
+            cfg.hidden_size, (axes.Q_HEADS, axes.EMBED), use_bias=False, name="o_proj", lora=ad("o_proj"), **kw
+        )(a.reshape(b, t, n * hd))
         return out, pool
 
 
@@ -86,14 +96,17 @@ class MLP(nn.Module):
     dtype: Dtype
     param_dtype: Dtype
     quantized: bool = False
+    lora: LoraSpec | None = None
 
     @nn.compact
     def __call__(self, x):
         cfg = self.config
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, use_bias=False, quantized=self.quantized)
-        gate = dense(cfg.intermediate_size, (axes.EMBED, axes.MLP), name="gate_proj", **kw)(x)
-        up = dense(cfg.intermediate_size, (axes.EMBED, axes.MLP), name="up_proj", **kw)(x)
-        return dense(cfg.hidden_size, (axes.MLP, axes.EMBED), name="down_proj", **kw)(jax.nn.silu(gate) * up)
+        ad = (lambda name: self.lora.decoder_layer(name)) if self.lora else (lambda name: None)  # noqa: E731
+        gate = dense(cfg.intermediate_size, (axes.EMBED, axes.MLP), name="gate_proj", lora=ad("gate_proj"), **kw)(x)
+        up = dense(cfg.intermediate_size, (axes.EMBED, axes.MLP), name="up_proj", lora=ad("up_proj"), **kw)(x)
+        down = dense(cfg.hidden_size, (axes.MLP, axes.EMBED), name="down_proj", lora=ad("down_proj"), **kw)
+        return down(jax.nn.silu(gate) * up)
 
 
 class DecoderLayer(nn.Module):
@@ -106,6 +119,7 @@ class DecoderLayer(nn.Module):
     inference_scaling: bool = True
     cache_mode: str = "none"
     quantized: bool = False
+    lora: LoraSpec | None = None
 
     @nn.compact
     def __call__(self, carry, layer_index, positions_BT, cos_BTH, sin_BTH, mask_BTS, form, refs):
@@ -119,11 +133,12 @@ class DecoderLayer(nn.Module):
             attention=self.attention,
             inference_scaling=self.inference_scaling,
             cache_mode=self.cache_mode,
+            lora=self.lora,
             **kw,
         )(x, positions_BT, cos_BTH, sin_BTH, mask_BTS, form, pool, layer_index, refs)
         h_BTD = h_BTD + a
         x = RMSNorm(cfg.rms_norm_eps, self.param_dtype, name="post_attention_layernorm")(h_BTD)
-        h_BTD = h_BTD + MLP(cfg, name="mlp", **kw)(x)
+        h_BTD = h_BTD + MLP(cfg, name="mlp", lora=self.lora, **kw)(x)
         h_BTD = nn.with_logical_constraint(h_BTD, (axes.BATCH, axes.LENGTH, axes.ACT_EMBED))
         return (h_BTD, pool), None
 
@@ -139,6 +154,7 @@ class Decoder(nn.Module):
     inference_scaling: bool = True  # v1's logn attention (training runs without it, as the reference does)
     cache_mode: str = "none"  # "none" | "prefill" | "extend" (module docstring)
     quantized: bool = False  # int8 kernels in every linear layer (model/quant.py)
+    lora: LoraSpec | None = None  # LoRA adapters (model/lora.py)
 
     def setup(self):
         cfg = self.config
@@ -155,7 +171,7 @@ class Decoder(nn.Module):
         self.layers = nn.scan(
             remat_layer(DecoderLayer, self.remat_policy),
             variable_axes={"params": 0},
-            split_rngs={"params": True},
+            split_rngs={"params": True, "dropout": True},
             in_axes=(0,) + (nn.broadcast,) * 6,
             length=cfg.num_layers,
             metadata_params={nn.PARTITION_NAME: axes.LAYERS},
@@ -167,6 +183,7 @@ class Decoder(nn.Module):
             self.inference_scaling,
             self.cache_mode,
             self.quantized,
+            self.lora,
         )
 
     def embed(self, tokens_BT):

@@ -13,6 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from qwen_audio_jax.model.lora import LoraLayer, lora_delta
 from qwen_audio_jax.model.quant import int8_matmul
 
 Dtype = Any
@@ -28,15 +29,17 @@ def dense(
     param_dtype: Dtype,
     name: str | None,
     quantized: bool = False,
+    lora: LoraLayer | None = None,
 ) -> Linear:
     """A linear layer whose kernel (in, out) and bias (out,) carry logical axis names; `quantized`: an int8
-    kernel with per-output-channel fp32 scales (model/quant.py)."""
-    return Linear(features, axes, use_bias, dtype, param_dtype, quantized, name=name)
+    kernel with per-output-channel fp32 scales (model/quant.py); `lora`: a LoRA adapter on top (model/lora.py)."""
+    return Linear(features, axes, use_bias, dtype, param_dtype, quantized, lora, name=name)
 
 
 class Linear(nn.Module):
     """`nn.Dense` (same param names, init and arithmetic: both operands cast to the compute dtype), or with
-    `quantized` a weight-only int8 layer: y = (x @ kernel_int8) * scale, scale [out] fp32."""
+    `quantized` a weight-only int8 layer: y = (x @ kernel_int8) * scale, scale [out] fp32; with `lora` PEFT's
+    LoRA delta is added after the bias, as PEFT adds it to the base layer's output."""
 
     features: int
     axes: tuple[str | None, str | None]
@@ -44,6 +47,7 @@ class Linear(nn.Module):
     dtype: Dtype
     param_dtype: Dtype
     quantized: bool = False
+    lora: LoraLayer | None = None
 
     @nn.compact
     def __call__(self, x):
@@ -65,6 +69,8 @@ class Linear(nn.Module):
                 self, "bias", nn.initializers.zeros_init(), (self.features,), (self.axes[1],), self.param_dtype
             )
             y = y + bias.astype(self.dtype)
+        if self.lora is not None:
+            y = y + lora_delta(self, x, self.features, self.axes, self.lora, self.dtype)
         return y
 
 

@@ -89,11 +89,11 @@ def spec_for(names: Sequence[str | None], shape: Sequence[int], mesh, rules: Rul
     return P(*out)
 
 
-def param_shardings(mesh: Mesh, config: ModelConfig, rules: Rules, quantized: bool = False) -> dict:
+def param_shardings(mesh: Mesh, config: ModelConfig, rules: Rules, quantized: bool = False, lora=None) -> dict:
     """NamedSharding for every param, from its logical axes and shape (same tree as the params; `quantized`:
-    the int8 tree, whose scales follow their kernel's output axis)."""
-    specs = traverse_util.flatten_dict(logical_axes(config, quantized))
-    shapes = traverse_util.flatten_dict(abstract_params(config, quantized=quantized))
+    the int8 tree, whose scales follow their kernel's output axis; `lora`: a LoraSpec, the tree with adapters)."""
+    specs = traverse_util.flatten_dict(logical_axes(config, quantized, lora))
+    shapes = traverse_util.flatten_dict(abstract_params(config, quantized=quantized, lora=lora))
     out = {k: NamedSharding(mesh, spec_for(tuple(specs[k]), shapes[k].shape, mesh, rules)) for k in shapes}
     return traverse_util.unflatten_dict(out)
 

@@ -37,8 +37,9 @@ class Placement:
         return cls(make_mesh(spec), rules)
 
     # ---- shardings ---------------------------------------------------------------------------------------
-    def param_shardings(self, config: ModelConfig, quantized: bool = False) -> dict:
-        return param_shardings(self.mesh, config, self.rules, quantized)
+    def param_shardings(self, config: ModelConfig, quantized: bool = False, lora=None) -> dict:
+        """Shardings of the param tree (`quantized`: the int8 tree; `lora`: a LoraSpec, with its adapters)."""
+        return param_shardings(self.mesh, config, self.rules, quantized, lora)
 
     @property
     def batch_axes(self) -> tuple[str, ...]:
