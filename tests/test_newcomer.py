@@ -1,6 +1,7 @@
 """A newcomer's first hour (issue 21): prompts written for the other model generation are refused, results can be
 had in input order without losing resume safety, and the small things: --version, every command's --help has a
-description, plan's presets are the README's, export-hf follows the umask, a learning-rate error names values."""
+description, plan's presets are the README's, convert / export-hf / training output dirs follow the umask, a
+learning-rate error names values."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from qwen_audio_jax.checkpoint.safe_write import MARKER
 from qwen_audio_jax.cli.main import build_parser, main
 from qwen_audio_jax.demo.bundle import DEMO_CLIPS, DEMO_MODEL, load_demo_items
 from qwen_audio_jax.errors import ConfigError, PromptError
@@ -136,14 +138,32 @@ def test_plan_help_names_the_readme_presets(capsys):
     assert used and used <= set(listed.split(", ")) == set(PRESETS)
 
 
-def test_export_hf_follows_the_umask(tmp_path):
-    old = os.umask(0o027)
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o755), (0o077, 0o700)], ids=["022", "077"])
+def test_output_dirs_follow_the_umask(tmp_path, umask, mode):
+    """export-hf, convert and a training run's output dirs (output_dir, its checkpoints and model) get the mode
+    the umask gives any new folder, as `mkdir` would: atomic writes make them as 0700 temps first."""
+    hf, jax_dir, run = tmp_path / "hf", tmp_path / "jax", tmp_path / "run"
+    sample = REPO / "qwen_audio_jax" / "assets" / "sample_data" / "sft.jsonl"
+    train = ["--config", str(REPO / "configs" / "sft_sample.yaml"), "--no-progress", f"model={DEMO_MODEL}"]
+    train += [f"data.train={sample}", f"output_dir={run}", "train.steps=1", "checkpoint.every=1"]
+    old = os.umask(umask)
     try:
-        assert main(["export-hf", str(DEMO_MODEL), str(tmp_path / "hf"), "--no-progress"]) == 0
+        assert main(["export-hf", str(DEMO_MODEL), str(hf), "--no-progress"]) == 0
+        assert main(["convert", str(hf), str(jax_dir), "--no-progress"]) == 0
+        assert main(["sft", *train]) == 0
     finally:
         os.umask(old)
-    assert (tmp_path / "hf").stat().st_mode & 0o777 == 0o750
-    assert (tmp_path / "hf" / "config.json").stat().st_mode & 0o777 == 0o640
+    assert (run / "model" / "config.json").is_file() and (run / "checkpoints").is_dir()
+    for out in (hf, jax_dir, run):
+        dirs = [out, *(p for p in out.rglob("*") if p.is_dir())]
+        wrong = {
+            str(p.relative_to(tmp_path)): oct(p.stat().st_mode & 0o777)
+            for p in dirs
+            if p.stat().st_mode & 0o777 != mode
+        }
+        assert not wrong, wrong
+    for written in (hf / "config.json", jax_dir / "config.json", run / "model" / "config.json", run / MARKER):
+        assert written.stat().st_mode & 0o777 == mode & 0o666, written
 
 
 def test_learning_rate_error_names_the_values():

@@ -9,6 +9,8 @@
 * Directories are written atomically: into a temp sibling, renamed into place when complete. A run killed
   mid-write leaves `.NAME.tmp-*` / `.NAME.old-*` siblings; the next write to NAME removes them (they carry the
   marker, so nothing else is ever matched) and says so. A temp that a live run holds (flock) is never removed.
+  The temp is made 0700 (tempfile.mkdtemp), then given the mode the umask gives any new folder, so every
+  output directory (convert, export-hf, a training run's model) is readable as the user's other folders are.
 * Locks (fcntl.flock, released by the kernel when a process dies): a directory destination (`.NAME.lock`
   beside it), a work directory (`.qwen-audio-jax.lock` inside it) and a results file (`.NAME.lock` beside it)
   are held while they are written, so a second run on the same destination is refused with one line naming
@@ -54,6 +56,7 @@ __all__ = [
     "release_work_dir",
     "remove_stale_temps",
     "atomic_directory",
+    "current_umask",
     "deferred_interrupt",
     "check_result_file",
     "looks_like_results",
@@ -236,6 +239,18 @@ def _write_error(exc: BaseException, dst: Path) -> OutputError | None:
     return None
 
 
+def current_umask() -> int:
+    """The process umask, read without changing it where Linux shows it (setting it is process-wide, so a
+    thread writing files meanwhile could get the wrong mode)."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError):
+        mask = os.umask(0o022)
+        os.umask(mask)
+        return mask
+
+
 @contextlib.contextmanager
 def atomic_directory(dst: str | Path, kind: str, *, sources=(), overwrite: bool = False, warn=None) -> Iterator[Path]:
     """Yields a fresh, marked temp dir beside `dst`; on success it replaces `dst`, on any error it is deleted.
@@ -249,6 +264,7 @@ def atomic_directory(dst: str | Path, kind: str, *, sources=(), overwrite: bool 
         remove_stale_temps(dst, warn)
         try:
             tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.tmp-", dir=dst.parent))
+            tmp.chmod(0o777 & ~current_umask())  # mkdtemp's 0700 is for shared /tmp; this is an output folder
         except OSError as e:
             raise OutputError(f"cannot write in {dst.parent} ({e.strerror}); choose a writable destination.") from None
         held = os.open(tmp, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)

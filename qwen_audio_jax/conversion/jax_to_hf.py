@@ -10,7 +10,6 @@ Streams one param group at a time (Orbax partial load), unstacks layers, and fil
 from __future__ import annotations
 
 import json
-import os
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -137,23 +136,11 @@ def export_hf(
             (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
         (tmp / "config.json").write_text(json.dumps(_hf_config(src, config, stored), indent=2) + "\n")
         copied = copy_aux_files(src, tmp)
-        tmp.chmod(0o777 & ~_umask())  # the temp dir was made 0700; the export is a folder like any other
     log(
         f"exported {src} -> {dst}: {len(weight_map)} tensors, {shards.total / 1e9:.2f} GB, copied "
         f"{', '.join(copied) or 'nothing else'}"
     )
     return dst
-
-
-def _umask() -> int:
-    """The process umask, read without changing it where Linux shows it (setting it is process-wide)."""
-    try:
-        with open("/proc/self/status") as f:
-            return next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
-    except (OSError, StopIteration, ValueError):
-        mask = os.umask(0o022)
-        os.umask(mask)
-        return mask
 
 
 def _join(parts, arrays) -> np.ndarray:
