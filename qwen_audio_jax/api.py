@@ -26,8 +26,7 @@ from qwen_audio_jax.choices import (
     QUANTIZE_MODES,
 )
 from qwen_audio_jax.config import ModelConfig
-from qwen_audio_jax.conversion.peft import CONFIG_FILE as ADAPTER_CONFIG
-from qwen_audio_jax.conversion.peft import is_adapter_dir, read_adapter, read_adapter_config
+from qwen_audio_jax.conversion.peft import adapter_base, check_adapter_dir, is_adapter_only, read_adapter
 from qwen_audio_jax.errors import CheckpointError
 from qwen_audio_jax.generation.engine import Engine, EngineOptions
 from qwen_audio_jax.generation.options import GenerationOptions
@@ -116,19 +115,12 @@ def resolve_adapter(model_dir: str | Path, adapter: str | Path | None) -> tuple[
     """(base model dir, adapter dir or None). A LoRA run's output model is an adapter dir whose
     adapter_config.json names the model dir it was trained on (base_model_name_or_path)."""
     model_dir = Path(model_dir).absolute()
-    adapter = None if adapter is None else Path(adapter).absolute()
-    if adapter is not None and not is_adapter_dir(adapter):
-        raise CheckpointError(f"--adapter {adapter}: no {ADAPTER_CONFIG}; pass a PEFT LoRA adapter directory.")
-    if is_adapter_dir(model_dir) and not (model_dir / "config.json").is_file():
+    adapter = None if adapter is None else check_adapter_dir(adapter)
+    if is_adapter_only(model_dir):
         if adapter is not None:
             raise CheckpointError(f"{model_dir} is itself a LoRA adapter; pass its base model as --model.")
-        base = read_adapter_config(model_dir).get("base_model_name_or_path") or ""
-        if not (Path(base) / "config.json").is_file():
-            raise CheckpointError(
-                f"{model_dir} is a LoRA adapter whose base model {base!r} is not a model dir here; pass the base "
-                f"model (converted with `qwen-audio-jax convert`) as --model and this dir as --adapter."
-            )
-        return Path(base).absolute(), model_dir
+        fix = "pass the base model (converted with `qwen-audio-jax convert`) as --model and this dir as --adapter."
+        return adapter_base(model_dir, fix), model_dir
     return model_dir, adapter
 
 

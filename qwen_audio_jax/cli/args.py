@@ -153,6 +153,18 @@ def add_quantize_flag(p: argparse.ArgumentParser) -> None:
     )
 
 
+def add_adapter_flag(p: argparse.ArgumentParser) -> None:
+    """--adapter (generate, score, eval, serve): a LoRA adapter merged into --model's weights at load."""
+    p.add_argument(
+        "--adapter",
+        default=None,
+        metavar="DIR",
+        help="a LoRA adapter in PEFT's format (adapter_config.json + adapter_model.safetensors: one made by PEFT, "
+        "LLaMA-Factory, ms-swift or a LoRA training run here) for --model; merged into the weights at load, so "
+        "it runs at the base model's speed (before --quantize)",
+    )
+
+
 def add_engine_flags(p: argparse.ArgumentParser) -> None:
     """The generation engine's sizing (generate, eval, serve): one flag per field of EngineOptions."""
     p.add_argument(

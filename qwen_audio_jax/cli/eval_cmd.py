@@ -6,6 +6,7 @@ import argparse
 
 from qwen_audio_jax.choices import EVAL_TASKS, VARIANTS
 from qwen_audio_jax.cli.args import (
+    add_adapter_flag,
     add_batch_size_flag,
     add_engine_flags,
     add_long_audio_flag,
@@ -51,13 +52,17 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     add_long_audio_flag(p)
     add_runtime_flags(p)
     add_quantize_flag(p)
+    add_adapter_flag(p)
     add_engine_flags(p)
     p.set_defaults(func=_eval)
 
 
 def _eval(args) -> int:
+    from qwen_audio_jax.errors import ConfigError
     from qwen_audio_jax.jobs.evaluate import check_output, evaluate
 
+    if args.adapter and not args.model:
+        raise ConfigError("--adapter applies to --model (the model that generates); drop it with --predictions.")
     # The output is checked before the model loads, so a wrong --output costs nothing.
     check_output(args.manifest, args.output, generating=bool(args.model), predictions=args.predictions)
     model = None

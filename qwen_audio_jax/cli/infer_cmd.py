@@ -10,6 +10,7 @@ from pathlib import Path
 
 from qwen_audio_jax.choices import SAMPLING_DEFAULTS
 from qwen_audio_jax.cli.args import (
+    add_adapter_flag,
     add_batch_size_flag,
     add_engine_flags,
     add_long_audio_flag,
@@ -29,7 +30,12 @@ from qwen_audio_jax.cli.args import (
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="model dir written by `qwen-audio-jax convert` (or training)")
+    p.add_argument(
+        "--model",
+        required=True,
+        help="model dir written by `qwen-audio-jax convert` (or training; a LoRA run's OUTPUT/model runs on the "
+        "base model it was trained on)",
+    )
     p.add_argument("--input", required=True, help='request JSONL (one JSON object per line, each with an "id")')
     p.add_argument("--output", required=True, help="result JSONL (one line per request)")
     add_batch_size_flag(p, "decode slots (generate) or rows per step (score); rounded up to the mesh's batch axes")
@@ -60,6 +66,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-chat", dest="chat", action="store_false")
     add_runtime_flags(p)
     add_quantize_flag(p)
+    add_adapter_flag(p)
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -108,7 +115,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def load_model(args):
-    """The model of `--model` on `--mesh`, after the runtime is up; returns (model, seconds taken)."""
+    """The model of `--model` (with `--adapter` merged) on `--mesh`, after the runtime is up; returns (model,
+    seconds taken)."""
     t0 = time.perf_counter()
     start_runtime(args)
     from qwen_audio_jax.api import load
@@ -120,6 +128,7 @@ def load_model(args):
         long_audio=args.long_audio,
         attention=args.attention,
         quantize=getattr(args, "quantize", "none"),
+        adapter=getattr(args, "adapter", None),
     )
     return model, time.perf_counter() - t0
 

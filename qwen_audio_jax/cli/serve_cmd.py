@@ -17,6 +17,7 @@ from qwen_audio_jax.choices import (
     DEFAULT_URL_FETCH_TIMEOUT,
 )
 from qwen_audio_jax.cli.args import (
+    add_adapter_flag,
     add_batch_size_flag,
     add_engine_flags,
     add_long_audio_flag,
@@ -92,6 +93,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     add_long_audio_flag(p)
     add_runtime_flags(p)
     add_quantize_flag(p)
+    add_adapter_flag(p)
     add_engine_flags(p)
     p.set_defaults(func=_serve)
 

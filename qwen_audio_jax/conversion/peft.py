@@ -23,11 +23,13 @@ from pathlib import Path
 import numpy as np
 from flax import traverse_util
 
+from qwen_audio_jax.checkpoint.model_dir import read_model_dir_config
 from qwen_audio_jax.config import ModelConfig
 from qwen_audio_jax.conversion.name_map import ParamRule, rules_for
 from qwen_audio_jax.conversion.safetensors_io import SafetensorsFile, write_safetensors
 from qwen_audio_jax.errors import CheckpointError
 from qwen_audio_jax.model.lora import LoraSpec
+from qwen_audio_jax.model.params import abstract_params
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
@@ -67,6 +69,40 @@ def _parse_key(key: str, patterns: dict[str, re.Pattern]) -> tuple[str, int | No
         if hit:
             return pattern, int(hit.group(1)) if hit.groups() else None, which
     raise CheckpointError(f"{key}: {name} is not a linear layer of this model (is the adapter for another model?).")
+
+
+def is_adapter_only(path: str | Path) -> bool:
+    """An adapter dir without a model of its own (a LoRA run's OUTPUT/model, PEFT's save_pretrained)."""
+    return is_adapter_dir(path) and not (Path(path) / "config.json").is_file()
+
+
+def check_adapter_dir(path: str | Path) -> Path:
+    """`path` made absolute, or one CheckpointError saying what it is not."""
+    path = Path(path).absolute()
+    if not path.is_dir():
+        raise CheckpointError(f"--adapter {path}: no such directory; pass a PEFT LoRA adapter directory.")
+    if not is_adapter_dir(path):
+        raise CheckpointError(
+            f"--adapter {path}: no {CONFIG_FILE}; pass a PEFT LoRA adapter directory (as PEFT's save_pretrained "
+            "and a LoRA training run write it)."
+        )
+    return path
+
+
+def adapter_base(directory: str | Path, fix: str) -> Path:
+    """The model dir an adapter dir names as its base (base_model_name_or_path: a LoRA training run writes the
+    model dir it trained on). `fix` ends the error when it names none here."""
+    directory = Path(directory).absolute()
+    base = read_adapter_config(directory).get("base_model_name_or_path") or ""
+    if base:
+        try:
+            read_model_dir_config(base)
+            return Path(base).absolute()
+        except CheckpointError:
+            pass
+    raise CheckpointError(
+        f"{directory} is a LoRA adapter whose base model {base or None!r} is not a qwen-audio-jax model dir here; {fix}"
+    )
 
 
 def read_adapter_config(directory: str | Path) -> dict:
@@ -123,18 +159,38 @@ def read_adapter(directory: str | Path, config: ModelConfig) -> dict[tuple[str, 
     for key in file.names():
         pattern, layer, which = _parse_key(key, patterns)
         found.setdefault((pattern, layer), {})[which] = np.asarray(file.read(key), np.float32)
+    shapes = traverse_util.flatten_dict(abstract_params(config))
     per_kernel: dict[tuple[str, ...], dict[int | None, tuple[np.ndarray, np.ndarray]]] = {}
     for (pattern, layer), ab in found.items():
-        if set(ab) != {"A", "B"}:
-            raise CheckpointError(f"{weights}: {pattern.format(i=layer)} has lora_{'AB'[len(ab) and 'A' in ab]} only.")
-        a, b = ab["A"], ab["B"]  # [r, in], [out, r]
         module = pattern.format(i=layer) if layer is not None else pattern
-        b = b * _scale(doc, module, a.shape[0])
+        if set(ab) != {"A", "B"}:
+            raise CheckpointError(f"{weights}: {module} has lora_{'A' if 'A' in ab else 'B'} only.")
+        a, b = ab["A"], ab["B"]  # [r, in], [out, r]
         rules = modules[pattern]
+        _check_fits(weights, module, a, b, layer, rules, shapes)
+        b = b * _scale(doc, module, a.shape[0])
         for rule in rules:
             part = b if rule.part is None else np.split(b, rule.part[1], axis=0)[rule.part[0]]
             per_kernel.setdefault(tuple(rule.target.split("/")), {})[layer] = (a.T, part.T)
     return {path: _stack(path, layers, modules, config) for path, layers in per_kernel.items()}
+
+
+def _check_fits(weights: Path, module: str, a, b, layer, rules: list[ParamRule], shapes: dict) -> None:
+    """An adapter made for another model (other widths, more layers) is refused before anything is merged."""
+    d_in, d_out = shapes[tuple(rules[0].target.split("/"))].shape[-2:]
+    d_out *= len(rules)  # v1's fused c_attn: q | k | v row blocks
+    n = rules[0].num_layers
+    if (
+        a.ndim != 2
+        or b.ndim != 2
+        or (a.shape[1], b.shape[0], b.shape[1]) != (d_in, d_out, a.shape[0])
+        or (layer is not None and layer >= n)
+    ):
+        where = f"a model with {n} layers" if n else "this model"
+        raise CheckpointError(
+            f"{weights}: {module} has lora_A {list(a.shape)} and lora_B {list(b.shape)}, which do not fit its "
+            f"[{d_out}, {d_in}] weight in {where}; the adapter was made for another model."
+        )
 
 
 def _stack(path, layers: dict, modules, config) -> KernelDelta:
