@@ -38,10 +38,21 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "export-hf",
         help="qwen-audio-jax model dir -> Hugging Face directory (sharded safetensors)",
         description="Writes an HF directory in the model's own format: transformers' "
-        "Qwen2AudioForConditionalGeneration for Qwen2-Audio, Qwen-Audio's QWenLMHeadModel for v1.",
+        "Qwen2AudioForConditionalGeneration for Qwen2-Audio, Qwen-Audio's QWenLMHeadModel for v1. A LoRA run's "
+        "adapter is exported merged into its base, or with --adapter-only as a PEFT adapter directory.",
     )
-    p.add_argument("src", help="model directory written by `convert` or by training")
+    p.add_argument(
+        "src",
+        help="model directory written by `convert` or by training; a LoRA run's OUTPUT/model (a PEFT adapter dir) "
+        "is exported as its base model with the adapter merged",
+    )
     p.add_argument("dst", help="output HF directory")
+    p.add_argument(
+        "--adapter-only",
+        action="store_true",
+        help="SRC is a LoRA adapter dir: write it as a PEFT adapter dir (adapter_config.json, "
+        "adapter_model.safetensors) that peft.PeftModel.from_pretrained loads onto the base's transformers model",
+    )
     p.add_argument("--max-shard-size", default="5GB", help="largest safetensors shard (e.g. 5GB, 500MB)")
     p.add_argument(
         "--overwrite", action="store_true", help="replace DST if it is a directory written by qwen-audio-jax"
@@ -65,8 +76,11 @@ def _convert(args) -> int:
 
 
 def _export(args) -> int:
-    from qwen_audio_jax.conversion.jax_to_hf import export_hf, parse_size
+    from qwen_audio_jax.conversion.jax_to_hf import export_adapter, export_hf, parse_size
 
+    if args.adapter_only:
+        export_adapter(args.src, args.dst, overwrite=args.overwrite)
+        return 0
     parse_size(args.max_shard_size)  # a bad size is refused before anything is read
     export_hf(
         args.src, args.dst, max_shard_size=args.max_shard_size, overwrite=args.overwrite, progress=not args.no_progress

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -28,6 +29,15 @@ from qwen_audio_jax.checkpoint.model_dir import (
 from qwen_audio_jax.checkpoint.safe_write import atomic_directory
 from qwen_audio_jax.conversion.hf_config import from_hf_config, to_hf_config
 from qwen_audio_jax.conversion.name_map import rules_for, to_hf
+from qwen_audio_jax.conversion.peft import CONFIG_FILE as ADAPTER_CONFIG
+from qwen_audio_jax.conversion.peft import WEIGHTS_FILE as ADAPTER_WEIGHTS
+from qwen_audio_jax.conversion.peft import (
+    KernelDelta,
+    adapter_base,
+    is_adapter_only,
+    read_adapter,
+    read_adapter_config,
+)
 from qwen_audio_jax.conversion.safetensors_io import write_safetensors
 from qwen_audio_jax.errors import CheckpointError, ConfigError
 from qwen_audio_jax.model.params import abstract_params
@@ -105,10 +115,18 @@ def export_hf(
     progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> Path:
-    """Writes `dst` (atomically) from our model dir `src`. Tensors keep the stored dtype (bf16 stays bf16)."""
+    """Writes `dst` (atomically) from our model dir `src`. Tensors keep the stored dtype (bf16 stays bf16).
+
+    `src` may be a LoRA adapter dir (a LoRA run's OUTPUT/model): the export is its base with the adapter merged
+    into the kernels (W + s * B A in fp32, then the stored dtype), as PEFT's merge_and_unload gives."""
     src, dst = Path(src).absolute(), Path(dst).absolute()
     max_bytes = parse_size(max_shard_size)
+    adapter = None
+    if is_adapter_only(src):
+        fix = "its base_model_name_or_path must name the model dir it was trained on."
+        src, adapter = adapter_base(src, fix), src
     config, _ = read_model_dir_config(src)
+    deltas = {} if adapter is None else {"/".join(k): d for k, d in read_adapter(adapter, config).items()}
     # The stored shapes against config.json before anything is written: the export's config.json is made from
     # it, so an edited one would give an export whose config does not describe its tensors.
     stored = check_params(src, abstract_params(config))
@@ -119,10 +137,11 @@ def export_hf(
     groups: dict[str, list] = {}  # HF source name (template) -> its rules, in part order
     for rule in rules:
         groups.setdefault(rule.source, []).append(rule)
-    with atomic_directory(dst, "hf-export", sources=(src,), overwrite=overwrite, warn=log) as tmp:
+    sources = (src,) if adapter is None else (src, adapter)
+    with atomic_directory(dst, "hf-export", sources=sources, overwrite=overwrite, warn=log) as tmp:
         shards = _ShardWriter(tmp, max_bytes)
         for parts in tqdm(groups.values(), desc="export-hf", unit="param", disable=not progress):
-            arrays = [load_param(src, r.target, *stored[r.target]) for r in parts]
+            arrays = [_merged(load_param(src, r.target, *stored[r.target]), deltas.get(r.target)) for r in parts]
             first = parts[0]
             if first.num_layers is None:
                 shards.add(first.source, _join(parts, arrays))
@@ -136,10 +155,40 @@ def export_hf(
             (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
         (tmp / "config.json").write_text(json.dumps(_hf_config(src, config, stored), indent=2) + "\n")
         copied = copy_aux_files(src, tmp)
+    merged = "" if adapter is None else f" with the adapter {adapter} merged"
     log(
-        f"exported {src} -> {dst}: {len(weight_map)} tensors, {shards.total / 1e9:.2f} GB, copied "
+        f"exported {src}{merged} -> {dst}: {len(weight_map)} tensors, {shards.total / 1e9:.2f} GB, copied "
         f"{', '.join(copied) or 'nothing else'}"
     )
+    return dst
+
+
+def _merged(kernel: np.ndarray, delta: KernelDelta | None) -> np.ndarray:
+    """kernel [L?, in, out] + a @ b in fp32, back in the kernel's dtype (an adapter's update of one kernel)."""
+    if delta is None:
+        return kernel
+    return (kernel.astype(np.float32) + np.matmul(delta.a, delta.b)).astype(kernel.dtype)
+
+
+def export_adapter(src: str | Path, dst: str | Path, overwrite: bool = False, log: Callable[[str], None] = print):
+    """`export-hf --adapter-only`: the LoRA adapter dir `src` (a LoRA run's OUTPUT/model) as a PEFT adapter dir
+    for transformers: its tensors as they are (PEFT's names), base_model_name_or_path the base's Hugging Face
+    name (the `_name_or_path` of the checkpoint it was converted from) or, unknown, the base model dir."""
+    src, dst = Path(src).absolute(), Path(dst).absolute()
+    if not is_adapter_only(src):
+        raise ConfigError(
+            f"--adapter-only: {src} is not a LoRA adapter dir (no {ADAPTER_CONFIG}, or a full model's config.json "
+            "beside it); export-hf without --adapter-only writes a model dir as a Hugging Face checkpoint."
+        )
+    base = adapter_base(src, "its base_model_name_or_path must name the model dir it was trained on.")
+    config, _ = read_model_dir_config(base)
+    doc = read_adapter_config(src)
+    n = len(read_adapter(src, config))  # every tensor is checked to fit the base before anything is written
+    doc["base_model_name_or_path"] = (read_source_config(base) or {}).get("_name_or_path") or str(base)
+    with atomic_directory(dst, "hf-export", sources=(src, base), overwrite=overwrite, warn=log) as tmp:
+        shutil.copyfile(src / ADAPTER_WEIGHTS, tmp / ADAPTER_WEIGHTS)
+        (tmp / ADAPTER_CONFIG).write_text(json.dumps(doc, indent=2) + "\n")
+    log(f"exported the LoRA adapter {src} ({n} kernels of {base}) -> {dst} for {doc['base_model_name_or_path']}")
     return dst
 
 
