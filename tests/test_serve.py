@@ -34,6 +34,7 @@ from tests import _oracles
 from tests._model_dirs import build_tiny_model_dir
 from tests._paths import REPO
 from tests._requests import synth_clip
+from tests._server import MediaServer
 
 openai = _oracles.require("openai", "the OpenAI client the server is tested with (the test extra)")
 
@@ -216,6 +217,7 @@ def _post(served, path, key=KEY, **kw):
 
 def test_errors_are_openai_json_with_their_status(served):
     root, clip0 = served["root"], served["clips"][0]
+    media = MediaServer(clip0.parent)  # without --allow-url-fetch, nothing is fetched from it
 
     def chat(content, **extra):
         return {"model": NAME, "messages": [{"role": "user", "content": content}], "max_tokens": 4, **extra}
@@ -240,7 +242,7 @@ def test_errors_are_openai_json_with_their_status(served):
             "http fetching off",
             400,
             None,
-            {"json": chat([{"type": "audio_url", "audio_url": {"url": "http://example.com/a.wav"}}])},
+            {"json": chat([{"type": "audio_url", "audio_url": {"url": media.url("clip0.wav")}}])},
         ),
         ("image part", 400, None, {"json": chat([{"type": "image_url", "image_url": {"url": "x"}}])}),
         ("unknown model", 404, "model_not_found", {"json": {**chat("hi"), "model": "gpt-4o"}}),
@@ -258,6 +260,8 @@ def test_errors_are_openai_json_with_their_status(served):
         assert set(err) == {"message", "type", "param", "code"} and err["message"], (what, err)
         if code is not None:
             assert err["code"] == code, (what, err)
+    assert media.count() == 0
+    media.close()
     r = _post(served, "/v1/chat/completions", key=None, json=chat("hi"))
     assert r.status_code == 401 and r.json()["error"]["type"] == "authentication_error"
     assert httpx.get(served["url"] + "/v1/nothing").json()["error"]["message"]

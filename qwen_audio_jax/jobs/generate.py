@@ -101,6 +101,7 @@ class GenerateJob:
         )
         self.chat = model.processor.is_chat if chat is None else chat
         self.base_dir = base_dir
+        self._prompt_tails: dict = {}  # request id -> its prompt's last token id, until its result is written
 
     def warm_up(self, progress: bool) -> None:
         """Before the first request: with `precompile`, the engine's whole program set (a progress bar)."""
@@ -120,6 +121,7 @@ class GenerateJob:
         problem = self.engine.check_request(prepared, options)
         if problem:
             raise PromptError(problem)
+        self._prompt_tails[record.id] = prepared.token_ids[-1:]  # a time token opens the first word (srwt)
         return EngineRequest(record.id, prepared, options)
 
     def run(self, stream: PreparedStream) -> Iterator[dict]:
@@ -127,6 +129,7 @@ class GenerateJob:
             yield self._result(rid, out)
 
     def _result(self, rid: str, out) -> dict:
+        tail = self._prompt_tails.pop(rid, [])
         if out.error is not None:
             return self.error_result(rid, out.error)
         tokenizer = self.model.tokenizer
@@ -139,7 +142,7 @@ class GenerateJob:
         }
         if out.logprobs is not None:
             result["logprobs"] = out.logprobs
-        words = parse_word_timestamps(out.token_ids, tokenizer)
+        words = parse_word_timestamps(out.token_ids, tokenizer, tail)
         if words is not None:
             result["words"] = words
         return result

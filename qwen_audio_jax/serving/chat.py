@@ -78,7 +78,9 @@ async def chat_completions(state: ServerState, request: Request) -> Response:
         state.admitted -= 1
         raise
     tokenizer = state.model.tokenizer
-    gen = Generation(state, engine_request, TextStream(tokenizer, chat.stop, state.engine.stop_ids), arrived)
+    gen = Generation(
+        state, engine_request, TextStream(tokenizer, chat.stop, state.engine.stop_ids, chat.logprobs), arrived
+    )
     if chat.stream:
         return StreamingResponse(_sse(state, chat, gen, rid, created), media_type="text/event-stream")
     try:

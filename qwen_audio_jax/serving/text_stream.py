@@ -13,8 +13,9 @@ from __future__ import annotations
 
 
 class TextStream:
-    def __init__(self, tokenizer, stop: tuple[str, ...] = (), stop_ids: tuple[int, ...] = ()):
+    def __init__(self, tokenizer, stop: tuple[str, ...] = (), stop_ids: tuple[int, ...] = (), logprobs: bool = False):
         self.tokenizer, self.stop, self.stop_ids = tokenizer, stop, frozenset(stop_ids)
+        self.logprobs = logprobs  # the request asked for them: logprob_entries gives nothing otherwise
         self.hold = max((len(s) for s in stop), default=1) - 1
         self.ids: list[int] = []
         self.sent = ""  # text handed out so far
@@ -56,11 +57,19 @@ class TextStream:
         return self.sent
 
     def logprob_entries(self, ids: list[int], logprobs: list[float]) -> list[dict]:
-        """OpenAI's logprobs.content entries for `ids` (stop ids left out, as their text is)."""
+        """OpenAI's logprobs.content entries for `ids` (stop ids left out, as their text is); [] unless the request
+        asked for log-probs."""
         out = []
-        for i, lp in zip(ids, logprobs):
+        for i, lp in zip(ids, logprobs if self.logprobs else ()):
             if i in self.stop_ids:
                 continue
-            token = self.tokenizer.decode([i], skip_special_tokens=False)
+            token = self.token(i)
             out.append({"token": token, "logprob": lp, "bytes": list(token.encode("utf-8")), "top_logprobs": []})
         return out
+
+    def token(self, i: int) -> str:
+        """One id's text, special tokens included; "" for an id past the tokenizer's (an embedding's padding row,
+        which a model can still choose: v1's tiktoken cannot decode those)."""
+        if self.tokenizer.id_to_token(i) is None:
+            return ""
+        return self.tokenizer.decode([i], skip_special_tokens=False)

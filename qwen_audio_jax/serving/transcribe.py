@@ -26,7 +26,7 @@ from qwen_audio_jax.generation.options import GenerationOptions
 from qwen_audio_jax.jobs.tasks import AUDIO, LANGUAGES, expand_task
 from qwen_audio_jax.jobs.timestamps import parse_word_timestamps
 from qwen_audio_jax.serving.chat import collect, context_error
-from qwen_audio_jax.serving.errors import invalid
+from qwen_audio_jax.serving.errors import APIError, invalid
 from qwen_audio_jax.serving.media import FORMATS, RequestFiles
 from qwen_audio_jax.serving.protocol import sampling_from
 from qwen_audio_jax.serving.state import Generation, ServerState, new_id
@@ -54,12 +54,16 @@ def _record(task: str, path: str, lang: str, prompt: str | None, chat: bool, v1:
 async def _form(request: Request) -> dict:
     try:
         form = await request.form()
+    except APIError:  # the body size limit (413), passed on as it is
+        raise
     except Exception as e:  # noqa: BLE001 - python-multipart's parse errors
         raise invalid(f"the request must be multipart/form-data with a file ({e}).", code="invalid_form") from None
     fields: dict = {}
     for key, value in form.multi_items():
         if key not in FIELDS:
             raise invalid(f"unknown field {key!r}.", key, code="unknown_parameter")
+        if key != "file" and not isinstance(value, str):
+            raise invalid(f"{key} must be a text field, not a file.", key)
         if key.startswith("timestamp_granularities"):
             fields.setdefault("timestamp_granularities", []).append(value)
         else:
@@ -135,5 +139,6 @@ async def audio_task(state: ServerState, request: Request, translate: bool) -> R
         "segments": [],
     }
     if words:
-        out["words"] = parse_word_timestamps(gen.finish.token_ids, model.tokenizer) or []
+        tail = engine_request.prepared.token_ids[-1:]  # the srwt prompt's last time token opens the first word
+        out["words"] = parse_word_timestamps(gen.finish.token_ids, model.tokenizer, tail) or []
     return JSONResponse(out)
