@@ -180,11 +180,16 @@ def test_multi_turn_two_clips_logprobs_and_stop(served):
             turn["content"] = [
                 _audio_part(p["audio"], "input_audio") if p["type"] == "audio" else p for p in turn["content"]
             ]
-    reply = _client(served).chat.completions.create(model=NAME, messages=sent, max_tokens=NEW, logprobs=True)
-    assert reply.choices[0].message.content == want
-    assert len(reply.choices[0].logprobs.content) == NEW and all(
-        e.logprob <= 0 for e in reply.choices[0].logprobs.content
+    reply = _client(served).chat.completions.create(
+        model=NAME, messages=sent, max_tokens=NEW, logprobs=True, top_logprobs=3
     )
+    assert reply.choices[0].message.content == want
+    entries = reply.choices[0].logprobs.content
+    assert len(entries) == NEW and all(e.logprob <= 0 for e in entries)
+    for e in entries:  # greedy: the chosen token is the first of its three alternatives (tests/test_top_logprobs.py)
+        assert len(e.top_logprobs) == 3 and e.top_logprobs[0].token == e.token
+        assert e.top_logprobs[0].logprob == pytest.approx(e.logprob, abs=1e-5)
+        assert e.top_logprobs[0].logprob >= e.top_logprobs[1].logprob >= e.top_logprobs[2].logprob
     stop = next(want[i : i + 3] for i in range(len(want) // 2, len(want) - 2) if want[i : i + 3].strip())
     cut = _client(served).chat.completions.create(model=NAME, messages=sent, max_tokens=NEW, stop=[stop])
     assert cut.choices[0].message.content == want[: want.index(stop)] and cut.choices[0].finish_reason == "stop"
@@ -237,6 +242,7 @@ def test_errors_are_openai_json_with_their_status(served):
         ("too long audio", 400, "audio_too_long", {"json": chat([_audio_part(root / "long.wav", "input_audio")])}),
         ("over the context", 400, "context_length_exceeded", {"json": chat([audio], max_tokens=MAX_LEN - 20)}),
         ("n > 1", 400, None, {"json": chat("hi", n=2)}),
+        ("top_logprobs without logprobs", 400, None, {"json": chat("hi", top_logprobs=2)}),
         ("file:// outside the allowed dir", 400, None, {"json": chat([_audio_part(root / "long.wav", "file")])}),
         (
             "http fetching off",
@@ -267,7 +273,7 @@ def test_errors_are_openai_json_with_their_status(served):
     assert httpx.get(served["url"] + "/v1/nothing").json()["error"]["message"]
     with pytest.raises(openai.BadRequestError):  # the client raises its typed error on our JSON
         _client(served).chat.completions.create(
-            model=NAME, messages=[{"role": "user", "content": "hi"}], top_logprobs=3, logprobs=True
+            model=NAME, messages=[{"role": "user", "content": "hi"}], top_logprobs=21, logprobs=True
         )
     # None of it disturbed the engine.
     r = _client(served).chat.completions.create(

@@ -39,8 +39,8 @@ class CancellingSource(ListSource):
         super().__init__(requests)
         self.cancel_after, self.pending, self.seen = dict(cancel_after), set(), collections.Counter()
 
-    def on_tokens(self, tag, ids, logprobs):
-        assert len(ids) == len(logprobs) > 0
+    def on_tokens(self, tag, ids, logprobs, top):
+        assert len(ids) == len(logprobs) > 0 and top is None
         self.seen[tag] += len(ids)
         if tag in self.cancel_after and self.seen[tag] >= self.cancel_after[tag]:
             del self.cancel_after[tag]
@@ -61,9 +61,12 @@ class CancellingSource(ListSource):
 def test_on_tokens_gives_every_token_and_changes_nothing(engine, requests):
     plain = dict(engine.run(ListSource(requests)))
     got = collections.defaultdict(list)
-    streamed = dict(
-        engine.run(ListSource(requests), on_tokens=lambda tag, ids, lps: got[tag].extend(zip(ids, lps, strict=True)))
-    )
+
+    def hook(tag, ids, lps, top):
+        assert top is None  # no request asked for alternatives
+        got[tag].extend(zip(ids, lps, strict=True))
+
+    streamed = dict(engine.run(ListSource(requests), on_tokens=hook))
     for r in requests:
         assert streamed[r.tag].token_ids == plain[r.tag].token_ids == [t for t, _ in got[r.tag]]
         assert len(plain[r.tag].token_ids) > 1

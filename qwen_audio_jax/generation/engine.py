@@ -49,6 +49,7 @@ from qwen_audio_jax.generation.requests import (  # noqa: F401 - re-exported: ca
     ListSource,
     RequestSource,
     TokenHook,
+    alternatives,
 )
 from qwen_audio_jax.generation.scheduler import CacheGeometry, ChunkPlan, Scheduler
 from qwen_audio_jax.model.attention import chosen
@@ -67,6 +68,7 @@ class RoundFlags(NamedTuple):
     prefill: int  # some process has a chunk to prefill
     live: int  # some process has requests decoding
     pending: int  # some process has requests still to admit or read
+    top: int  # some process runs a request that asks for top log-probs (the device computes them this round)
 
 
 class EncodeCalls(NamedTuple):
@@ -82,6 +84,7 @@ class PrefillShape(NamedTuple):
 class _Output:
     tokens: list[int] = dataclasses.field(default_factory=list)
     logprobs: list[float] = dataclasses.field(default_factory=list)
+    top: list[list[tuple[int, float]]] | None = None  # per token, when the request asks for top log-probs
 
 
 class Engine:
@@ -145,6 +148,7 @@ class Engine:
         self._started: float | None = None
         self._on_tokens: TokenHook | None = None
         self._cancel: set[int] = set()
+        self._want_top = False  # this round's device calls compute top log-probs
 
     # ---- public ----------------------------------------------------------------------------------------------
     def compiled_programs(self) -> dict[str, int]:
@@ -238,7 +242,9 @@ class Engine:
                 while waiting and sched.admit(waiting[0], self._tokens_needed(waiting[0])) is not None:
                     waiting.popleft()
                 more = bool(waiting) or not source.exhausted
-                flags = self.batch.agree(RoundFlags(sched.has_prefill(), bool(outputs), more))
+                top = any(adm.request.options.top_logprobs for adm in sched.running.values())
+                flags = self.batch.agree(RoundFlags(sched.has_prefill(), bool(outputs), more, top))
+                self._want_top = bool(flags.top)
                 if flags.prefill:
                     yield from self._prefill_round(sched, outputs, sched.domains)
                 elif flags.live:
@@ -326,9 +332,11 @@ class Engine:
         t = self.buckets.chunks[-1] if shape.extend else shape.length
         rows = layout.prefill_arrays(plans, t, self.config, self.geometry, sched.domains)
         self._state, pre = self.programs.prefill(
-            self._state, self._features, self.batch.place(rows), bool(shape.extend)
+            self._state, self._features, self.batch.place(rows), bool(shape.extend), self._want_top
         )
         first, logprob, done = self.batch.mine((pre.first_token, pre.first_logprob, pre.done), len(sched.domains))
+        if self._want_top:
+            top_lps, top_ids = self.batch.mine((pre.top_logprobs, pre.top_ids), len(sched.domains))
         self.stats.prefill_s += time.perf_counter() - t0
         self.stats.prefills += 1
         finished = []
@@ -340,10 +348,12 @@ class Engine:
             if not plan.final:
                 continue
             slot = plan.admitted.slot
-            outputs[slot] = _Output([int(first[i])], [float(logprob[i])])
+            k = plan.admitted.request.options.top_logprobs
+            top = [alternatives(top_ids[i], top_lps[i], k)] if k else None
+            outputs[slot] = _Output([int(first[i])], [float(logprob[i])], top)
             self.stats.tokens += 1
             if self._on_tokens is not None:
-                self._on_tokens(plan.admitted.request.tag, [int(first[i])], [float(logprob[i])])
+                self._on_tokens(plan.admitted.request.tag, [int(first[i])], [float(logprob[i])], top)
             if done[i]:
                 finished.append(self._finish(slot, sched, outputs))
         return finished
@@ -352,10 +362,12 @@ class Engine:
         t0 = time.perf_counter()
         cancel = np.zeros((self.batch_size,), bool)
         cancel[list(self._cancel)] = True
-        self._state, tokens, logprobs, n = self.programs.decode(
-            self._state, jnp.asarray(stop_on_free), self.chunk, jnp.asarray(cancel)
+        self._state, tokens, step_lps, n = self.programs.decode(
+            self._state, jnp.asarray(stop_on_free), self.chunk, jnp.asarray(cancel), self._want_top
         )
-        tokens, logprobs, done, n = self.batch.fetch((tokens, logprobs, self._state.done, n))
+        tokens, logprobs, done, n = self.batch.fetch((tokens, step_lps.chosen, self._state.done, n))
+        if self._want_top:
+            top_lps, top_ids = self.batch.fetch((step_lps.top, step_lps.top_ids))
         self.stats.decode_s += time.perf_counter() - t0
         self.stats.decode_calls += 1
         self.stats.decode_steps += int(n)
@@ -363,11 +375,14 @@ class Engine:
             got = tokens[slot, : int(n)]
             keep = got != steps.NO_TOKEN
             new, new_logprobs = got[keep].tolist(), logprobs[slot, : int(n)][keep].tolist()
+            k = sched.running[slot].request.options.top_logprobs
+            top = [alternatives(top_ids[slot, j], top_lps[slot, j], k) for j in np.flatnonzero(keep)] if k else None
+            out.top = out.top + top if k else None
             out.tokens += new
             out.logprobs += new_logprobs
             self.stats.tokens += len(new)
             if new and self._on_tokens is not None:
-                self._on_tokens(sched.running[slot].request.tag, new, new_logprobs)
+                self._on_tokens(sched.running[slot].request.tag, new, new_logprobs, top)
             if done[slot]:
                 yield self._finish(slot, sched, outputs)
 
@@ -382,6 +397,6 @@ class Engine:
         if slot in self._cancel:
             self._cancel.discard(slot)
             reason = "cancelled"
-        return adm.request.tag, GenerationOutput(
-            ids, reason, out.logprobs[: len(ids)] if self.return_logprobs else None
-        )
+        logprobs = out.logprobs[: len(ids)] if self.return_logprobs else None
+        top = out.top[: len(ids)] if out.top is not None else None
+        return adm.request.tag, GenerationOutput(ids, reason, logprobs, top_logprobs=top)

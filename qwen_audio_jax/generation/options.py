@@ -93,6 +93,7 @@ class RequestOptions:
     repetition_penalty: float
     seed: int
     request_id: str = ""
+    top_logprobs: int = 0  # also report this many most likely tokens per step (0-steps.TOP_LOGPROBS; the server's)
 
     @property
     def sampling_row(self) -> SamplingSettings:

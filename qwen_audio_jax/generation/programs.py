@@ -48,7 +48,8 @@ class ProgramSet:
         )
         self._init = jax.jit(init, out_shardings=(state_sh, rep))
         self._encode = jax.jit(functools.partial(steps.encode, module), donate_argnums=(1,), out_shardings=rep)
-        prefill_out = (state_sh, steps.Prefilled(rows1, rows1, rows1))
+        rows3 = placement.batch_sharding(3)
+        prefill_out = (state_sh, steps.Prefilled(rows1, rows1, rows1, rows2, rows2))
         self._prefill = jax.jit(
             functools.partial(steps.prefill, module.clone(cache_mode="prefill")),
             donate_argnums=(1,),
@@ -63,7 +64,7 @@ class ProgramSet:
             functools.partial(steps.decode, module.clone(cache_mode="extend")),
             static_argnames=("chunk",),
             donate_argnums=(1,),
-            out_shardings=(state_sh, rows2, rows2, rep),
+            out_shardings=(state_sh, rows2, steps.StepLogprobs(rows2, rows3, rows3), rep),
         )
 
     # ---- calls ---------------------------------------------------------------------------------------------
@@ -73,19 +74,25 @@ class ProgramSet:
     def encode(self, features, mel, mel_lengths, offsets):
         return self._encode(self.params, features, mel, mel_lengths, offsets)
 
-    def prefill(self, state, features, rows, extend: bool):
+    def prefill(self, state, features, rows, extend: bool, want_top: bool = False):
+        """want_top: also the first tokens' top log-probs (a traced flag: the same program)."""
         fn = self._extend if extend else self._prefill
-        return fn(self.params, state, features, rows, self.stop)
+        return fn(self.params, state, features, rows, self.stop, jnp.asarray(want_top))
 
-    def decode(self, state, stop_on_free, chunk: int, cancel=None):
-        """cancel: [B] bool, slots to stop before the first step (None: none)."""
+    def decode(self, state, stop_on_free, chunk: int, cancel=None, want_top: bool = False):
+        """cancel: [B] bool, slots to stop before the first step (None: none); want_top: each step's top
+        log-probs too (a traced flag: the same program)."""
         cancel = self._no_cancel() if cancel is None else cancel
-        return self._decode(self.params, state, self.stop, stop_on_free, chunk=chunk, cancel_B=cancel)
+        return self._decode(
+            self.params, state, self.stop, stop_on_free, chunk=chunk, cancel_B=cancel, want_top=jnp.asarray(want_top)
+        )
 
     def lower_decode(self, state, chunk: int):
         """The decode program lowered for `state` (its compiled HLO is what tests and the device suite inspect)."""
         true = jnp.asarray(True)
-        return self._decode.lower(self.params, state, self.stop, true, chunk=chunk, cancel_B=self._no_cancel())
+        return self._decode.lower(
+            self.params, state, self.stop, true, chunk=chunk, cancel_B=self._no_cancel(), want_top=jnp.asarray(False)
+        )
 
     def _no_cancel(self):
         return jnp.zeros((self.geometry.slots,), bool)

@@ -3,10 +3,12 @@ from (`RequestSource`), an output (`GenerationOutput`), the per-chunk token hook
 
 Two optional hooks serve callers that answer while a request runs (the HTTP server, serving/):
 
-* `on_tokens(tag, ids, logprobs)`, passed to `Engine.run`: called on the engine's thread after every prefill call
-  (a request's first token) and every decode chunk (up to DECODE_CHUNK tokens), with the tokens each running
-  request gained in that call. The finished request's `GenerationOutput` still comes from `run` as before; its
-  `token_ids` are the concatenation of what the hook was given.
+* `on_tokens(tag, ids, logprobs, top)`, passed to `Engine.run`: called on the engine's thread after every prefill
+  call (a request's first token) and every decode chunk (up to DECODE_CHUNK tokens), with the tokens each running
+  request gained in that call; `top` is None, or, for a request whose options ask for `top_logprobs`, each
+  token's most likely alternatives [(id, log-prob)] (computed in the same programs, only in rounds that need
+  them). The finished request's `GenerationOutput` still comes from `run` as before; its `token_ids` are the
+  concatenation of what the hook was given.
 * `RequestSource.cancelled()`, if the source defines it: the tags of requests to drop, polled once a round. A
   request still waiting or being prefilled is dropped at once; a decoding one stops at the next decode call, which
   marks its slot done on the device before any step; then its slot and pages are free and `run` yields it with
@@ -24,7 +26,7 @@ from qwen_audio_jax.choices import DEFAULT_BATCH_SIZE, DEFAULT_KV_CACHE_DTYPE
 from qwen_audio_jax.generation.options import RequestOptions
 from qwen_audio_jax.text.batch import PreparedRequest
 
-TokenHook = Callable[[object, list, list], None]  # on_tokens(tag, new token ids, their log-probs)
+TokenHook = Callable[[object, list, list, list | None], None]  # on_tokens(tag, new ids, their log-probs, top)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,6 +62,12 @@ class GenerationOutput:
     finish_reason: str | None  # "stop" | "length" | "cancelled" (None when the request failed)
     logprobs: list[float] | None = None  # model log-prob of each generated id (unprocessed logits)
     error: str | None = None  # why the device could not run this request (its own error line)
+    top_logprobs: list | None = None  # per id, its step's most likely [(id, log-prob)], if the request asked
+
+
+def alternatives(ids, logprobs, k: int) -> list[tuple[int, float]]:
+    """One step's k most likely (id, log-prob), most likely first (from the device's top log-probs)."""
+    return [(int(i), float(lp)) for i, lp in zip(ids[:k], logprobs[:k])]
 
 
 class RequestSource(Protocol):

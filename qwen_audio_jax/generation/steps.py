@@ -22,6 +22,7 @@ from qwen_audio_jax.generation.sampling import SamplingParams, request_keys, sel
 from qwen_audio_jax.model.paged import PagedKV, PageRefs
 
 NO_TOKEN = -1  # in decode's per-chunk output: the slot produced nothing at that step
+TOP_LOGPROBS = 20  # the most alternatives a step reports (OpenAI's top_logprobs range: 0-20)
 
 
 @flax.struct.dataclass
@@ -73,6 +74,17 @@ class Prefilled:
     first_token: jax.Array  # [R] int32 (meaningful for final rows)
     first_logprob: jax.Array  # [R] fp32: model log-prob of the first token
     done: jax.Array  # [R] bool: the request finished with its first token
+    top_logprobs: jax.Array  # [R, TOP_LOGPROBS] fp32: the most likely tokens' log-probs (zeros unless asked)
+    top_ids: jax.Array  # [R, TOP_LOGPROBS] int32: their ids, most likely first
+
+
+@flax.struct.dataclass
+class StepLogprobs:
+    """decode's log-probs per slot and step: the chosen token's and, when asked, the TOP_LOGPROBS most likely."""
+
+    chosen: jax.Array  # [B, C] fp32 (0 where the slot produced nothing)
+    top: jax.Array  # [B, C, TOP_LOGPROBS] fp32 (zeros unless asked)
+    top_ids: jax.Array  # [B, C, TOP_LOGPROBS] int32
 
 
 def empty_state(vocab: int, batch: int, max_pages: int, pool_shape: tuple[int, ...], dtype, kv_int8: bool) -> SlotState:
@@ -117,14 +129,29 @@ def _logprob(logits_BV, tok_B):
     return jnp.take_along_axis(logits_BV, tok_B[:, None], axis=-1)[:, 0] - jax.nn.logsumexp(logits_BV, axis=-1)
 
 
+def _top_logprobs(logits_BV, want):
+    """The TOP_LOGPROBS largest log_softmax values of each row and their ids; zeros unless `want` (a traced bool:
+    the same program either way, and the sort runs only when some request asked for alternatives)."""
+    b = logits_BV.shape[0]
+
+    def top(logits):
+        values, ids = jax.lax.top_k(logits, TOP_LOGPROBS)
+        return values - jax.nn.logsumexp(logits, axis=-1, keepdims=True), ids.astype(jnp.int32)
+
+    def none(logits):
+        return jnp.zeros((b, TOP_LOGPROBS), jnp.float32), jnp.zeros((b, TOP_LOGPROBS), jnp.int32)
+
+    return jax.lax.cond(want, top, none, logits_BV.astype(jnp.float32))
+
+
 def _is_stop(tok_B, stop: StopCriteria):
     return jnp.any(tok_B[:, None] == stop.stop_ids[None, :], axis=-1)
 
 
-def prefill(module, params, state: SlotState, features_ND, rows: PrefillRows, stop: StopCriteria):
+def prefill(module, params, state: SlotState, features_ND, rows: PrefillRows, stop: StopCriteria, want_top):
     """One chunk of R prompts into their slots' pages (state donated). `module` is built with cache_mode
     "prefill" (every row starts at 0: attention over the chunk itself) or "extend" (attention through the pages).
-    Returns (state, Prefilled)."""
+    want_top: a traced bool, compute the first token's top log-probs. Returns (state, Prefilled)."""
     r, t = rows.tokens.shape
     live = jnp.arange(t)[None, :] < rows.n_real[:, None]
     refs = PageRefs(domain=jnp.arange(r, dtype=jnp.int32), table=rows.table, start=rows.start, live=live)
@@ -170,17 +197,25 @@ def prefill(module, params, state: SlotState, features_ND, rows: PrefillRows, st
         keys=put(state.keys, keys),
         sampling=jax.tree_util.tree_map(put, state.sampling, rows.sampling),
     )
-    return state, Prefilled(tok, _logprob(logits, tok), done)
+    top, top_ids = _top_logprobs(logits, want_top)
+    return state, Prefilled(tok, _logprob(logits, tok), done, top, top_ids)
 
 
 def decode(
-    module, params, state: SlotState, stop: StopCriteria, stop_on_free: jax.Array, chunk: int, cancel_B: jax.Array
-) -> tuple[SlotState, jax.Array, jax.Array, jax.Array]:
+    module,
+    params,
+    state: SlotState,
+    stop: StopCriteria,
+    stop_on_free: jax.Array,
+    chunk: int,
+    cancel_B: jax.Array,
+    want_top: jax.Array,
+) -> tuple[SlotState, jax.Array, StepLogprobs, jax.Array]:
     """Up to `chunk` (static) decode steps over every slot; `module` is built with cache_mode "extend".
-    Returns (state, tokens_BC, logprobs_BC, steps): column i holds each slot's token of step i (NO_TOKEN if the
+    Returns (state, tokens_BC, StepLogprobs, steps): column i holds each slot's token of step i (NO_TOKEN if the
     slot was done). Stops early when every slot is done, or, with stop_on_free, as soon as one more slot
-    finishes. cancel_B [B] bool: slots made done before the first step (cancelled requests; a traced value, so
-    cancelling never recompiles). Donate `state`."""
+    finishes. cancel_B [B] bool: slots made done before the first step (cancelled requests); want_top: compute
+    each step's top log-probs. Both are traced values, so neither ever recompiles. Donate `state`."""
     b = state.done.shape[0]
     domains = state.pool.k.shape[1]
     domain = jnp.arange(b, dtype=jnp.int32) // (b // domains)
@@ -193,7 +228,7 @@ def decode(
         return (i < chunk) & ~jnp.all(s.done) & ~(stop_on_free & freed)
 
     def body(carry):
-        i, s, out_tokens, out_logprobs = carry
+        i, s, out_tokens, out = carry
         live = ~s.done
         refs = PageRefs(domain=domain, table=s.table, start=s.lengths, live=live[:, None])
         hidden, pool = module.apply({"params": params}, s.last_token, s.rope_index, s.pool, refs, method="decode_step")
@@ -203,7 +238,12 @@ def decode(
         tok = jnp.where(live, tok, stop.pad_id)
         num_generated = s.num_generated + live
         out_tokens = out_tokens.at[:, i].set(jnp.where(live, tok, NO_TOKEN))
-        out_logprobs = out_logprobs.at[:, i].set(jnp.where(live, _logprob(logits, tok), 0.0))
+        top, top_ids = _top_logprobs(logits, want_top)
+        out = StepLogprobs(
+            out.chosen.at[:, i].set(jnp.where(live, _logprob(logits, tok), 0.0)),
+            out.top.at[:, i].set(top),
+            out.top_ids.at[:, i].set(top_ids),
+        )
         s = s.replace(
             pool=pool,
             lengths=s.lengths + live,
@@ -213,13 +253,17 @@ def decode(
             seen=s.seen.at[jnp.arange(b), tok].max(live),
             keys=jnp.where(live[:, None], keys, s.keys),
         )
-        return i + 1, s, out_tokens, out_logprobs
+        return i + 1, s, out_tokens, out
 
     init = (
         jnp.asarray(0, jnp.int32),
         state,
         jnp.full((b, chunk), NO_TOKEN, jnp.int32),
-        jnp.zeros((b, chunk), jnp.float32),
+        StepLogprobs(
+            jnp.zeros((b, chunk), jnp.float32),
+            jnp.zeros((b, chunk, TOP_LOGPROBS), jnp.float32),
+            jnp.zeros((b, chunk, TOP_LOGPROBS), jnp.int32),
+        ),
     )
     steps, state, tokens, logprobs = jax.lax.while_loop(cond, body, init)
     return state, tokens, logprobs, steps

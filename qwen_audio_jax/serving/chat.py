@@ -12,6 +12,7 @@ with the finish reason, with `stream_options.include_usage` a last chunk of `usa
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import time
 
@@ -52,6 +53,7 @@ def prepare_chat(state: ServerState, chat: ChatRequest, tag: str) -> EngineReque
         if sampling["max_new_tokens"] <= 0:
             raise context_error(prepared.num_tokens, None, engine.max_len)
     options = GenerationOptions().for_request(sampling, "")  # the stream of a sampled request: its seed alone
+    options = dataclasses.replace(options, top_logprobs=chat.top_logprobs)
     if engine.check_request(prepared, options) is not None:
         raise context_error(prepared.num_tokens, given, engine.max_len)
     return EngineRequest(tag, prepared, options)

@@ -2,11 +2,11 @@
 until the server stops (docs/decisions.md §18: HTTP only parses, validates, enqueues and streams back).
 
 Every prepared request is put on the queue with a sink, a callable the loop calls on its own thread with the
-request's events: ("tokens", ids, logprobs) after each prefill and decode chunk (the engine's `on_tokens` hook),
-then ("done", GenerationOutput) or ("error", message). The HTTP side turns the sink into an asyncio queue
-(`call_soon_threadsafe`). `cancel(tag)` takes a request off the queue, or has the engine drop it at its next round
-(a client that went away frees its slot at once). `stop()` closes the queue: the engine finishes what it holds and
-the thread ends (the SIGTERM drain).
+request's events: ("tokens", ids, logprobs, top) after each prefill and decode chunk (the engine's `on_tokens`
+hook; top: None, or each token's most likely alternatives), then ("done", GenerationOutput) or ("error",
+message). The HTTP side turns the sink into an asyncio queue (`call_soon_threadsafe`). `cancel(tag)` takes a
+request off the queue, or has the engine drop it at its next round (a client that went away frees its slot at
+once). `stop()` closes the queue: the engine finishes what it holds and the thread ends (the SIGTERM drain).
 
 If the engine itself raises (a bug: device failures are already isolated per request by the engine), the requests
 it held get an "error" event, its slots are reset, and the loop goes on with the next requests.
@@ -155,7 +155,7 @@ class EngineLoop:
                 if self.source.exhausted:
                     return
 
-    def _tokens(self, tag, ids, logprobs) -> None:
+    def _tokens(self, tag, ids, logprobs, top) -> None:
         sink = self._sinks.get(tag)
         if sink is not None:
-            sink(("tokens", ids, logprobs))
+            sink(("tokens", ids, logprobs, top))

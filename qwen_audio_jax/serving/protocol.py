@@ -16,6 +16,7 @@ import dataclasses
 from qwen_audio_jax.choices import SAMPLING_DEFAULTS
 from qwen_audio_jax.errors import PromptError
 from qwen_audio_jax.generation.options import validate_sampling
+from qwen_audio_jax.generation.steps import TOP_LOGPROBS
 from qwen_audio_jax.serving.errors import APIError, invalid
 from qwen_audio_jax.serving.media import RequestFiles
 
@@ -63,6 +64,7 @@ class ChatRequest:
     stream: bool = False
     include_usage: bool = False
     logprobs: bool = False
+    top_logprobs: int = 0
 
 
 def check_fields(body, known: frozenset, what: str) -> dict:
@@ -169,10 +171,11 @@ def parse_chat(body) -> ChatRequest:
     if not isinstance(logprobs, bool):
         raise invalid("logprobs must be true or false.", "logprobs")
     top = body.get("top_logprobs")
-    if top not in (None, 0):
-        raise invalid(
-            "top_logprobs is not supported: the engine returns the chosen token's log-prob only.", "top_logprobs"
-        )
+    if top is not None:
+        if isinstance(top, bool) or not isinstance(top, int) or not 0 <= top <= TOP_LOGPROBS:
+            raise invalid(f"top_logprobs must be an integer from 0 to {TOP_LOGPROBS}.", "top_logprobs")
+        if top and not logprobs:
+            raise invalid("top_logprobs needs logprobs: true.", "top_logprobs")
     return ChatRequest(
         model=body["model"],
         messages=messages,
@@ -181,6 +184,7 @@ def parse_chat(body) -> ChatRequest:
         stream=stream,
         include_usage=include_usage,
         logprobs=logprobs,
+        top_logprobs=top or 0,
     )
 
 

@@ -106,7 +106,7 @@ class Generation:
                     raise APIError(500, event[1], code="engine_error")
                 now = time.perf_counter()
                 if event[0] == "tokens":
-                    _, ids, logprobs = event
+                    _, ids, logprobs, top = event
                     count += len(ids)
                     metrics.generation_tokens.inc(len(ids))
                     if last is None:
@@ -116,7 +116,7 @@ class Generation:
                             metrics.itl.observe((now - last) / len(ids))
                     last = now
                     delta = self.text.push(ids)
-                    entries = self.text.logprob_entries(ids, logprobs)
+                    entries = self.text.logprob_entries(ids, logprobs, top)
                     if delta or entries:
                         yield delta, entries
                     if self.text.stopped:  # a stop string: the text is final, the engine request is dropped

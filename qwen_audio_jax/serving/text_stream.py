@@ -56,16 +56,21 @@ class TextStream:
     def text(self) -> str:
         return self.sent
 
-    def logprob_entries(self, ids: list[int], logprobs: list[float]) -> list[dict]:
+    def logprob_entries(self, ids: list[int], logprobs: list[float], top: list | None = None) -> list[dict]:
         """OpenAI's logprobs.content entries for `ids` (stop ids left out, as their text is); [] unless the request
-        asked for log-probs."""
+        asked for log-probs. top: per id, its step's most likely [(id, log-prob)] (the request's top_logprobs)."""
         out = []
-        for i, lp in zip(ids, logprobs if self.logprobs else ()):
+        for k, (i, lp) in enumerate(zip(ids, logprobs if self.logprobs else ())):
             if i in self.stop_ids:
                 continue
-            token = self.token(i)
-            out.append({"token": token, "logprob": lp, "bytes": list(token.encode("utf-8")), "top_logprobs": []})
+            entry = self._entry(i, lp)
+            entry["top_logprobs"] = [self._entry(j, alt) for j, alt in top[k]] if top else []
+            out.append(entry)
         return out
+
+    def _entry(self, i: int, logprob: float) -> dict:
+        token = self.token(i)
+        return {"token": token, "logprob": logprob, "bytes": list(token.encode("utf-8"))}
 
     def token(self, i: int) -> str:
         """One id's text, special tokens included; "" for an id past the tokenizer's (an embedding's padding row,
