@@ -35,6 +35,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -181,6 +182,13 @@ def main() -> int:
         args.clients, args.seconds, args.batch_size, args.requests, budgets = 2, 2.0, 2, 4, (8,)
 
     work = Path(tempfile.mkdtemp(prefix="qaj-serve-bench-"))
+    try:
+        return run(args, budgets, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)  # the clips, the logs and the compilation cache of this run
+
+
+def run(args, budgets: tuple[int, ...], work: Path) -> int:
     if args.bench_model:
         from _common import build_model
 
