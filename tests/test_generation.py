@@ -187,10 +187,10 @@ def test_a_failing_request_gets_its_own_error(engine_factory, prepared):
     poison = next(t for t in prepared[2].token_ids if t not in others)  # a token only request 2 holds
     real = engine.programs._prefill
 
-    def flaky(params, state, features, rows, stop):
+    def flaky(params, state, features, rows, *rest):  # rest: the stop ids and the traced top-logprobs flag
         if bool((np.asarray(rows.tokens) == poison).any()):
             raise RuntimeError("RESOURCE_EXHAUSTED: out of memory while prefilling")
-        return real(params, state, features, rows, stop)
+        return real(params, state, features, rows, *rest)
 
     engine.programs._prefill = flaky
     got = engine.generate(prepared[:4], opts)
