@@ -53,6 +53,9 @@ REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 DEFAULT_REMAT = "none"
 # DPO reference: "model" keeps a frozen copy of the initial policy; "precomputed" caches its log-probs.
 REFERENCE_MODES = ("model", "precomputed")
+# LoRA training's frozen base (`lora.base_dtype`): int8 is QLoRA's (weight-only int8 decoder kernels and lm_head).
+LORA_BASE_DTYPES = ("float32", "bfloat16", "int8")
+DEFAULT_LORA_BASE_DTYPE = "bfloat16"
 DEFAULT_REFERENCE_MODE = "model"
 
 # ---- ranges --------------------------------------------------------------------------------------------------

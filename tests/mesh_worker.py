@@ -63,9 +63,10 @@ def main(specs: list[str]) -> dict:
     build_tiny_model_dir(work / "model")
     write_preference_set(work, 12, seed=7)
 
-    def train(mesh_spec):
-        """Two DPO steps (batch of 6 pairs: padded on meshes whose batch axes do not divide it)."""
-        out = work / f"run-{mesh_spec or 'none'}"
+    def train(mesh_spec, lora=False):
+        """Two DPO steps (batch of 6 pairs: padded on meshes whose batch axes do not divide it); `lora`: LoRA
+        adapters over a frozen fp32 base."""
+        out = work / f"run-{mesh_spec or 'none'}{'-lora' if lora else ''}"
         overrides = [
             f"model={work / 'model'}",
             f"data.train={work / 'prefs.jsonl'}",
@@ -75,6 +76,8 @@ def main(specs: list[str]) -> dict:
             "train.num_threads=1",
             "checkpoint.every=100",
         ]
+        if lora:
+            overrides += ["lora.rank=4", "lora.base_dtype=float32", "optim.learning_rate=1e-2"]
         if mesh_spec:
             overrides.append(f"mesh={mesh_spec}")
         run_ = TrainingRun.build(
@@ -85,7 +88,13 @@ def main(specs: list[str]) -> dict:
 
     _, ref_tokens, ref_odd, ref_scores = run(Placement.create(None))
     out = {
-        "reference": {"tokens": ref_tokens, "odd_batch": ref_odd, "scores": ref_scores, "dpo": train(None)},
+        "reference": {
+            "tokens": ref_tokens,
+            "odd_batch": ref_odd,
+            "scores": ref_scores,
+            "dpo": train(None),
+            "dpo_lora": train(None, True),
+        },
         "meshes": {},
     }
     names = traverse_util.flatten_dict(logical_axes(config), sep="/")
@@ -100,6 +109,7 @@ def main(specs: list[str]) -> dict:
             "scores": scores,
             "batch_size": engine.batch_size,
             "dpo": train(spec),
+            "dpo_lora": train(spec, True),
             "actual": actual,  # read back from the placed arrays (tests/test_mesh.py has the hand-written specs)
             # weight matrices (2+ dims besides the stacked layer axis) that ended up on every device whole
             "replicated_matrices": sorted(

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import jax
 
+LORA = ["lora.rank=4", "lora.base_dtype=int8", "optim.learning_rate=1e-2"]
+
 
 def main(pid: int, port: int, work: Path) -> None:
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
@@ -58,6 +60,10 @@ def main(pid: int, port: int, work: Path) -> None:
     train(TrainingRun.build(load_run_config(spec["config"], overrides + ["train.steps=3"])), progress=False)
     # A second run of the same command resumes from the step-3 checkpoint and takes one more step.
     train(TrainingRun.build(load_run_config(spec["config"], overrides + ["train.steps=4"])), progress=False)
+    # LoRA (QLoRA's int8 base): adapters sharded like their kernels, the base quantized on the devices.
+    lora = [o.replace("multi_run", "multi_lora_run") for o in overrides] + LORA
+    train(TrainingRun.build(load_run_config(spec["config"], lora + ["train.steps=3"])), progress=False)
+    train(TrainingRun.build(load_run_config(spec["config"], lora + ["train.steps=4"])), progress=False)
     print(f"WORKER {pid} OK", flush=True)
 
 

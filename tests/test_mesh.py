@@ -58,10 +58,13 @@ TP_REPLICATED = [
 ]
 
 
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
 @pytest.mark.parametrize("spec", MESHES)
-def test_dpo_steps_equal_single_device(result, spec):
-    """Two DPO steps (the second after a sharded update) give the single-device loss and metrics within 1e-5."""
-    got, ref = result["meshes"][spec]["dpo"], result["reference"]["dpo"]
+def test_dpo_steps_equal_single_device(result, spec, lora):
+    """Two DPO steps (the second after a sharded update) give the single-device loss and metrics within 1e-5,
+    training every weight or LoRA adapters (sharded like their kernels) over a frozen base."""
+    key = "dpo_lora" if lora else "dpo"
+    got, ref = result["meshes"][spec][key], result["reference"][key]
     assert [m["step"] for m in got] == [1, 2]
     for a, b in zip(got, ref):
         for k in ("loss", "rewards/margins", "logps/chosen", "logps/rejected", "grad_norm"):

@@ -23,6 +23,7 @@ from tests._model_dirs import build_tiny_model_dir
 from tests._paths import REPO
 from tests._requests import synth_clip
 from tests._synthetic_prefs import write_preference_set
+from tests.multihost_worker import LORA
 
 pytestmark = pytest.mark.mesh
 TIMEOUT_S = 900
@@ -138,21 +139,30 @@ def test_score_split_across_processes_equals_single_process(multihost_run):
             assert r["logprob"] == pytest.approx(want["logprob"], rel=1e-5, abs=1e-5)
 
 
-def test_dpo_steps_with_checkpoint_restore_equal_single_process(multihost_run):
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "qlora"])
+def test_dpo_steps_with_checkpoint_restore_equal_single_process(multihost_run, lora):
     work = multihost_run
+    name = "lora_run" if lora else "run"
     overrides = [
         f"model={work / 'model'}",
         f"data.train={work / 'prefs.jsonl'}",
-        f"output_dir={work / 'single_run'}",
+        f"output_dir={work / f'single_{name}'}",
         "checkpoint.every=2",
         "train.num_threads=1",
+        *(LORA if lora else []),
     ]
     train(TrainingRun.build(load_run_config(CONFIG, overrides + ["train.steps=3"])), progress=False)
     train(TrainingRun.build(load_run_config(CONFIG, overrides + ["train.steps=4"])), progress=False)
     read = lambda d: [json.loads(x) for x in (work / d / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
-    multi, single = read("multi_run"), read("single_run")
+    multi, single = read(f"multi_{name}"), read(f"single_{name}")
     assert [m["step"] for m in multi] == [1, 2, 3, 4] == [m["step"] for m in single]
     for a, b in zip(multi, single):
         for k in ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "logps/chosen", "grad_norm"):
             assert a[k] == pytest.approx(b[k], rel=1e-5, abs=1e-5), (a["step"], k)
-    assert (work / "multi_run" / "model" / "params").is_dir()
+    if lora:  # the adapters only, as PEFT reads them
+        assert sorted(p.name for p in (work / "multi_lora_run" / "model").iterdir() if not p.name.startswith(".")) == [
+            "adapter_config.json",
+            "adapter_model.safetensors",
+        ]
+    else:
+        assert (work / "multi_run" / "model" / "params").is_dir()

@@ -271,6 +271,7 @@ def test_cli_table_and_json(capsys, tmp_path):
         (["--model", "tiny", "--prompt-len", "99"], "prompt_len"),
         (["--model", "tiny", "--train", "--grad-accum", "0"], "--grad-accum: 0 is out of range"),
         (["--model", "tiny", "--remat", "dots_no_batch", "--train", "--batch", "0"], "--batch: 0 is out of range"),
+        (["--model", "tiny", "--lora"], "--lora plans a training step: add --train"),
     ],
 )
 def test_cli_errors_are_one_line(capsys, args, message):
@@ -303,3 +304,44 @@ def test_quantized_plan_counts_int8_weights_and_cache(cfg7b):
     kv = planner.plan(cfg7b, planner.PlanRequest(mesh={}, batch=8, max_len=4096, kv_cache_dtype="int8"))
     assert base.kv_cache == 2 * 32 * 8 * 32 * 4096 * 128 * 2  # 0.5 MiB per token in bf16
     assert kv.kv_cache == 2 * 32 * 8 * 32 * 4096 * (128 + 4)
+
+
+def test_lora_plan_holds_the_base_once_and_trains_adapters_only(cfg7b):
+    """--lora: rank-r A [in, r] and B [r, out] on the 7B's 32 x 7 decoder linear layers (MHA: q, k, v, o are
+    4096 -> 4096; gate, up 4096 -> 11008; down 11008 -> 4096), fp32, with AdamW's two fp32 moments; the base in
+    its own dtype (int8: as --quantize int8 counts it); no reference copy; the adapters' gradients, twice with
+    grad_accum. Worked out from the 7B shapes."""
+    from qwen_audio_jax.sharding.plan_lora import LoraPlan
+
+    d, f, r = 4096, 11008, 8
+    adapters = 32 * r * (4 * (d + d) + 2 * (d + f) + (f + d))
+    assert adapters == 19_988_480
+    lora = plan(cfg7b, {}, 2, 2048, train=True, reference="model", lora=LoraPlan(rank=r))
+    assert (lora.trainable_params, lora.lora_rank) == (adapters, r)
+    assert lora.weights == 2 * TOTAL + 4 * adapters and lora.reference_weights == 0
+    assert (lora.optimizer, lora.gradients) == (8 * adapters, 4 * adapters)
+    acc = plan(cfg7b, {}, 2, 2048, train=True, grad_accum=2, lora=LoraPlan(rank=r))
+    assert acc.gradients == 8 * adapters
+    quantized = 32 * (4 * d * d + 3 * d * f) + d * 156032
+    scales = 4 * (32 * (4 * d + 2 * f + d) + 156032)
+    q = plan(cfg7b, {}, 2, 2048, train=True, lora=LoraPlan(rank=r, base_dtype="int8"))
+    assert q.weights == lora.weights - 2 * quantized + quantized + scales
+    # The adapted audio tower: q, k, v, out (1280 -> 1280) and fc1, fc2 (1280 <-> 5120) in each of 32 layers.
+    audio = plan(cfg7b, {}, 2, 2048, train=True, lora=LoraPlan(rank=r, audio_encoder=True))
+    assert audio.trainable_params == adapters + 32 * r * (4 * 2 * 1280 + 2 * (1280 + 5120))
+    # The issue's goals: a 7B LoRA-DPO step (batch 1 = chosen + rejected, 2048 tokens, remat) within 40 GB
+    # on a bf16 base and within 24 GB on an int8 base, by the plan.
+    for base_dtype, gb in (("bfloat16", 40), ("int8", 24)):
+        p = plan(cfg7b, {}, 2, 2048, train=True, remat="full", lora=LoraPlan(rank=r, base_dtype=base_dtype))
+        assert fits(p, gb * 10**9), (base_dtype, p.total / GIB)
+
+
+def test_cli_lora_plan(capsys):
+    args = ["plan", "--model", "qwen2_audio_7b", "--batch", "2", "--max-len", "2048", "--train", "--remat", "full"]
+    assert main([*args, "--lora", "--lora-base-dtype", "int8", "--device", "a100-40g", "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert (got["lora_rank"], got["trainable_params"], got["param_dtype"]) == (8, 19_988_480, "int8")
+    assert got["reference_weights"] == 0 and got["fits"]
+    assert main([*args, "--lora", "--lora-rank", "16"]) == 0
+    out = capsys.readouterr().out
+    assert "LoRA rank 16: adapters train over a frozen bfloat16 base held once" in out and "39,976,960" in out

@@ -15,10 +15,12 @@ from pathlib import Path
 
 from qwen_audio_jax.choices import (
     DEFAULT_KV_CACHE_DTYPE,
+    DEFAULT_LORA_BASE_DTYPE,
     DEFAULT_QUANTIZE,
     DEFAULT_REMAT,
     DTYPES,
     KV_CACHE_DTYPES,
+    LORA_BASE_DTYPES,
     QUANTIZE_MODES,
     REFERENCE_MODES,
     REMAT_POLICIES,
@@ -102,6 +104,21 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         default=DEFAULT_REMAT,
         help="training: what each layer saves for the backward pass (default: none = save all)",
     )
+    p.add_argument(
+        "--lora",
+        action="store_true",
+        help="training: LoRA adapters on every linear layer of the language model over a frozen base",
+    )
+    p.add_argument("--lora-rank", type=positive_int, default=8, help="training with --lora: default %(default)s")
+    p.add_argument(
+        "--lora-base-dtype",
+        choices=LORA_BASE_DTYPES,
+        default=DEFAULT_LORA_BASE_DTYPE,
+        help="training with --lora: the frozen base (int8: QLoRA); default %(default)s",
+    )
+    p.add_argument(
+        "--lora-audio-encoder", action="store_true", help="training with --lora: adapt the audio tower's layers too"
+    )
     dev = p.add_mutually_exclusive_group()
     dev.add_argument(
         "--device",
@@ -178,7 +195,10 @@ def load_config(model: str):
 def _plan(args) -> int:
     """Prints the plan; exits 3 when a device size is given and the plan does not fit it."""
     from qwen_audio_jax.sharding import plan_format, planner
+    from qwen_audio_jax.sharding.plan_lora import LoraPlan
 
+    if args.lora and not args.train:
+        raise ConfigError("--lora plans a training step: add --train.")
     config, name = load_config(args.model)
     mesh = mesh_shape_from_spec(args.mesh)
     device, memory = args.device, None
@@ -202,6 +222,7 @@ def _plan(args) -> int:
         model_name=name,
         quantize=args.quantize,
         kv_cache_dtype=args.kv_cache_dtype,
+        lora=LoraPlan(args.lora_rank if args.lora else 0, args.lora_base_dtype, args.lora_audio_encoder),
     )
     result = planner.plan(config, request)
     if args.json:

@@ -32,6 +32,7 @@ def completion_logprobs(
     chunk: int = 128,
     max_completion: int | None = None,
     right_padded: bool = False,
+    rngs: dict | None = None,
     **embed_options,
 ) -> CompletionLogprobs:
     """Log-probs of the tokens where completion_mask is 1, each predicted from all tokens before it.
@@ -41,6 +42,7 @@ def completion_logprobs(
     positions only (gathered, in order) instead of all T: with a 156k vocab it dominates the step, and
     prompts (audio included) are usually most of T. token_logprobs is then [B, K] in completion order.
     right_padded: the rows are right-padded (attention may then run as cuDNN's causal + lengths form on GPU).
+    rngs: the forward's rngs ({"dropout": key}: LoRA dropout in training; None: deterministic).
     embed_options: clip_repeats / frozen_encoder / frozen_projector (see the model's `embed`).
     """
     variables = {"params": params}
@@ -53,6 +55,7 @@ def completion_logprobs(
         mel_lengths_C,
         right_padded=right_padded,
         method="forward",
+        rngs=rngs,
         **embed_options,
     )
 

@@ -53,6 +53,14 @@ def format_plan(
         + (", projector frozen" if plan.freeze_projector else "")
         + (f", grad accum {plan.grad_accum}" if plan.grad_accum > 1 else ""),
         f"parameters {plan.total_params:,}" + (f" (trainable {plan.trainable_params:,})" if plan.train else ""),
+        *(
+            [
+                f"LoRA rank {plan.lora_rank}: adapters train over a frozen {plan.param_dtype} base held once "
+                "(DPO's reference: the base with the adapters off)"
+            ]
+            if plan.lora_rank
+            else []
+        ),
         "",
         f"{'per device':<22}{'':>12}{'bytes':>18}",
     ]

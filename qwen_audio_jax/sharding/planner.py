@@ -52,7 +52,6 @@ Batch means sequences per step: for DPO count chosen and rejected (2 x pairs).
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 from collections.abc import Mapping
 
@@ -61,6 +60,8 @@ from qwen_audio_jax.errors import ConfigError
 from qwen_audio_jax.model import axes
 from qwen_audio_jax.model.remat import REMAT_POLICIES
 from qwen_audio_jax.sharding.activations import activations
+from qwen_audio_jax.sharding.param_shards import ParamShard, ShapeMesh, param_shards, spec_axes
+from qwen_audio_jax.sharding.plan_lora import BASE_BYTES, LoraPlan, adapter_shards
 from qwen_audio_jax.sharding.rules import LOGICAL_RULES, MESH_AXES, Rules
 
 # jax and flax are imported only inside the functions that read shapes (the tables and formulas are plain
@@ -86,26 +87,6 @@ DEVICE_MEMORY_GIB = {
 
 
 @dataclasses.dataclass(frozen=True)
-class ShapeMesh:
-    """All `spec_for` needs of a mesh: {axis: size}. The mesh need not exist on this machine."""
-
-    shape: Mapping[str, int]
-
-
-@dataclasses.dataclass(frozen=True)
-class ParamShard:
-    """One param: its shape, PartitionSpec (as a string) and how many ways it is split."""
-
-    path: str
-    shape: tuple[int, ...]
-    spec: str
-    size: int
-    shards: int  # product of the mesh axis sizes the spec uses
-    fsdp_shards: int  # the part of `shards` that comes from the fsdp axis (undone by an all-gather)
-    trainable: bool
-
-
-@dataclasses.dataclass(frozen=True)
 class MemoryPlan:
     """Bytes per device, by category (see the module docstring for exactly what each counts)."""
 
@@ -127,6 +108,7 @@ class MemoryPlan:
     trainable_params: int
     quantize: str  # inference weights: "none" | "int8"
     kv_cache_dtype: str  # "auto" | "int8"
+    lora_rank: int  # training: LoRA adapters' rank over a frozen base (0: every weight trains)
     weights: int
     optimizer: int
     gradients: int
@@ -167,54 +149,6 @@ def _dtype_bytes(name: str) -> int:
     if name not in DTYPE_BYTES:
         raise ConfigError(f"unsupported dtype {name!r}; choose one of {sorted(DTYPE_BYTES)}.")
     return DTYPE_BYTES[name]
-
-
-# ---- params ----------------------------------------------------------------------------------------------
-@functools.lru_cache(maxsize=4)
-def _param_table(config: ModelConfig) -> tuple[tuple[str, tuple[int, ...], tuple[str | None, ...]], ...]:
-    """(path, shape, logical axis names) of every param; cached because eval_shape of the 7B takes ~1 s."""
-    from flax import traverse_util
-
-    from qwen_audio_jax.model.params import abstract_params, logical_axes
-
-    shapes = traverse_util.flatten_dict(abstract_params(config), sep="/")
-    names = traverse_util.flatten_dict(logical_axes(config), sep="/")
-    return tuple((path, tuple(leaf.shape), tuple(names[path])) for path, leaf in shapes.items())
-
-
-def param_shards(
-    config: ModelConfig,
-    mesh_shape: Mapping[str, int],
-    rules: Rules,
-    freeze_audio_encoder: bool = True,
-    freeze_projector: bool = False,
-) -> list[ParamShard]:
-    """Every param with its sharding under `rules` on a mesh of `mesh_shape` (shapes only, no allocation),
-    and whether the optimizer trains it (the param groups of model/params.py)."""
-    from qwen_audio_jax.model.params import param_group
-    from qwen_audio_jax.sharding.mesh import spec_for
-
-    frozen_groups = {"frozen"} | ({"encoder"} if freeze_audio_encoder else set())
-    frozen_groups |= {"projector"} if freeze_projector else set()
-
-    mesh = ShapeMesh(dict(mesh_shape))
-    out = []
-    for path, shape, names in _param_table(config):
-        spec = spec_for(names, shape, mesh, rules)
-        used = _spec_axes(spec)
-        shards = math.prod(mesh_shape[a] for a in used)
-        trainable = param_group(tuple(path.split("/"))) not in frozen_groups
-        out.append(
-            ParamShard(
-                path, shape, str(spec), math.prod(shape), shards, mesh_shape["fsdp"] if "fsdp" in used else 1, trainable
-            )
-        )
-    return out
-
-
-def _spec_axes(spec) -> list[str]:
-    """Mesh axes a PartitionSpec uses: P('fsdp', ('data', 'tensor'), None) -> ['fsdp', 'data', 'tensor']."""
-    return [a for entry in spec if entry is not None for a in ((entry,) if isinstance(entry, str) else entry)]
 
 
 def _per_device(shards: list[ParamShard], bytes_per_elem: int) -> int:
@@ -277,6 +211,7 @@ class PlanRequest:
     model_name: str = "model"
     quantize: str = "none"  # inference: "int8" weight-only decoder kernels and lm_head
     kv_cache_dtype: str = "auto"  # inference: "int8" KV pages with per-token, per-head scales
+    lora: LoraPlan = LoraPlan()  # training: LoRA / QLoRA (sharding/plan_lora.py)
 
     def __post_init__(self):
         if self.quantize not in ("none", "int8") or self.kv_cache_dtype not in ("auto", "int8"):
@@ -333,9 +268,22 @@ def plan(config: ModelConfig, request: PlanRequest, rules: Rules = LOGICAL_RULES
         shape = (d.num_layers, padded, d.num_kv_heads, r.max_len, d.head_dim)  # [L, B, K, S, H]
         spec = spec_for(axes.CACHE_AXES, shape, ShapeMesh(mesh), rules)
         per_head = d.head_dim + 4 if r.kv_cache_dtype == "int8" else d.head_dim * c  # int8: + its fp32 scale
-        kv = 2 * math.prod(shape[:-1]) * per_head // math.prod(mesh[a] for a in _spec_axes(spec))
+        kv = 2 * math.prod(shape[:-1]) * per_head // math.prod(mesh[a] for a in spec_axes(spec))
 
-    layer_grad = _per_device([s for s in trainable if s.path.startswith("language_model/layers/")], p)
+    weights = _weights(shards, p, r.quantize == "int8" and not train)
+    optimizer = _per_device(trainable, 8 + (4 if p < 4 else 0))  # mu + nu fp32 (+ fp32 master if bf16)
+    gradients = _per_device(trainable, p) + (_per_device(shards, p) if train and r.grad_accum > 1 else 0)
+    reference = _per_device(shards, p) if train and r.reference == "model" else 0
+    lora = train and r.lora.enabled
+    if lora:  # adapters train over a frozen base held once (sharding/plan_lora.py)
+        param_dtype, p = r.lora.base_dtype, BASE_BYTES[r.lora.base_dtype]
+        trainable = adapter_shards(config, mesh, rules, r.lora)
+        shards = [dataclasses.replace(s, trainable=False) for s in shards]
+        frozen = not r.lora.audio_encoder
+        weights = _weights(shards, p, r.lora.base_dtype == "int8") + _per_device(trainable, 4)
+        optimizer, reference = _per_device(trainable, 8), 0
+        gradients = _per_device(trainable, 4) * (2 if r.grad_accum > 1 else 1)
+    layer_grad = _per_device([s for s in trainable if s.path.startswith("language_model/layers/")], 4 if lora else p)
     return MemoryPlan(
         model=r.model_name,
         mesh=mesh,
@@ -354,11 +302,12 @@ def plan(config: ModelConfig, request: PlanRequest, rules: Rules = LOGICAL_RULES
         total_params=sum(s.size for s in shards),
         quantize=r.quantize if not train else "none",
         kv_cache_dtype=r.kv_cache_dtype if not train else "auto",
+        lora_rank=r.lora.rank if lora else 0,
         trainable_params=sum(s.size for s in trainable),
-        weights=_weights(shards, p, r.quantize == "int8" and not train),
-        optimizer=_per_device(trainable, 8 + (4 if p < 4 else 0)),  # mu + nu fp32 (+ fp32 master if bf16)
-        gradients=_per_device(trainable, p) + (_per_device(shards, p) if train and r.grad_accum > 1 else 0),
-        reference_weights=_per_device(shards, p) if train and r.reference == "model" else 0,
+        weights=weights,
+        optimizer=optimizer,
+        gradients=gradients,
+        reference_weights=reference,
         kv_cache=kv,
         activations=activations(
             config,

@@ -43,15 +43,14 @@ def train(run: TrainingRun, *, log: Callable[[str], None] = print, progress: boo
     # output_dir was checked, locked, marked (when the tool made it) and its resume checked by TrainingRun.build.
     with run.placement.activate():
         state = run.initial_state()
+        base = run.load_base() if run.lora else None  # LoRA: the frozen base, held once
         ref_params, ref_table = None, None
         if run.preference and cfg.reference.mode == "precomputed":
             ref_table = load_reference_table(run.out, run.fingerprint, cfg)
-        elif run.preference:
-            ref_params = (
-                run.load_params(cfg.reference.model)
-                if cfg.reference.model
-                else jax.tree_util.tree_map(jnp.copy, state.params)
-            )
+        elif run.preference and cfg.reference.model:
+            ref_params = run.load_params(cfg.reference.model)
+        elif run.preference and not run.lora:  # LoRA's reference is the base with its adapters off: no copy
+            ref_params = jax.tree_util.tree_map(jnp.copy, state.params)
         ckpt = TrainCheckpoints(
             run.out / "checkpoints",
             every=cfg.checkpoint.every,
@@ -77,7 +76,7 @@ def train(run: TrainingRun, *, log: Callable[[str], None] = print, progress: boo
             for step in range(start, cfg.train.steps):
                 t0 = time.perf_counter()
                 batch, completion = run.next_batch(it, ref_table)
-                state, metrics = run.step_fn(completion, state)(state, batch, ref_params)
+                state, metrics = run.step_fn(completion, state)(state, batch, ref_params, base)
                 last = {k: float(v) for k, v in jax.device_get(metrics).items()}
                 params_finite = last.pop(PARAMS_FINITE) == 1.0
                 bad = [k for k, v in last.items() if not math.isfinite(v)]
@@ -96,7 +95,10 @@ def train(run: TrainingRun, *, log: Callable[[str], None] = print, progress: boo
             ckpt.close()
             metrics_out.close()
         final = run.out / "model"
-        save_final_model(state.params, run.config, cfg.model, final)
+        if run.lora:
+            save_final_adapter(run.placement.to_host(state.params), run, final)
+        else:
+            save_final_model(state.params, run.config, cfg.model, final)
     log(f"done: {cfg.train.steps} steps; final model: {final}")
     return {"final_model": str(final), "last_metrics": last, "data": run.report.to_dict()}
 
@@ -141,9 +143,14 @@ def precompute_reference(run: TrainingRun, *, log: Callable[[str], None] = print
         raise ConfigError("SFT needs no reference log-probs.")
     ref_dir = reference.reference_model_dir(run.cfg)
     with run.placement.activate():
-        params = run.load_params(ref_dir)
+        if run.lora and not run.cfg.reference.model:  # the base with the adapters off, as in training
+            module, params = run.module.clone(lora=None), run.load_base()
+        elif run.lora:
+            module, params = run.module.clone(lora=None, quantized=False), run.load_params(ref_dir)
+        else:
+            module, params = run.module, run.load_params(ref_dir)
         table = reference.compute_reference_table(
-            run.module,
+            module,
             params,
             run.examples,
             run.processor,
@@ -156,6 +163,21 @@ def precompute_reference(run: TrainingRun, *, log: Callable[[str], None] = print
     path = reference.save_reference_table(run.out, table, run.fingerprint, reference.model_identity(ref_dir))
     log(f"reference log-probs of {len(table)} pairs -> {path}")
     return path
+
+
+def save_final_adapter(adapters: dict, run: TrainingRun, dst: Path) -> None:
+    """A LoRA run's model: a PEFT adapter dir (conversion/peft.py) naming the base model dir it was trained on,
+    so `generate --model DST`, `--adapter DST`, `export-hf` and PEFT itself all read it. Process 0 writes it."""
+    from qwen_audio_jax.conversion.peft import write_adapter
+
+    base = str(Path(run.cfg.model).absolute())
+    if jax.process_index() == 0:
+        with atomic_directory(dst, "model", sources={"model": run.cfg.model}, overwrite=True) as tmp:
+            write_adapter(tmp, adapters, run.config, run.lora, base_model=base)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("final adapter written")
 
 
 def save_final_model(params, config, base_model_dir, dst: Path) -> None:

@@ -96,10 +96,16 @@ def encoder_depth_scale(decay: float, num_layers: int) -> optax.GradientTransfor
 
 
 def make_optimizer(
-    cfg: OptimConfig, total_steps: int, encoder_layers: int = 0
+    cfg: OptimConfig, total_steps: int, encoder_layers: int = 0, adapters_only: bool = False
 ) -> tuple[optax.GradientTransformation, Callable]:
-    """(optimizer, learning-rate schedule). The optimizer expects the model's nested param dict."""
+    """(optimizer, learning-rate schedule). The optimizer expects the model's nested param dict, or with
+    `adapters_only` the LoRA adapter tree (model/lora.py): every adapter trains with the one AdamW, the groups'
+    freezing and encoder settings do not apply (the base is frozen as a whole and has no optimizer state)."""
     lr = schedule(cfg, total_steps)
+    parts = [optax.clip_by_global_norm(cfg.clip_norm)] if cfg.clip_norm > 0 else []
+    if adapters_only:
+        adamw = optax.adamw(lr, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay, mask=_decay_mask)
+        return optax.chain(*parts, adamw), lr
 
     def adamw(multiplier: float):
         scaled = lr if multiplier == 1.0 else (lambda step: lr(step) * multiplier)
@@ -117,10 +123,11 @@ def make_optimizer(
     labels = lambda params: jax.tree_util.tree_map_with_path(  # noqa: E731
         lambda path, _: param_group(tuple(k.key for k in path)), params
     )
-    parts = [optax.clip_by_global_norm(cfg.clip_norm)] if cfg.clip_norm > 0 else []
     return optax.chain(*parts, optax.multi_transform(groups, labels)), lr
 
 
 def _decay_mask(params):
     # Scanned layers stack a leading axis, so a stacked bias is 2-D: decide by the leaf's name, not its rank.
-    return jax.tree_util.tree_map_with_path(lambda path, x: path[-1].key in ("kernel", "embedding"), params)
+    # LoRA factors are matrices too (HF Trainer, and so LLaMA-Factory, decays them).
+    names = ("kernel", "embedding", "lora_a", "lora_b")
+    return jax.tree_util.tree_map_with_path(lambda path, x: path[-1].key in names, params)

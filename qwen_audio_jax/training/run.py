@@ -24,7 +24,10 @@ from qwen_audio_jax.batching.device_batch import DeviceBatch
 from qwen_audio_jax.checkpoint.model_dir import load_params, read_model_dir_config
 from qwen_audio_jax.config import ModelConfig
 from qwen_audio_jax.errors import ConfigError, OutputError
+from qwen_audio_jax.model.lora import LoraSpec, init_adapters
+from qwen_audio_jax.model.lora import split as split_adapters
 from qwen_audio_jax.model.params import abstract_params, build_module
+from qwen_audio_jax.model.quant import quantize_params
 from qwen_audio_jax.sharding.placement import Placement
 from qwen_audio_jax.text.processor import Processor
 from qwen_audio_jax.training.checkpointing import saved_steps
@@ -62,7 +65,9 @@ class TrainingRun:
     tx: object
     lr_fn: Callable
     step_cfg: StepConfig
-    param_shardings: dict
+    param_shardings: dict  # of the trained tree (TrainState.params): every weight, or with LoRA the adapters
+    lora: LoraSpec | None = None  # LoRA / QLoRA (model/lora.py): adapters train over a frozen base held once
+    base_shardings: dict | None = None  # with LoRA: the frozen base tree's (int8 kernels with QLoRA)
     steps: dict = dataclasses.field(default_factory=dict)  # completion bucket -> jitted step
     shapes_seen: set = dataclasses.field(default_factory=set)  # the BatchShape buckets of every step so far
 
@@ -94,11 +99,24 @@ class TrainingRun:
             (out / "data_report.json").write_text(json.dumps(report.to_dict(), indent=2))
         local = cfg.train.batch_size // procs
         padded = placement.round_batch(local * procs) // procs  # padded with inactive pairs, never refused
-        tx, lr_fn = make_optimizer(cfg.optim, cfg.train.steps, config.audio.num_layers)
-        step_cfg = StepConfig(cfg.loss, cfg.optim.encoder_frozen, cfg.optim.freeze_projector, augment=cfg.augment)
+        lora = cfg.lora.spec(config.is_v1) if cfg.lora.enabled else None
+        tx, lr_fn = make_optimizer(cfg.optim, cfg.train.steps, config.audio.num_layers, adapters_only=bool(lora))
+        if lora:  # gradients reach the adapters only: none through the projector, the tower only if adapted
+            step_cfg = StepConfig(cfg.loss, not lora.audio, True, augment=cfg.augment)
+        else:
+            step_cfg = StepConfig(cfg.loss, cfg.optim.encoder_frozen, cfg.optim.freeze_projector, augment=cfg.augment)
+        quantized_base = bool(lora) and cfg.lora.base_dtype == "int8"
         module = build_module(
-            config, dtype=jnp.dtype(cfg.train.compute_dtype), remat_policy=cfg.train.remat, inference_scaling=False
+            config,
+            dtype=jnp.dtype(cfg.train.compute_dtype),
+            remat_policy=cfg.train.remat,
+            inference_scaling=False,
+            quantized=quantized_base,
+            lora=lora,
         )
+        param_shardings, base_shardings = placement.param_shardings(config), None
+        if lora:
+            base_shardings, param_shardings = split_adapters(placement.param_shardings(config, quantized_base, lora))
         return cls(
             cfg=cfg,
             out=out,
@@ -116,21 +134,40 @@ class TrainingRun:
             tx=tx,
             lr_fn=lr_fn,
             step_cfg=step_cfg,
-            param_shardings=placement.param_shardings(config),
+            param_shardings=param_shardings,
+            lora=lora,
+            base_shardings=base_shardings,
         )
 
     # ---- params and state ----------------------------------------------------------------------------------
-    def load_params(self, model_dir) -> dict:
-        """fp32 master weights, whatever the stored dtype, restored straight into their shardings."""
+    def load_params(self, model_dir, dtype=jnp.float32) -> dict:
+        """Every weight of a model dir in `dtype` (fp32 master weights by default, whatever the stored dtype),
+        restored straight into their shardings."""
         target = jax.tree_util.tree_map(
-            lambda x, s: jax.ShapeDtypeStruct(x.shape, jnp.float32, sharding=s),
+            lambda x, s: jax.ShapeDtypeStruct(x.shape, dtype, sharding=s),
             abstract_params(self.config),
-            self.param_shardings,
+            self.placement.param_shardings(self.config),
         )
         return load_params(model_dir, target)
 
+    def load_base(self) -> dict:
+        """LoRA's frozen base: the model in lora.base_dtype (int8: bf16 loaded, then quantized on the devices as
+        `--quantize int8` does, model/quant.py)."""
+        base_dtype = self.cfg.lora.base_dtype
+        params = self.load_params(self.cfg.model, jnp.float32 if base_dtype == "float32" else jnp.bfloat16)
+        if base_dtype == "int8":
+            params = jax.jit(quantize_params, out_shardings=self.base_shardings, donate_argnums=0)(params)
+        return params
+
+    def _initial_params(self) -> dict:
+        if self.lora is None:
+            return self.load_params(self.cfg.model)
+        _, abstract = split_adapters(abstract_params(self.config, lora=self.lora))
+        key = jax.random.fold_in(jax.random.PRNGKey(self.cfg.train.seed), 1)  # not the step rng's stream
+        return jax.jit(lambda k: init_adapters(abstract, k), out_shardings=self.param_shardings)(key)
+
     def initial_state(self) -> TrainState:
-        params = self.load_params(self.cfg.model)
+        params = self._initial_params()
         opt_state = jax.jit(self.tx.init)(params)
         state = TrainState(
             step=jnp.asarray(0, jnp.int32),

@@ -17,10 +17,12 @@ import yaml
 
 from qwen_audio_jax.choices import (
     DEFAULT_BATCH_SIZE,
+    DEFAULT_LORA_BASE_DTYPE,
     DEFAULT_REFERENCE_MODE,
     DEFAULT_REMAT,
     DEFAULT_TRAIN_COMPUTE_DTYPE,
     DTYPES,
+    LORA_BASE_DTYPES,
     REFERENCE_MODES,
 )
 from qwen_audio_jax.errors import ConfigError
@@ -76,6 +78,50 @@ class ReferenceConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class LoraConfig:
+    """LoRA / QLoRA (model/lora.py): rank > 0 trains adapters only, over a frozen base held once."""
+
+    rank: int = 0  # 0: no LoRA, every weight trains
+    alpha: float = 16.0
+    dropout: float = 0.0
+    targets: tuple[str, ...] = ()  # HF module names; empty: every linear layer of the language model
+    audio_encoder: bool = False  # also adapt the audio tower's linear layers
+    base_dtype: str = DEFAULT_LORA_BASE_DTYPE  # the frozen base: float32 | bfloat16 | int8 (QLoRA)
+    rslora: bool = False  # scale alpha / sqrt(rank) instead of alpha / rank (PEFT's use_rslora)
+
+    def __post_init__(self):
+        _at_least("lora", self, 0, "rank")
+        if self.alpha <= 0:
+            raise ConfigError(f"lora.alpha={self.alpha:g} must be > 0.")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"lora.dropout={self.dropout:g} must be in [0, 1).")
+        if self.base_dtype not in LORA_BASE_DTYPES:
+            raise ConfigError(f"lora.base_dtype={self.base_dtype!r} must be one of {', '.join(LORA_BASE_DTYPES)}.")
+
+    @property
+    def enabled(self) -> bool:
+        return self.rank > 0
+
+    def spec(self, is_v1: bool):
+        """The model's LoraSpec (model/lora.py); default targets: each generation's every decoder linear layer."""
+        from qwen_audio_jax.model.lora import DECODER_TARGETS, spec_from_targets
+
+        targets = self.targets or tuple(DECODER_TARGETS[bool(is_v1)])
+        try:
+            return spec_from_targets(
+                targets,
+                is_v1=is_v1,
+                rank=self.rank,
+                alpha=self.alpha,
+                dropout=self.dropout,
+                audio=self.audio_encoder,
+                rslora=self.rslora,
+            )
+        except ValueError as e:
+            raise ConfigError(str(e)) from e
+
+
+@dataclasses.dataclass(frozen=True)
 class CheckpointConfig:
     every: int = 100
     keep: int = 3
@@ -97,6 +143,7 @@ class RunConfig:
     train: TrainLoopConfig = TrainLoopConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
     augment: AugmentConfig = AugmentConfig()
+    lora: LoraConfig = LoraConfig()
 
     def __post_init__(self):
         if self.augment.spec_augment and self.loss.is_preference and self.reference.mode == "precomputed":

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import optax
 
 from qwen_audio_jax.model.logprobs import completion_logprobs
+from qwen_audio_jax.model.lora import join
 from qwen_audio_jax.training.loss import LossConfig, preference_loss, sft_loss
 from qwen_audio_jax.training.specaugment import AugmentConfig, spec_augment
 
@@ -32,7 +33,7 @@ def all_finite(tree) -> jax.Array:
 @flax.struct.dataclass
 class TrainState:
     step: jax.Array  # int32: optimizer steps taken
-    params: Any  # fp32 master weights
+    params: Any  # fp32 master weights (with LoRA: the adapters only; the frozen base is a separate argument)
     opt_state: Any
     rng: jax.Array
 
@@ -69,7 +70,7 @@ def _rows(x):
     return x.reshape(-1, x.shape[-1])
 
 
-def _logprobs(module, params, micro: TrainBatch, cfg: StepConfig):
+def _logprobs(module, params, micro: TrainBatch, cfg: StepConfig, rngs=None):
     k = micro.tokens.shape[0]
     return completion_logprobs(
         module,
@@ -82,6 +83,7 @@ def _logprobs(module, params, micro: TrainBatch, cfg: StepConfig):
         chunk=cfg.logprob_chunk,
         max_completion=cfg.max_completion,
         right_padded=True,  # TrainBatch rows are right-padded: cuDNN flash attention on GPU
+        rngs=rngs,
         clip_repeats=k,
         frozen_encoder=cfg.frozen_encoder,
         frozen_projector=cfg.frozen_projector,
@@ -96,11 +98,11 @@ def step_totals(batch: TrainBatch) -> tuple[jax.Array, jax.Array]:
     return batch.pair_active.sum(), (counted.sum(-1) * batch.pair_active).sum()
 
 
-def batch_loss(module, params, micro: TrainBatch, ref_logps, cfg: StepConfig, totals=None):
+def batch_loss(module, params, micro: TrainBatch, ref_logps, cfg: StepConfig, totals=None, rngs=None):
     """(loss, metrics) of one micro-batch. ref_logps: [2B] reference log-probs (DPO) or None (SFT). totals: the
-    step's `step_totals` (default: this micro-batch's own)."""
+    step's `step_totals` (default: this micro-batch's own). rngs: LoRA dropout's ({"dropout": key}) or None."""
     preference = cfg.loss.is_preference
-    pol = _logprobs(module, params, micro, cfg)
+    pol = _logprobs(module, params, micro, cfg, rngs)
     if not preference:
         loss, metrics = sft_loss(pol.sum_logprobs, pol.num_tokens, micro.pair_active, totals)
         return loss, {**metrics, "tokens": pol.num_tokens.sum()}
@@ -124,6 +126,17 @@ def reference_logps(module, ref_params, micro: TrainBatch, cfg: StepConfig):
     return jax.lax.stop_gradient(_logprobs(module, ref_params, micro, cfg).sum_logprobs)
 
 
+def reference_model(module, ref_params, base):
+    """(module, params) of DPO's reference. Full training: the frozen copy `ref_params`. LoRA (`base` given):
+    the same base weights with the adapters switched off (the module without its LoraSpec: no second copy of
+    the model), or another model dir's weights (`ref_params`, unquantized) when reference.model names one."""
+    if base is None:
+        return module, ref_params
+    if ref_params is None:
+        return module.clone(lora=None), base
+    return module.clone(lora=None, quantized=False), ref_params
+
+
 def train_step(
     module,
     tx: optax.GradientTransformation,
@@ -132,13 +145,23 @@ def train_step(
     state: TrainState,
     batch: TrainBatch,
     ref_params=None,
+    base=None,
 ) -> tuple[TrainState, dict]:
-    """One optimizer step over the A micro-batches of `batch`. Donate `state`."""
+    """One optimizer step over the A micro-batches of `batch`. Donate `state`.
+
+    base: LoRA's frozen base tree (model/lora.py); state.params then holds the adapters, the only leaves with
+    gradients and optimizer state, and the forward runs over the two trees joined."""
     totals = step_totals(batch)
-    grad_fn = jax.value_and_grad(lambda p, micro, ref: batch_loss(module, p, micro, ref, cfg, totals), has_aux=True)
+    full = (lambda p: p) if base is None else (lambda p: join(base, p))  # noqa: E731
+    grad_fn = jax.value_and_grad(
+        lambda p, micro, ref, rngs: batch_loss(module, full(p), micro, ref, cfg, totals, rngs), has_aux=True
+    )
     preference = cfg.loss.is_preference
+    ref_module, ref_params = reference_model(module, ref_params, base) if preference else (module, None)
+    dropout = getattr(module, "lora", None) is not None and module.lora.dropout > 0
 
     rng, augment_key = jax.random.split(state.rng)
+    dropout_key = jax.random.fold_in(augment_key, 1 << 30)  # (full runs never draw it: their keys are unchanged)
 
     def micro_step(grads_acc, xs):
         index, micro = xs
@@ -146,8 +169,9 @@ def train_step(
             key = jax.random.fold_in(augment_key, index)
             micro = micro.replace(mel=spec_augment(micro.mel, micro.mel_lengths, key, cfg.augment))
         # The reference forward runs before (outside) value_and_grad: no gradient, no saved activations.
-        ref = reference_logps(module, ref_params, micro, cfg) if preference else None
-        (_, metrics), grads = grad_fn(state.params, micro, ref)
+        ref = reference_logps(ref_module, ref_params, micro, cfg) if preference else None
+        rngs = {"dropout": jax.random.fold_in(dropout_key, index)} if dropout else None
+        (_, metrics), grads = grad_fn(state.params, micro, ref, rngs)
         return jax.tree_util.tree_map(jnp.add, grads_acc, grads), metrics
 
     zeros = jax.tree_util.tree_map(jnp.zeros_like, state.params)
