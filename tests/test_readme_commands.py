@@ -96,3 +96,34 @@ def test_training_commands_run_verbatim(tmp_path):
     first, last = (sum(m["loss"] for m in ms) / 3 for ms in (sft[:3], sft[-3:]))
     assert last < first / 2  # SFT learned the sample answers
     assert dpo[-1]["loss"] < 0.6 and dpo[-1]["rewards/margins"] > 0.1  # DPO prefers the chosen answers now
+
+
+def test_lora_commands_and_peft_snippet_run_verbatim(tmp_path):
+    """The LoRA section: LoRA-DPO trains adapters only and learns, the adapter and the base export, the demo runs
+    the adapted model, and the section's Python block (transformers + PEFT on the exported files) answers what our
+    engine answers for the same prompt, clip and adapter."""
+    from qwen_audio_jax import api
+    from qwen_audio_jax.generation.options import GenerationOptions
+
+    commands = _section_commands("LoRA and QLoRA")
+    assert [c.split()[1] for c in commands] == ["dpo", "export-hf", "export-hf", "demo"]
+    runs = _run_verbatim(commands, tmp_path)
+    metrics = [json.loads(line) for line in (tmp_path / "runs/lora/metrics.jsonl").read_text().splitlines()]
+    assert metrics[-1]["loss"] < 0.6 and metrics[-1]["rewards/margins"] > 0.1, metrics[-1]
+    assert sorted(p.name for p in (tmp_path / "runs/lora-peft").iterdir() if not p.name.startswith(".")) == [
+        "adapter_config.json",
+        "adapter_model.safetensors",
+    ]
+    assert "[20/20]" in runs[-1].stdout
+    text = (REPO / "README.md").read_text()
+    section = text[text.index("### LoRA and QLoRA\n") :]
+    snippet = re.search(r"```python\n(.*?)```", section, re.DOTALL).group(1)
+    done = subprocess.run([sys.executable, "-c", snippet], cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    prompt = re.search(r'prompt = "(.*?)"', snippet).group(1)
+    clip = re.search(r'librosa.load\("(.*?)"', snippet).group(1)
+    model = api.load(tmp_path / "runs/lora/model")
+    ours = api.generate(
+        model, [{"id": "x", "prompt": prompt, "audio": [str(tmp_path / clip)]}], GenerationOptions(max_new_tokens=24)
+    )
+    assert done.stdout.strip().splitlines()[-1] == ours[0]["text"].strip(), (done.stdout, ours)
