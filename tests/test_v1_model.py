@@ -363,3 +363,31 @@ def test_sft_on_a_v1_model_learns(v1, tmp_path):
     assert main(["export-hf", str(tmp_path / "run" / "model"), str(tmp_path / "hf"), "--no-progress"]) == 0
     assert isinstance(load_v1_checkpoint_dir(tmp_path / "hf"), V1Model)
     assert Path(tmp_path / "hf" / "qwen.tiktoken").is_file()
+
+
+def test_lora_dpo_on_a_v1_model(v1, tmp_path):
+    """LoRA-DPO on the v1 tiny model: adapters on v1's own layers (the fused c_attn as one, both c_proj, w1, w2)
+    train, the loss falls, and the run's adapter exports under PEFT's v1 names, those only (PEFT
+    parity of those tensors: tests/test_lora_peft.py)."""
+    from flax import traverse_util
+
+    from tests._paths import REPO
+    from tests._synthetic_prefs import write_preference_set
+
+    _, _, jax_dir, _, _ = v1
+    prefs = write_preference_set(tmp_path / "train", 32, seed=4)
+    out = tmp_path / "run"
+    args = ["dpo", "--config", str(REPO / "configs" / "dpo_tiny.yaml"), "--no-progress", f"model={jax_dir}"]
+    args += [f"data.train={prefs}", f"output_dir={out}", "lora.rank=4", "lora.base_dtype=float32", "train.steps=12"]
+    assert main([*args, "optim.learning_rate=1e-2", "optim.min_learning_rate=1e-3", "checkpoint.every=12"]) == 0
+    metrics = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert metrics[0]["loss"] == pytest.approx(np.log(2), abs=1e-6)
+    assert metrics[-1]["loss"] < metrics[0]["loss"] - 0.05 and metrics[-1]["rewards/margins"] > 0
+    from safetensors.numpy import load_file
+
+    assert main(["export-hf", str(out / "model"), str(tmp_path / "peft"), "--adapter-only", "--no-progress"]) == 0
+    names = load_file(tmp_path / "peft" / "adapter_model.safetensors")
+    modules = {k.split(".lora_")[0].split(".h.0.")[-1] for k in names if ".h.0." in k}
+    assert modules == {"attn.c_attn", "attn.c_proj", "mlp.w1", "mlp.w2", "mlp.c_proj"}, sorted(names)
+    leaves = traverse_util.flatten_dict(api.load(out / "model").params)
+    assert not any(k[-1].startswith("lora_") for k in leaves)  # as --model: merged into the base at load
