@@ -2,10 +2,8 @@
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -18,6 +16,7 @@ from tests._model_dirs import tiny_hf_dir, tiny_model_dir  # noqa: F401
 from tests._oracles import require
 from tests._paths import REPO
 from tests._requests import synth_clip
+from tests._sigkill import kill_when
 
 NEW = 12
 
@@ -143,12 +142,8 @@ def test_resume_after_sigkill(tiny_model_dir, clips, tmp_path):  # noqa: F811
     subprocess.run(base + ["--output", str(full)], check=True, env=env, cwd=REPO, capture_output=True)
 
     part = tmp_path / "part.jsonl"
-    proc = subprocess.Popen(base + ["--output", str(part)], env=env, cwd=REPO, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while time.time() < deadline and (not part.exists() or len(part.read_bytes().splitlines()) < 4):
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    ready = lambda: part.exists() and len(part.read_bytes().splitlines()) >= 4  # noqa: E731
+    kill_when(base + ["--output", str(part)], ready, timeout_s=300, env=env, cwd=REPO)
     done_before = len(part.read_bytes().splitlines())
     assert 4 <= done_before < 24, "the kill must land mid-run"
     with open(part, "ab") as f:

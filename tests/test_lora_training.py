@@ -6,10 +6,8 @@ exported adapters: tests/test_lora_peft.py; meshes and two processes: tests/test
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +22,7 @@ from qwen_audio_jax.training.run import TrainingRun
 from qwen_audio_jax.training.run_config import load_run_config
 from tests._model_dirs import build_tiny_model_dir
 from tests._paths import REPO
+from tests._sigkill import kill_when
 from tests._synthetic_prefs import write_preference_set
 
 DPO = str(REPO / "configs" / "dpo_tiny.yaml")
@@ -122,15 +121,11 @@ def test_qlora_resumes_bit_identically_after_sigkill(work, tmp_path):
     full, part = tmp_path / "full", tmp_path / "part"
     with_out = lambda out: [a.replace("{out}", str(out)) for a in args]  # noqa: E731
     subprocess.run(with_out(full), check=True, env=env, cwd=REPO, capture_output=True)
-    proc = subprocess.Popen(with_out(part), env=env, cwd=REPO, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 600
     metrics = part / "metrics.jsonl"
-    while time.time() < deadline and proc.poll() is None:
-        if metrics.exists() and len(metrics.read_text().splitlines()) >= 7 and (part / "checkpoints" / "6").exists():
-            break
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    ready = lambda: (  # noqa: E731
+        metrics.exists() and len(metrics.read_text().splitlines()) >= 7 and (part / "checkpoints" / "6").exists()
+    )
+    kill_when(with_out(part), ready, env=env, cwd=REPO)
     assert len(metrics.read_text().splitlines()) < 12, "the kill must land before the run ends"
     subprocess.run(with_out(part), check=True, env=env, cwd=REPO, capture_output=True)
     drop = ("tokens_per_s",)

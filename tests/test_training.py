@@ -3,10 +3,8 @@ model dir the other commands take. (A non-finite step: tests/test_reliability_nu
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +15,7 @@ from qwen_audio_jax.cli.main import main
 from qwen_audio_jax.generation.options import GenerationOptions
 from tests._model_dirs import build_tiny_model_dir
 from tests._paths import REPO
+from tests._sigkill import kill_when
 from tests._synthetic_prefs import SOUNDS, write_preference_set
 
 CONFIG = str(REPO / "configs" / "dpo_tiny.yaml")
@@ -145,15 +144,11 @@ def test_resume_after_sigkill_is_bit_identical(work, tmp_path):
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     full, part = tmp_path / "full", tmp_path / "part"
     subprocess.run(args + [f"output_dir={full}"], check=True, env=env, cwd=REPO, capture_output=True)
-    proc = subprocess.Popen(args + [f"output_dir={part}"], env=env, cwd=REPO, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 600
     metrics = part / "metrics.jsonl"
-    while time.time() < deadline and proc.poll() is None:
-        if metrics.exists() and len(metrics.read_text().splitlines()) >= 8 and (part / "checkpoints" / "6").exists():
-            break
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    ready = lambda: (  # noqa: E731
+        metrics.exists() and len(metrics.read_text().splitlines()) >= 8 and (part / "checkpoints" / "6").exists()
+    )
+    kill_when(args + [f"output_dir={part}"], ready, env=env, cwd=REPO)
     done = len(metrics.read_text().splitlines())
     assert done < 12, "the kill must land before the run ends"
     subprocess.run(args + [f"output_dir={part}"], check=True, env=env, cwd=REPO, capture_output=True)

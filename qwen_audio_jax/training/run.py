@@ -114,9 +114,10 @@ class TrainingRun:
             quantized=quantized_base,
             lora=lora,
         )
-        param_shardings, base_shardings = placement.param_shardings(config), None
-        if lora:
+        if lora:  # the trained tree is the adapters; the frozen base keeps its own (int8 with QLoRA) shardings
             base_shardings, param_shardings = split_adapters(placement.param_shardings(config, quantized_base, lora))
+        else:
+            base_shardings, param_shardings = None, placement.param_shardings(config)
         return cls(
             cfg=cfg,
             out=out,
